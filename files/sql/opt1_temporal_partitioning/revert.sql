@@ -1,0 +1,19 @@
+-- OPT1 revert: public.geometrias back to a plain table with its original primary key and
+-- storage parameters, keeping the rows it has now (including any written since OPT1).
+SET LOCAL lock_timeout = '2s';
+SET LOCAL statement_timeout = '30min';
+LOCK TABLE public.geometrias IN ACCESS EXCLUSIVE MODE;
+
+DO $$
+DECLARE
+    snap jsonb := stage4.snapshot('opt1_temporal_partitioning', 'public.geometrias');
+BEGIN
+    -- The rows as they are before the revert: verify_reverted.sql compares against them.
+    PERFORM stage4.save_snapshot('opt1_temporal_partitioning:before_revert', 'public.geometrias');
+    PERFORM stage4.rebuild_table(
+        'public.geometrias',
+        NULL,
+        ARRAY(SELECT jsonb_array_elements_text(snap->'primary_key'->'columns')),
+        '[]',
+        ARRAY(SELECT jsonb_array_elements_text(snap->'reloptions')));
+END $$;

@@ -1,0 +1,25 @@
+-- OPT1 verify: partitioned by year, nothing lost, no partition readable around RLS, API answers.
+DO $$
+DECLARE
+    snap jsonb := stage4.snapshot('opt1_temporal_partitioning', 'public.geometrias');
+    through_year int := coalesce(nullif(current_setting('stage4.partition_through_year', true), ''), '2028')::int;
+    missing text;
+BEGIN
+    IF pg_get_partkeydef('public.geometrias'::regclass) IS DISTINCT FROM 'RANGE (data_referencia)' THEN
+        RAISE EXCEPTION 'OPT1: public.geometrias is not partitioned by RANGE (data_referencia)';
+    END IF;
+    SELECT string_agg(p->>'name', ', ') INTO missing
+    FROM jsonb_array_elements(stage4.yearly_partitions('geometrias', through_year, through_year)
+                              || '[{"name": "geometrias_default"}]') p
+    WHERE to_regclass('public.' || (p->>'name')) IS NULL;
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'OPT1: missing partitions: %', missing;
+    END IF;
+    IF EXISTS (SELECT 1 FROM public.geometrias_default) AND (SELECT min(data_referencia) FROM public.geometrias_default)
+           < make_date(through_year + 1, 1, 1) THEN
+        RAISE EXCEPTION 'OPT1: rows of the yearly ranges ended up in the DEFAULT partition';
+    END IF;
+    PERFORM stage4.assert_table_preserved('public.geometrias', snap, true);
+    PERFORM stage4.assert_partitions_secured('public.geometrias');
+    PERFORM stage4.assert_api_answers();
+END $$;

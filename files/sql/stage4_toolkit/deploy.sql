@@ -1,0 +1,581 @@
+-- stage4_toolkit: the functions every optimization builds on.
+--
+-- describe_table() captures everything a table carries (indexes, constraints, triggers, RLS
+-- policies, grants, comments, identity, dependent views and functions, publications, rows);
+-- rebuild_table() recreates a table under a new layout (partitioned or plain) and puts all of
+-- that back; assert_table_preserved() proves nothing was lost. Optimizations call these
+-- instead of repeating a fixed list of objects, so a production table with more objects than
+-- the fixture keeps them too.
+SET LOCAL lock_timeout = '2s';
+
+CREATE SCHEMA IF NOT EXISTS stage4;
+COMMENT ON SCHEMA stage4 IS 'Stage 4 rollout tooling: ledger, snapshots and helper functions (not exposed to the API).';
+REVOKE ALL ON SCHEMA stage4 FROM PUBLIC;
+
+-- What a table looked like before a change touched it; reverts and verifies read it back.
+CREATE TABLE IF NOT EXISTS stage4.table_snapshots (
+    change      text        NOT NULL,
+    relation    text        NOT NULL,
+    captured_at timestamptz NOT NULL DEFAULT now(),
+    snapshot    jsonb       NOT NULL,
+    PRIMARY KEY (change, relation)
+);
+
+-- Order-independent content checksum: the same rows give the same value whatever the
+-- physical layout (heap order, partitions, clustering).
+CREATE OR REPLACE FUNCTION stage4.table_checksum(p_table regclass)
+RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    result text;
+BEGIN
+    EXECUTE format('SELECT md5(coalesce(string_agg(t::text, E''\n'' ORDER BY t::text), '''')) FROM %s t', p_table)
+        INTO result;
+    RETURN result;
+END $$;
+
+-- Objects that must be dropped and recreated when p_table is replaced: views and functions
+-- that depend on the table or on its row type (a function RETURNS SETOF table is bound to the
+-- row type's OID), transitively, with the depth at which they depend.
+CREATE OR REPLACE FUNCTION stage4.dependent_objects(p_table regclass)
+RETURNS TABLE (classid regclass, objid oid, depth int)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE dependents(classid, objid, depth) AS (
+        SELECT 'pg_class'::regclass, p_table::oid, 0
+        UNION
+        SELECT dep.classid, dep.objid, d.depth + 1
+        FROM dependents d
+        JOIN LATERAL (
+            -- a view depends through its rewrite rule
+            SELECT 'pg_class'::regclass AS classid, r.ev_class AS objid
+            FROM pg_depend pd
+            JOIN pg_rewrite r ON pd.classid = 'pg_rewrite'::regclass AND pd.objid = r.oid
+            WHERE pd.refobjid IN (d.objid, (SELECT reltype FROM pg_class WHERE oid = d.objid AND d.classid = 'pg_class'::regclass))
+              AND r.ev_class <> d.objid
+            UNION
+            -- a function depends on the relation (BEGIN ATOMIC body) or on its row type
+            SELECT 'pg_proc'::regclass, pd.objid
+            FROM pg_depend pd
+            WHERE pd.classid = 'pg_proc'::regclass
+              AND pd.refobjid IN (d.objid, (SELECT reltype FROM pg_class WHERE oid = d.objid AND d.classid = 'pg_class'::regclass))
+        ) dep ON true
+        WHERE d.depth < 20
+    )
+    SELECT classid, objid, max(depth)::int FROM dependents WHERE depth > 0 GROUP BY classid, objid
+$$;
+
+-- GRANT statements that reproduce an ACL; p_object names the kind: 'TABLE x', 'SEQUENCE x',
+-- 'FUNCTION f(int)'. One statement per grantee, in ACL order, so replaying them rebuilds the
+-- same aclitem[] (pg_dump prints it in that order).
+CREATE OR REPLACE FUNCTION stage4.grant_statements(p_acl aclitem[], p_object text, p_column text DEFAULT NULL)
+RETURNS SETOF text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('GRANT %s ON %s TO %s%s',
+                  string_agg(a.privilege_type || CASE WHEN p_column IS NULL THEN '' ELSE format(' (%I)', p_column) END,
+                             ', ' ORDER BY a.ord),
+                  p_object,
+                  CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+                  CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+    FROM aclexplode(p_acl) WITH ORDINALITY a(grantor, grantee, privilege_type, is_grantable, ord)
+    GROUP BY a.grantee, a.is_grantable
+    ORDER BY min(a.ord)
+$$;
+
+-- Everything a table carries, as JSON. Read by rebuild_table() and assert_table_preserved().
+CREATE OR REPLACE FUNCTION stage4.describe_table(p_table regclass, p_with_rows boolean DEFAULT true)
+RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel pg_class%ROWTYPE;
+    identity_seq regclass;
+    seq_last_value bigint;
+    seq_is_called boolean;
+    result jsonb;
+BEGIN
+    SELECT * INTO rel FROM pg_class WHERE oid = p_table;
+    SELECT s.seqrelid INTO identity_seq
+    FROM pg_depend d JOIN pg_sequence s ON s.seqrelid = d.objid
+    WHERE d.refobjid = p_table AND d.classid = 'pg_class'::regclass AND d.deptype = 'i';
+    IF identity_seq IS NOT NULL THEN
+        EXECUTE format('SELECT last_value, is_called FROM %s', identity_seq) INTO seq_last_value, seq_is_called;
+    END IF;
+
+    result := jsonb_build_object(
+        'relation', p_table::text,
+        'name', rel.relname,
+        'schema', rel.relnamespace::regnamespace::text,
+        'owner', pg_get_userbyid(rel.relowner),
+        'partitioned', rel.relkind = 'p',
+        'partition_key', pg_get_partkeydef(p_table),
+        'rls', rel.relrowsecurity,
+        'force_rls', rel.relforcerowsecurity,
+        'reloptions', coalesce(to_jsonb(rel.reloptions), '[]'),
+        'comment', obj_description(p_table, 'pg_class'),
+        'acl', (SELECT coalesce(jsonb_agg(g.stmt ORDER BY g.n), '[]') FROM stage4.grant_statements(coalesce(rel.relacl, acldefault('r', rel.relowner)), 'TABLE ' || p_table::text) WITH ORDINALITY g(stmt, n)),
+        'columns', (
+            SELECT coalesce(jsonb_agg(jsonb_build_object(
+                       'name', a.attname,
+                       'type', format_type(a.atttypid, a.atttypmod),
+                       'not_null', a.attnotnull,
+                       'comment', col_description(p_table, a.attnum),
+                       'acl', (SELECT coalesce(jsonb_agg(g.stmt ORDER BY g.n), '[]')
+                               FROM stage4.grant_statements(a.attacl, 'TABLE ' || p_table::text, a.attname) WITH ORDINALITY g(stmt, n)))
+                   ORDER BY a.attnum), '[]')
+            FROM pg_attribute a WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped),
+        'primary_key', (
+            SELECT jsonb_build_object(
+                       'name', c.conname,
+                       'columns', (SELECT jsonb_agg(a.attname ORDER BY k.ord)
+                                   FROM unnest(c.conkey) WITH ORDINALITY k(attnum, ord)
+                                   JOIN pg_attribute a ON a.attrelid = p_table AND a.attnum = k.attnum),
+                       'comment', obj_description(c.oid, 'pg_constraint'))
+            FROM pg_constraint c WHERE c.conrelid = p_table AND c.contype = 'p'),
+        -- CHECK constraints travel with CREATE TABLE ... LIKE; the others are replayed.
+        'constraints', (
+            SELECT coalesce(jsonb_agg(jsonb_build_object(
+                       'name', c.conname, 'type', c.contype,
+                       'definition', pg_get_constraintdef(c.oid),
+                       'comment', obj_description(c.oid, 'pg_constraint')) ORDER BY c.conname), '[]')
+            FROM pg_constraint c WHERE c.conrelid = p_table AND c.contype <> 'p' AND c.conparentid = 0),
+        'referenced_by', (
+            SELECT coalesce(jsonb_agg(format('%s.%I', c.conrelid::regclass, c.conname) ORDER BY 1), '[]')
+            FROM pg_constraint c WHERE c.confrelid = p_table AND c.contype = 'f' AND c.conparentid = 0),
+        'indexes', (
+            SELECT coalesce(jsonb_agg(jsonb_build_object(
+                       'name', ic.relname,
+                       -- ON ONLY is how a partitioned parent's index prints; the index is the same.
+                       'definition', replace(pg_get_indexdef(i.indexrelid), ' ON ONLY ', ' ON '),
+                       'unique', i.indisunique,
+                       'comment', obj_description(i.indexrelid, 'pg_class')) ORDER BY ic.relname), '[]')
+            FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+            WHERE i.indrelid = p_table
+              AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid AND c.conrelid = p_table)),
+        'triggers', (
+            SELECT coalesce(jsonb_agg(jsonb_build_object(
+                       'name', t.tgname,
+                       'definition', pg_get_triggerdef(t.oid),
+                       'enabled', t.tgenabled,
+                       'comment', obj_description(t.oid, 'pg_trigger')) ORDER BY t.tgname), '[]')
+            FROM pg_trigger t WHERE t.tgrelid = p_table AND NOT t.tgisinternal AND t.tgparentid = 0),
+        'policies', (
+            SELECT coalesce(jsonb_agg(jsonb_build_object(
+                       'name', p.polname,
+                       'permissive', p.polpermissive,
+                       'command', CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE'
+                                                WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
+                       'roles', (SELECT jsonb_agg(CASE WHEN r = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r)) END ORDER BY 1)
+                                 FROM unnest(p.polroles) r),
+                       'using', pg_get_expr(p.polqual, p.polrelid),
+                       'with_check', pg_get_expr(p.polwithcheck, p.polrelid),
+                       'comment', obj_description(p.oid, 'pg_policy')) ORDER BY p.polname), '[]')
+            FROM pg_policy p WHERE p.polrelid = p_table),
+        'identity', (
+            SELECT jsonb_build_object(
+                       'sequence', identity_seq::text,
+                       'column', (SELECT attname FROM pg_attribute WHERE attrelid = p_table AND attidentity <> '' LIMIT 1),
+                       'last_value', seq_last_value,
+                       'is_called', seq_is_called,
+                       'owner', pg_get_userbyid(sc.relowner),
+                       'comment', obj_description(identity_seq, 'pg_class'),
+                       'acl', (SELECT coalesce(jsonb_agg(g.stmt ORDER BY g.n), '[]')
+                               FROM stage4.grant_statements(coalesce(sc.relacl, acldefault('s', sc.relowner)), 'SEQUENCE ' || identity_seq::text) WITH ORDINALITY g(stmt, n)))
+            FROM pg_class sc WHERE sc.oid = identity_seq),
+        'dependents', (
+            SELECT coalesce(jsonb_agg(x.obj ORDER BY x.depth, x.identity), '[]')
+            FROM (
+                SELECT d.depth, v.oid::regclass::text AS identity, jsonb_build_object(
+                    'kind', CASE v.relkind WHEN 'm' THEN 'materialized view' ELSE 'view' END,
+                    'identity', v.oid::regclass::text,
+                    'depth', d.depth,
+                    'definition', format('CREATE %s %s%s AS %s',
+                                         CASE v.relkind WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'VIEW' END,
+                                         v.oid::regclass,
+                                         CASE WHEN v.reloptions IS NULL THEN ''
+                                              ELSE format(' WITH (%s)', array_to_string(v.reloptions, ', ')) END,
+                                         rtrim(pg_get_viewdef(v.oid), ';')),
+                    'indexes', (SELECT coalesce(jsonb_agg(pg_get_indexdef(i.indexrelid) ORDER BY i.indexrelid), '[]')
+                                FROM pg_index i WHERE i.indrelid = v.oid),
+                    'owner', pg_get_userbyid(v.relowner),
+                    'comment', obj_description(v.oid, 'pg_class'),
+                    'column_comments', (SELECT coalesce(jsonb_object_agg(a.attname, col_description(v.oid, a.attnum)), '{}')
+                                        FROM pg_attribute a
+                                        WHERE a.attrelid = v.oid AND a.attnum > 0 AND col_description(v.oid, a.attnum) IS NOT NULL),
+                    'acl', (SELECT coalesce(jsonb_agg(g.stmt ORDER BY g.n), '[]')
+                            FROM stage4.grant_statements(coalesce(v.relacl, acldefault('r', v.relowner)), 'TABLE ' || v.oid::regclass::text) WITH ORDINALITY g(stmt, n))) AS obj
+                FROM stage4.dependent_objects(p_table) d JOIN pg_class v ON d.classid = 'pg_class'::regclass AND v.oid = d.objid
+                UNION ALL
+                SELECT d.depth, f.oid::regprocedure::text, jsonb_build_object(
+                    'kind', 'function',
+                    'identity', f.oid::regprocedure::text,
+                    'depth', d.depth,
+                    'definition', pg_get_functiondef(f.oid),
+                    'owner', pg_get_userbyid(f.proowner),
+                    'comment', obj_description(f.oid, 'pg_proc'),
+                    'acl', (SELECT coalesce(jsonb_agg(g.stmt ORDER BY g.n), '[]')
+                            FROM stage4.grant_statements(coalesce(f.proacl, acldefault('f', f.proowner)),
+                                                         format('FUNCTION %s', f.oid::regprocedure)) WITH ORDINALITY g(stmt, n)))
+                FROM stage4.dependent_objects(p_table) d JOIN pg_proc f ON d.classid = 'pg_proc'::regclass AND f.oid = d.objid
+            ) x),
+        'publications', (
+            SELECT coalesce(jsonb_agg(p.pubname ORDER BY p.pubname), '[]')
+            FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid WHERE pr.prrelid = p_table),
+        'partitions', (
+            SELECT coalesce(jsonb_agg(jsonb_build_object(
+                       'name', c.relname, 'bound', pg_get_expr(c.relpartbound, c.oid)) ORDER BY c.relname), '[]')
+            FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = p_table)
+    );
+    IF p_with_rows THEN
+        EXECUTE format('SELECT count(*) FROM %s', p_table) INTO rel.reltuples;
+        result := result || jsonb_build_object('row_count', rel.reltuples::bigint,
+                                               'checksum', stage4.table_checksum(p_table));
+    END IF;
+    RETURN result;
+END $$;
+
+-- Stores (or replaces) the snapshot a change takes before touching a table.
+CREATE OR REPLACE FUNCTION stage4.save_snapshot(p_change text, p_table regclass)
+RETURNS jsonb LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO stage4.table_snapshots (change, relation, snapshot)
+    VALUES (p_change, p_table::text, stage4.describe_table(p_table))
+    ON CONFLICT (change, relation) DO UPDATE SET snapshot = EXCLUDED.snapshot, captured_at = now()
+    RETURNING snapshot
+$$;
+
+CREATE OR REPLACE FUNCTION stage4.snapshot(p_change text, p_relation text)
+RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    result jsonb;
+BEGIN
+    SELECT snapshot INTO result FROM stage4.table_snapshots WHERE change = p_change AND relation = p_relation;
+    IF result IS NULL THEN
+        RAISE EXCEPTION 'stage4: no snapshot of % for change %', p_relation, p_change;
+    END IF;
+    RETURN result;
+END $$;
+
+-- Replaces an ACL by exactly the given GRANT statements. New objects receive default
+-- privileges (Supabase grants anon and authenticated everything in public), which must not
+-- survive on a recreated object.
+CREATE OR REPLACE FUNCTION stage4.reset_acl(p_object text, p_grants jsonb)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    grantee text;
+    stmt text;
+    kind text := split_part(p_object, ' ', 1);
+    name text := substr(p_object, length(kind) + 2);
+BEGIN
+    FOR grantee IN
+        SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END
+        FROM aclexplode(CASE WHEN kind = 'FUNCTION'
+                             THEN (SELECT coalesce(proacl, acldefault('f', proowner)) FROM pg_proc WHERE oid = name::regprocedure)
+                             ELSE (SELECT coalesce(relacl, acldefault((CASE relkind WHEN 'S' THEN 's' ELSE 'r' END)::"char", relowner))
+                                   FROM pg_class WHERE oid = name::regclass) END) a
+    LOOP
+        EXECUTE format('REVOKE ALL ON %s FROM %s', p_object, grantee);
+    END LOOP;
+    FOR stmt IN SELECT jsonb_array_elements_text(p_grants) LOOP
+        EXECUTE stmt;
+    END LOOP;
+END $$;
+
+-- A new partition of p_parent that is safe in a Supabase public schema: RLS enabled with no
+-- policy of its own and no grants to the API roles, so naming the partition directly never
+-- bypasses the parent's policies. Rows reached through the parent keep the parent's policies.
+CREATE OR REPLACE FUNCTION stage4.create_secured_partition(p_parent regclass, p_name text, p_bound text)
+RETURNS regclass LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    schema_name text := (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = p_parent);
+    partition regclass;
+    api_role text;
+BEGIN
+    EXECUTE format('CREATE TABLE %s.%I PARTITION OF %s %s', schema_name, p_name, p_parent, p_bound);
+    partition := format('%s.%I', schema_name, p_name)::regclass;
+    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', partition);
+    EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', partition);
+    FOR api_role IN SELECT rolname FROM pg_roles WHERE rolname IN ('anon', 'authenticated') LOOP
+        EXECUTE format('REVOKE ALL ON %s FROM %I', partition, api_role);
+    END LOOP;
+    EXECUTE format('COMMENT ON TABLE %s IS %L', partition,
+                   format('Partition %s. Query the partitioned parent: RLS is enabled here without policies.', p_bound));
+    RETURN partition;
+END $$;
+
+-- Recreates p_table with a new layout and carries over everything describe_table() lists.
+--   p_partition_by  NULL for a plain table, else e.g. 'RANGE (data_referencia)'
+--   p_primary_key   columns of the new primary key (a partitioned key must include the partition key)
+--   p_partitions    [{"name": ..., "bound": "FOR VALUES FROM (...) TO (...)" | "DEFAULT"}]
+--   p_reloptions    storage parameters of a plain table (NULL: none)
+-- Runs inside the caller's transaction under an ACCESS EXCLUSIVE lock: either all of it
+-- happens or none of it.
+CREATE OR REPLACE FUNCTION stage4.rebuild_table(
+    p_table regclass,
+    p_partition_by text,
+    p_primary_key text[],
+    p_partitions jsonb DEFAULT '[]',
+    p_reloptions text[] DEFAULT NULL)
+RETURNS jsonb LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    before jsonb;
+    schema_name text;
+    table_name text;
+    work_name text;
+    work_table regclass;
+    item jsonb;
+    stmt text;
+    grantee text;
+    identity_seq text;
+    previous_check text;
+BEGIN
+    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', p_table);
+    before := stage4.describe_table(p_table, false);
+    schema_name := before->>'schema';
+    table_name := before->>'name';
+    work_name := left(table_name, 50) || '_stage4_new';
+
+    IF jsonb_array_length(before->'referenced_by') > 0 THEN
+        RAISE EXCEPTION 'stage4: % is referenced by foreign keys %; they would not survive a rebuild',
+            p_table, before->'referenced_by';
+    END IF;
+
+    -- 1. The new table: same columns, defaults, identity, generated columns, storage,
+    --    compression and CHECK constraints.
+    EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING GENERATED '
+                   'INCLUDING STORAGE INCLUDING COMPRESSION INCLUDING CONSTRAINTS)%s',
+                   schema_name, work_name, p_table,
+                   CASE WHEN p_partition_by IS NULL THEN '' ELSE ' PARTITION BY ' || p_partition_by END);
+    work_table := format('%I.%I', schema_name, work_name)::regclass;
+    FOR item IN SELECT jsonb_array_elements(p_partitions) LOOP
+        PERFORM stage4.create_secured_partition(work_table, item->>'name', item->>'bound');
+    END LOOP;
+
+    -- 2. The rows, ids included (no trigger exists yet on the new table to touch them).
+    EXECUTE format('INSERT INTO %s OVERRIDING SYSTEM VALUE SELECT * FROM %s', work_table, p_table);
+    IF before->'identity' IS NOT NULL THEN
+        SELECT s.seqrelid::regclass::text INTO identity_seq
+        FROM pg_depend d JOIN pg_sequence s ON s.seqrelid = d.objid
+        WHERE d.refobjid = work_table AND d.classid = 'pg_class'::regclass AND d.deptype = 'i';
+        PERFORM setval(identity_seq, (before->'identity'->>'last_value')::bigint, (before->'identity'->>'is_called')::boolean);
+    END IF;
+
+    -- 3. Drop what depends on the old table (deepest first), then the old table itself.
+    --    Anything else that depends on it makes this DROP fail and the whole change roll back.
+    FOR item IN SELECT value FROM jsonb_array_elements(before->'dependents') ORDER BY (value->>'depth')::int DESC LOOP
+        EXECUTE format('DROP %s %s', upper(item->>'kind'), item->>'identity');
+    END LOOP;
+    EXECUTE format('DROP TABLE %s', p_table);
+    EXECUTE format('ALTER TABLE %s RENAME TO %I', work_table, table_name);
+    work_table := format('%I.%I', schema_name, table_name)::regclass;
+    IF identity_seq IS NOT NULL THEN
+        EXECUTE format('ALTER SEQUENCE %s RENAME TO %I', identity_seq,
+                       (parse_ident(before->'identity'->>'sequence'))[2]);
+        identity_seq := before->'identity'->>'sequence';
+    END IF;
+
+    -- 4. Keys, indexes, triggers, security, comments, ownership.
+    IF before->'primary_key' IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I PRIMARY KEY (%s)', work_table,
+                       before->'primary_key'->>'name',
+                       (SELECT string_agg(quote_ident(c), ', ') FROM unnest(p_primary_key) c));
+        IF before->'primary_key'->>'comment' IS NOT NULL THEN
+            EXECUTE format('COMMENT ON CONSTRAINT %I ON %s IS %L', before->'primary_key'->>'name', work_table,
+                           before->'primary_key'->>'comment');
+        END IF;
+    END IF;
+    FOR item IN SELECT jsonb_array_elements(before->'constraints') LOOP
+        IF item->>'type' <> 'c' THEN
+            EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', work_table, item->>'name', item->>'definition');
+        END IF;
+        IF item->>'comment' IS NOT NULL THEN
+            EXECUTE format('COMMENT ON CONSTRAINT %I ON %s IS %L', item->>'name', work_table, item->>'comment');
+        END IF;
+    END LOOP;
+    FOR item IN SELECT jsonb_array_elements(before->'indexes') LOOP
+        EXECUTE item->>'definition';
+        IF item->>'comment' IS NOT NULL THEN
+            EXECUTE format('COMMENT ON INDEX %I.%I IS %L', schema_name, item->>'name', item->>'comment');
+        END IF;
+    END LOOP;
+    FOR item IN SELECT jsonb_array_elements(before->'triggers') LOOP
+        EXECUTE item->>'definition';
+        IF item->>'enabled' <> 'O' THEN
+            EXECUTE format('ALTER TABLE %s %s TRIGGER %I', work_table,
+                           CASE item->>'enabled' WHEN 'D' THEN 'DISABLE' WHEN 'A' THEN 'ENABLE ALWAYS'
+                                                 ELSE 'ENABLE REPLICA' END, item->>'name');
+        END IF;
+        IF item->>'comment' IS NOT NULL THEN
+            EXECUTE format('COMMENT ON TRIGGER %I ON %s IS %L', item->>'name', work_table, item->>'comment');
+        END IF;
+    END LOOP;
+    IF (before->>'rls')::boolean THEN
+        EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', work_table);
+    END IF;
+    IF (before->>'force_rls')::boolean THEN
+        EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', work_table);
+    END IF;
+    FOR item IN SELECT jsonb_array_elements(before->'policies') LOOP
+        EXECUTE format('CREATE POLICY %I ON %s AS %s FOR %s TO %s%s%s', item->>'name', work_table,
+                       CASE WHEN (item->>'permissive')::boolean THEN 'PERMISSIVE' ELSE 'RESTRICTIVE' END,
+                       item->>'command',
+                       (SELECT string_agg(r, ', ') FROM jsonb_array_elements_text(item->'roles') r),
+                       CASE WHEN item->>'using' IS NULL THEN '' ELSE format(' USING (%s)', item->>'using') END,
+                       CASE WHEN item->>'with_check' IS NULL THEN '' ELSE format(' WITH CHECK (%s)', item->>'with_check') END);
+        IF item->>'comment' IS NOT NULL THEN
+            EXECUTE format('COMMENT ON POLICY %I ON %s IS %L', item->>'name', work_table, item->>'comment');
+        END IF;
+    END LOOP;
+    IF cardinality(p_reloptions) > 0 THEN
+        EXECUTE format('ALTER TABLE %s SET (%s)', work_table, array_to_string(p_reloptions, ', '));
+    END IF;
+    IF (before->>'owner') <> current_user THEN
+        EXECUTE format('ALTER TABLE %s OWNER TO %I', work_table, before->>'owner');
+    END IF;
+    PERFORM stage4.reset_acl('TABLE ' || work_table::text, before->'acl');
+    EXECUTE format('COMMENT ON TABLE %s IS %L', work_table, before->>'comment');
+    FOR item IN SELECT jsonb_array_elements(before->'columns') LOOP
+        IF item->>'comment' IS NOT NULL THEN
+            EXECUTE format('COMMENT ON COLUMN %s.%I IS %L', work_table, item->>'name', item->>'comment');
+        END IF;
+        FOR stmt IN SELECT jsonb_array_elements_text(item->'acl') LOOP
+            EXECUTE stmt;
+        END LOOP;
+    END LOOP;
+    IF identity_seq IS NOT NULL THEN
+        PERFORM stage4.reset_acl('SEQUENCE ' || identity_seq, before->'identity'->'acl');
+        EXECUTE format('COMMENT ON SEQUENCE %s IS %L', identity_seq, before->'identity'->>'comment');
+    END IF;
+    FOR item IN SELECT jsonb_array_elements_text(before->'publications') LOOP
+        EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s', item #>> '{}', work_table);
+    END LOOP;
+
+    -- 5. Dependent views and functions, shallowest first, with their own grants and comments.
+    --    Bodies are not re-validated (as pg_dump restores them): a function may rely on the
+    --    caller's search_path, which this function pins to pg_catalog.
+    previous_check := set_config('check_function_bodies', 'off', true);
+    FOR item IN SELECT value FROM jsonb_array_elements(before->'dependents') ORDER BY (value->>'depth')::int LOOP
+        EXECUTE item->>'definition';
+        IF item->>'kind' = 'function' THEN
+            stmt := format('FUNCTION %s', item->>'identity');
+            EXECUTE format('ALTER %s OWNER TO %I', stmt, item->>'owner');
+            EXECUTE format('COMMENT ON %s IS %L', stmt, item->>'comment');
+        ELSE
+            stmt := 'TABLE ' || (item->>'identity');
+            FOR grantee IN SELECT jsonb_array_elements_text(item->'indexes') LOOP
+                EXECUTE grantee;
+            END LOOP;
+            EXECUTE format('ALTER %s %s OWNER TO %I', upper(item->>'kind'), item->>'identity', item->>'owner');
+            EXECUTE format('COMMENT ON %s %s IS %L', upper(item->>'kind'), item->>'identity', item->>'comment');
+            FOR grantee IN SELECT key FROM jsonb_each_text(item->'column_comments') LOOP
+                EXECUTE format('COMMENT ON COLUMN %s.%I IS %L', item->>'identity', grantee, item->'column_comments'->>grantee);
+            END LOOP;
+        END IF;
+        PERFORM stage4.reset_acl(stmt, item->'acl');
+    END LOOP;
+
+    PERFORM set_config('check_function_bodies', previous_check, true);
+
+    EXECUTE format('ANALYZE %s', work_table);
+    RETURN stage4.describe_table(work_table, false);
+END $$;
+
+-- Raises unless p_table still carries everything p_snapshot recorded and exactly the rows
+-- p_rows recorded (count and content checksum; p_rows defaults to p_snapshot, a revert
+-- passes the rows it started from). p_layout_changed relaxes only what a layout change must
+-- alter: the primary key's columns.
+CREATE OR REPLACE FUNCTION stage4.assert_table_preserved(
+    p_table regclass, p_snapshot jsonb, p_layout_changed boolean, p_rows jsonb DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    now_ jsonb := stage4.describe_table(p_table);
+    rows_ jsonb := coalesce(p_rows, p_snapshot);
+    key text;
+    missing jsonb;
+BEGIN
+    IF (now_->>'row_count') <> (rows_->>'row_count') THEN
+        RAISE EXCEPTION 'stage4: % has % rows, expected %', p_table, now_->>'row_count', rows_->>'row_count';
+    END IF;
+    IF (now_->>'checksum') <> (rows_->>'checksum') THEN
+        RAISE EXCEPTION 'stage4: content checksum of % changed (% <> %)', p_table, now_->>'checksum', rows_->>'checksum';
+    END IF;
+    FOREACH key IN ARRAY ARRAY['columns', 'acl', 'policies', 'triggers', 'indexes', 'constraints', 'rls', 'force_rls',
+                               'owner', 'comment', 'publications'] LOOP
+        IF now_->key IS DISTINCT FROM p_snapshot->key THEN
+            RAISE EXCEPTION 'stage4: % of % differ from the snapshot: now %, was %', key, p_table, now_->key, p_snapshot->key;
+        END IF;
+    END LOOP;
+    IF now_->'primary_key'->>'name' IS DISTINCT FROM p_snapshot->'primary_key'->>'name'
+       OR (NOT p_layout_changed AND now_->'primary_key' IS DISTINCT FROM p_snapshot->'primary_key')
+       OR NOT ((now_->'primary_key'->'columns') @> (p_snapshot->'primary_key'->'columns')) THEN
+        RAISE EXCEPTION 'stage4: primary key of % is %, was %', p_table, now_->'primary_key', p_snapshot->'primary_key';
+    END IF;
+    IF (now_->'identity'->>'sequence') IS DISTINCT FROM (p_snapshot->'identity'->>'sequence')
+       OR (now_->'identity'->'acl') IS DISTINCT FROM (p_snapshot->'identity'->'acl')
+       OR coalesce((now_->'identity'->>'last_value')::bigint, 0) < coalesce((p_snapshot->'identity'->>'last_value')::bigint, 0) THEN
+        RAISE EXCEPTION 'stage4: identity of % is %, was %', p_table, now_->'identity', p_snapshot->'identity';
+    END IF;
+    SELECT jsonb_agg(d->>'identity') INTO missing
+    FROM jsonb_array_elements(p_snapshot->'dependents') d
+    WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements(now_->'dependents') n
+                      WHERE n->>'identity' = d->>'identity' AND n->'acl' = d->'acl'
+                        AND n->>'comment' IS NOT DISTINCT FROM d->>'comment');
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'stage4: dependent objects of % missing or changed: %', p_table, missing;
+    END IF;
+END $$;
+
+-- Raises if any partition of p_parent (at any depth) could be read around the parent's
+-- policies: every partition must have RLS enabled and grant nothing to anon/authenticated.
+CREATE OR REPLACE FUNCTION stage4.assert_partitions_secured(p_parent regclass)
+RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    leak text;
+BEGIN
+    SELECT string_agg(format('%s (rls=%s)', t.relid, c.relrowsecurity), ', ') INTO leak
+    FROM pg_partition_tree(p_parent) t JOIN pg_class c ON c.oid = t.relid
+    WHERE t.relid <> p_parent
+      AND (NOT c.relrowsecurity
+           OR EXISTS (SELECT 1 FROM pg_roles r
+                      WHERE r.rolname IN ('anon', 'authenticated')
+                        AND has_table_privilege(r.oid, t.relid, 'SELECT,INSERT,UPDATE,DELETE')));
+    IF leak IS NOT NULL THEN
+        RAISE EXCEPTION 'stage4: partitions of % reachable around its RLS policies: %', p_parent, leak;
+    END IF;
+END $$;
+
+-- No materialized view may be readable by the API roles (materialized views have no RLS).
+CREATE OR REPLACE FUNCTION stage4.assert_no_api_readable_matviews()
+RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    exposed text;
+BEGIN
+    SELECT string_agg(c.oid::regclass::text, ', ') INTO exposed
+    FROM pg_class c JOIN pg_roles r ON r.rolname IN ('anon', 'authenticated')
+    WHERE c.relkind = 'm' AND has_table_privilege(r.oid, c.oid, 'SELECT');
+    IF exposed IS NOT NULL THEN
+        RAISE EXCEPTION 'stage4: materialized views readable by anon/authenticated: %', exposed;
+    END IF;
+END $$;
+
+-- Yearly RANGE bounds [p_from, p_to] for rebuild_table()/create_secured_partition():
+-- partitions named <p_table_name>_pYYYY.
+CREATE OR REPLACE FUNCTION stage4.yearly_partitions(p_table_name text, p_from int, p_to int)
+RETURNS jsonb LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+               'name', format('%s_p%s', p_table_name, y),
+               'bound', format('FOR VALUES FROM (%L) TO (%L)', make_date(y, 1, 1), make_date(y + 1, 1, 1)))
+           ORDER BY y), '[]')
+    FROM generate_series(p_from, p_to) y
+$$;
+
+-- The application's API contract still answers: the view and the five RPC functions run.
+-- (Their results are compared by the benchmark's fingerprints; this catches breakage early,
+-- inside the change's transaction.) No pinned search_path: the API runs with the caller's.
+CREATE OR REPLACE FUNCTION stage4.assert_api_answers()
+RETURNS void LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    PERFORM count(*) FROM public.geometrias_publicas;
+    PERFORM count(*) FROM public.search_geometrias('parque');
+    PERFORM count(*) FROM public.geometrias_no_raio(-46.63, -23.55, 5000);
+    PERFORM count(*) FROM public.area_por_categoria(2024);
+    PERFORM count(*) FROM public.extensao_por_categoria();
+    PERFORM count(*) FROM public.resumo_anual();
+END $$;
+
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA stage4 FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA stage4 FROM PUBLIC;

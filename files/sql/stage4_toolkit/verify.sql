@@ -1,0 +1,16 @@
+-- Raises unless every toolkit function is installed.
+DO $$
+DECLARE
+    missing text;
+BEGIN
+    SELECT string_agg(f, ', ') INTO missing
+    FROM unnest(ARRAY['table_checksum', 'dependent_objects', 'grant_statements', 'describe_table', 'save_snapshot',
+                      'snapshot', 'reset_acl', 'create_secured_partition', 'rebuild_table', 'assert_table_preserved',
+                      'assert_partitions_secured', 'assert_no_api_readable_matviews', 'yearly_partitions',
+                      'assert_api_answers']) f
+    WHERE NOT EXISTS (SELECT 1 FROM pg_proc WHERE proname = f AND pronamespace = 'stage4'::regnamespace);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'stage4_toolkit: missing functions: %', missing;
+    END IF;
+    PERFORM 'stage4.table_snapshots'::regclass;
+END $$;
