@@ -13,9 +13,12 @@ and never printed.
     scripts/localdb.py destroy    # stop and delete the folder
 
 Settings come from the environment:
-    STAGE4_LOCALDB_DIR   folder of the cluster      (default <repo>/.localdb)
+    STAGE4_LOCALDB_DIR   folder of the cluster      (default <repo>/.localdb, or a /tmp
+                                                     folder it links to when the postgres
+                                                     user cannot enter the repository)
     STAGE4_LOCALDB_PORT  TCP port on 127.0.0.1      (default 55432)
 """
+import hashlib
 import os
 import pwd
 import secrets
@@ -48,9 +51,24 @@ SERVER_SETTINGS = {
 
 
 def settings():
-    folder = os.path.abspath(os.environ.get("STAGE4_LOCALDB_DIR", os.path.join(REPO, ".localdb")))
     port = int(os.environ.get("STAGE4_LOCALDB_PORT", "55432"))
-    return folder, port
+    if "STAGE4_LOCALDB_DIR" in os.environ:
+        return os.path.abspath(os.environ["STAGE4_LOCALDB_DIR"]), port
+    return default_folder(), port
+
+
+def default_folder():
+    """<repo>/.localdb; a symlink to a /tmp folder when the postgres user cannot enter the repository
+    (a clone under /root, say)."""
+    link = os.path.join(REPO, ".localdb")
+    if os.path.isdir(link) or as_postgres("test", "-x", REPO, check=False, capture=True).returncode == 0:
+        return link
+    target = "/tmp/stage4-localdb-" + hashlib.sha1(REPO.encode()).hexdigest()[:8]
+    os.makedirs(target, exist_ok=True)
+    os.chmod(target, 0o755)
+    if not os.path.islink(link):
+        os.symlink(target, link)
+    return target
 
 
 def paths(folder):
@@ -158,6 +176,9 @@ def status(folder, port):
 def destroy(folder, port):
     stop(folder, port)
     shutil.rmtree(folder, ignore_errors=True)
+    link = os.path.join(REPO, ".localdb")
+    if os.path.islink(link) and os.path.realpath(link) == os.path.realpath(folder):
+        os.unlink(link)
     print(f"localdb: removed {folder}")
 
 

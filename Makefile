@@ -1,0 +1,72 @@
+# Stage 4 rollout. Two commands on a fresh Debian 12 machine (as root):
+#   make demo   installs what is missing, creates the local BIBLIOTECA (251 features) and runs Stage 4
+#   make test   unit tests, lint and the molecule scenarios against throwaway PostGIS clusters
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+BIN := $(VENV)/bin
+LOCALDB_PORT ?= 55432
+FEATURES ?= 251
+# Debian packages: the server, PostGIS and pg_cron for PostgreSQL 15, the matching pg_dump.
+APT_PACKAGES := postgresql-15 postgresql-15-postgis-3 postgresql-15-cron postgresql-client-15 python3-venv
+
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export ANSIBLE_FORCE_COLOR := 0
+LOCAL_DB_ENV = DB_HOST=127.0.0.1 DB_PORT=$(LOCALDB_PORT) DB_NAME=BIBLIOTECA DB_USER=postgres DB_PASSWORD="$$(cat .localdb/password)"
+
+.PHONY: help setup system-packages demo localdb fixture test unit lint molecule clean
+
+help:
+	@echo "make demo    - set up, create the local BIBLIOTECA ($(FEATURES) features) and run stage4.yml -i local"
+	@echo "make test    - unit tests, ansible-lint and every molecule scenario"
+	@echo "make clean   - stop and delete the local cluster, reports and backups"
+
+setup: system-packages $(VENV)/.installed collections/.installed
+
+# Debian would create and start a "main" cluster on port 5432 when installing the server; we run
+# our own clusters on their own ports, so tell it not to.
+system-packages:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  mkdir -p /etc/postgresql-common/createcluster.d; \
+	  echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/stage4.conf; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+collections/.installed: requirements.yml $(VENV)/.installed
+	$(BIN)/python scripts/install_collections.py
+	touch $@
+
+localdb: setup
+	$(BIN)/python scripts/localdb.py start
+
+fixture: localdb
+	$(LOCAL_DB_ENV) $(BIN)/python scripts/reference_db.py --host 127.0.0.1 --port $(LOCALDB_PORT) \
+	  --user postgres --dbname BIBLIOTECA --features $(FEATURES)
+
+demo: fixture
+	$(LOCAL_DB_ENV) $(BIN)/ansible-playbook stage4.yml -i local
+
+unit: setup
+	$(BIN)/pytest -q tests/unit
+
+lint: setup
+	$(BIN)/ansible-lint -q
+	$(BIN)/ansible-doc -M library gis_benchmark >/dev/null
+	$(BIN)/ansible-doc -M library stage4_change >/dev/null
+
+molecule: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/molecule test --all
+
+test: unit lint molecule
+
+clean:
+	-$(BIN)/python scripts/localdb.py destroy
+	rm -rf reports backups

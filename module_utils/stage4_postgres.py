@@ -1,0 +1,62 @@
+# -*- coding: utf-8 -*-
+"""Connection options and connection setup shared by the stage4 modules.
+
+Errors name the host, port, database and user, never the password.
+"""
+from __future__ import annotations
+
+try:
+    import psycopg2
+    import psycopg2.extensions
+    HAS_PSYCOPG2 = True
+except ImportError:  # reported by require_psycopg2()
+    HAS_PSYCOPG2 = False
+
+CONNECTION_ARGUMENT_SPEC = dict(
+    login_host=dict(type="str", default="localhost"),
+    login_port=dict(type="int", default=5432),
+    login_user=dict(type="str", required=True),
+    login_password=dict(type="str", no_log=True, default=""),
+    login_db=dict(type="str", required=True),
+    connect_timeout=dict(type="int", default=10),
+    ssl_mode=dict(type="str", default="prefer",
+                  choices=["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]),
+)
+
+APPLICATION_NAME = "stage4"
+
+
+def require_psycopg2(module):
+    if not HAS_PSYCOPG2:
+        module.fail_json(msg="the psycopg2 Python package is required on the host running this module "
+                             "(pip install psycopg2-binary)")
+
+
+def describe_target(params):
+    return "{user}@{host}:{port}/{db}".format(user=params["login_user"], host=params["login_host"],
+                                             port=params["login_port"], db=params["login_db"])
+
+
+def first_line(error):
+    """The server's message without psycopg2's multi-line context."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else error.__class__.__name__
+
+
+def connect(module, application_name=APPLICATION_NAME, autocommit=False):
+    """Opens a connection from the module's login_* options or fails the module clearly."""
+    require_psycopg2(module)
+    params = module.params
+    try:
+        conn = psycopg2.connect(
+            host=params["login_host"], port=params["login_port"], user=params["login_user"],
+            password=params["login_password"] or None, dbname=params["login_db"],
+            connect_timeout=params["connect_timeout"], sslmode=params["ssl_mode"],
+            application_name=application_name)
+    except psycopg2.Error as error:
+        message = first_line(error)
+        if params["login_password"]:
+            message = message.replace(params["login_password"], "********")
+        module.fail_json(msg="cannot connect to {0}: {1}".format(describe_target(params), message))
+    conn.autocommit = autocommit
+    return conn
