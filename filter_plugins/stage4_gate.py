@@ -1,13 +1,13 @@
 # -*- coding: utf-8 -*-
 """The metric gate: judges a stage's benchmark against the stage it builds on.
 
-A query regresses only when all of these hold, so that noise on sub-millisecond queries is not
-called a regression (canary-analysis practice, as in Kayenta):
-  - its median latency rose by more than `max_slowdown_ms` (absolute) ...
-  - ... and by more than `max_slowdown_pct` percent (relative) ...
-  - ... and the rise is significant: a one-sided Mann-Whitney U test on the latency samples
-    rejects "not slower" at `confidence` (normal approximation with tie correction).
-A changed result fingerprint always fails: the optimization changed what the API returns.
+Per query, a one-sided Mann-Whitney U test on the latency samples (normal approximation with tie
+correction, as Kayenta's canary judge) decides whether it got significantly slower or faster at
+`confidence`. A significantly slower query fails the gate only when its median also rose by more
+than `max_slowdown_ms` AND by more than `max_slowdown_pct` percent: below either it is reported
+as "slower, within tolerance", so a sub-millisecond query that grows by a fraction of a
+millisecond is reported honestly without stopping the rollout. A changed result fingerprint
+always fails: the optimization changed what the API returns.
 """
 from __future__ import annotations
 
@@ -75,23 +75,25 @@ def judge_query(query_id, current, reference, max_slowdown_ms, max_slowdown_pct,
     now = current["p50_ms"]
     delta_ms = now - base
     delta_pct = (delta_ms / base * 100.0) if base > 0 else 0.0
-    p_value = mann_whitney_slower_p(reference.get("samples_ms") or [], current.get("samples_ms") or [])
-    slower = delta_ms > max_slowdown_ms and delta_pct > max_slowdown_pct and p_value < 1 - confidence
-    fingerprint_changed = current.get("fingerprint") != reference.get("fingerprint")
-    if fingerprint_changed:
+    reference_samples = reference.get("samples_ms") or []
+    current_samples = current.get("samples_ms") or []
+    p_slower = mann_whitney_slower_p(reference_samples, current_samples)
+    p_faster = mann_whitney_slower_p(current_samples, reference_samples)
+    if current.get("fingerprint") != reference.get("fingerprint"):
         verdict = "result changed"
-    elif slower:
-        verdict = "regressed"
-    elif delta_ms < -max_slowdown_ms and delta_pct < -max_slowdown_pct and p_value > confidence:
-        verdict = "improved"
+    elif p_slower < 1 - confidence and delta_ms > 0:
+        beyond = delta_ms > max_slowdown_ms and delta_pct > max_slowdown_pct
+        verdict = "regressed" if beyond else "slower, within tolerance"
+    elif p_faster < 1 - confidence and delta_ms < 0:
+        verdict = "faster"
     else:
-        verdict = "no measurable difference"
+        verdict = "no significant difference"
     return {
         "query": query_id, "verdict": verdict,
         "reference_p50_ms": round(base, 4), "p50_ms": round(now, 4),
-        "delta_ms": round(delta_ms, 4), "delta_pct": round(delta_pct, 1), "p_value": round(p_value, 5),
+        "delta_ms": round(delta_ms, 4), "delta_pct": round(delta_pct, 1), "p_value": round(p_slower, 5),
         "reference_mean_ms": round(reference["mean_ms"], 4), "mean_ms": round(current["mean_ms"], 4),
-        "fingerprint_changed": fingerprint_changed,
+        "fingerprint_changed": verdict == "result changed",
     }
 
 
@@ -114,15 +116,19 @@ def stage4_gate(current, reference, max_slowdown_ms=0.5, max_slowdown_pct=25.0, 
         else:
             reasons.append("{0}: {1}".format(q["query"], q["verdict"]))
     if force_fail:
-        reasons.insert(0, "gate forced to fail (rollback drill)")
-    improved = sum(1 for q in queries if q["verdict"] == "improved")
-    unchanged = sum(1 for q in queries if q["verdict"] == "no measurable difference")
+        measured = [q for q in queries if "delta_ms" in q]
+        worst = max(measured, key=lambda q: abs(q["delta_ms"]), default=None)
+        reasons.insert(0, "gate forced to fail (rollback drill){0}".format(
+            "; largest median change: {query} {delta_ms:+} ms ({delta_pct:+}%)".format(**worst) if worst else ""))
+    counts = {verdict: sum(1 for q in queries if q["verdict"] == verdict)
+              for verdict in ("faster", "no significant difference", "slower, within tolerance")}
     return {
         "passed": not reasons,
         "reason": "; ".join(reasons) if reasons else "no query regressed and every result is unchanged",
         "queries": queries,
         "regressions": failing,
-        "summary": {"improved": improved, "no_measurable_difference": unchanged, "failing": len(failing),
+        "summary": {"faster": counts["faster"], "no_significant_difference": counts["no significant difference"],
+                    "slower_within_tolerance": counts["slower, within tolerance"], "failing": len(failing),
                     "mean_ms_delta": round(current["mean_ms"] - reference["mean_ms"], 4),
                     "qps_delta_pct": round((current["qps"] / reference["qps"] - 1) * 100.0, 1)
                     if reference.get("qps") else None},

@@ -1,0 +1,68 @@
+"""Bad input stops Stage 4 in preflight with a clear message; a failed gate reverts OPT1 and stops."""
+import json
+import os
+import subprocess
+
+import pytest
+
+from stage4_testlib import CLUSTER_DIR, PORT, load_report, password, query, run_dirs, scalar
+
+
+def log(name):
+    with open(os.path.join(CLUSTER_DIR, name + ".log"), encoding="utf-8") as handle:
+        return handle.read()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing_password", "stage4_db_password is empty: export DB_PASSWORD"),
+    ("wrong_password", "Preflight could not inspect postgres@127.0.0.1"),
+    ("unreachable_host", "Preflight could not inspect postgres@127.0.0.1:1/BIBLIOTECA"),
+    ("wrong_feature_count", "with 251 features (expected 250)"),
+    ("bad_port_variable", "Bad variables: stage4_db_port must be 1-65535"),
+])
+def test_bad_input_stops_in_preflight(case, message):
+    output = log(case)
+    assert message in " ".join(output.split())
+    assert "Nothing was changed" in " ".join(output.split()) or "nothing was changed" in output
+    assert "Dump the database" not in output  # the run stopped before the backup play
+
+
+def test_no_secret_in_any_output():
+    for case in ("missing_password", "wrong_password", "unreachable_host", "wrong_feature_count", "gate_failure"):
+        assert password() not in log(case)
+    assert "Wr0ng-Passw0rd-Molecule-Only" not in log("wrong_password")
+
+
+def test_gate_failure_says_which_query_and_reverts():
+    output = " ".join(log("gate_failure").split())
+    assert "Gate failed for opt1 against baseline" in output
+    assert "largest median change: q" in output
+    assert "opt1 was reverted and verified" in output
+
+
+def test_database_is_as_it_was():
+    dump = subprocess.run(
+        ["pg_dump", "--schema-only", "-N", "stage4", "-N", "stage4_benchmark", "-h", "127.0.0.1", "-p", str(PORT),
+         "-U", "postgres", "BIBLIOTECA"], check=True, capture_output=True, text=True,
+        env=dict(os.environ, PGPASSWORD=password())).stdout
+    normalized = "".join(line + "\n" for line in dump.splitlines() if not line.startswith(("\\restrict", "\\unrestrict")))
+    with open(os.path.join(CLUSTER_DIR, "schema_before.sql"), encoding="utf-8") as handle:
+        assert normalized == handle.read()
+    with open(os.path.join(CLUSTER_DIR, "rows_before.txt"), encoding="utf-8") as handle:
+        assert "{0} {1}".format(*query(
+            "SELECT count(*), md5(string_agg(g::text, '|' ORDER BY id)) FROM public.geometrias g")[0]) \
+            == handle.read().strip()
+    assert scalar("SELECT relkind FROM pg_class WHERE oid = 'public.geometrias'::regclass") == "r"
+
+
+def test_ledger_and_report_record_the_rollback():
+    assert [r[0] for r in query("SELECT change FROM stage4.ledger ORDER BY seq")] == ["stage4_toolkit", "benchmark_schema"]
+    assert [r[0] for r in query("SELECT action FROM stage4.ledger_events WHERE change = 'opt1_temporal_partitioning' "
+                                "ORDER BY id")] == ["deploy", "revert"]
+    report = load_report(run_dirs()[-1])
+    assert report["outcome"] == "stopped: opt1 failed its gate and was reverted"
+    assert report["optimizations"][0]["status"] == "reverted: gate failed"
+    with open(os.path.join(run_dirs()[-1], "audit.jsonl"), encoding="utf-8") as handle:
+        outcomes = [(e["step"], e["outcome"]) for e in map(json.loads, handle)]
+    assert ("gate_opt1", "failed") in outcomes
+    assert ("opt1_temporal_partitioning", "reverted") in outcomes

@@ -1,0 +1,118 @@
+"""Throwaway PostgreSQL clusters for the tests.
+
+A cluster is made by scripts/localdb.py in a fresh folder under /tmp (the
+postgres OS user must be able to enter it) on a free port, and removed whole
+afterwards:
+
+    with pgcluster.running_cluster() as cluster:
+        cluster.build_reference_db("BIBLIOTECA", features=251)
+        conn = cluster.connect("BIBLIOTECA")
+"""
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+
+import psycopg2
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOCALDB = os.path.join(REPO, "scripts", "localdb.py")
+REFERENCE_DB = os.path.join(REPO, "scripts", "reference_db.py")
+
+
+def free_port():
+    """A TCP port nothing listens on right now (the kernel's pick for port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run(argv, env):
+    done = subprocess.run(argv, env=env, text=True, capture_output=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError("%s exited with %d:\n%s%s" % (" ".join(argv), done.returncode,
+                                                         done.stdout, done.stderr))
+    return done
+
+
+class Cluster:
+    host = "127.0.0.1"
+    user = "postgres"
+
+    def __init__(self, folder, port):
+        self.folder = folder
+        self.port = port
+        self.password = None
+
+    def _localdb(self, command):
+        env = dict(os.environ, STAGE4_LOCALDB_DIR=self.folder, STAGE4_LOCALDB_PORT=str(self.port))
+        return _run([sys.executable, LOCALDB, command], env)
+
+    def start(self):
+        self._localdb("start")
+        with open(os.path.join(self.folder, "password"), encoding="utf-8") as handle:
+            self.password = handle.read().strip()
+
+    def destroy(self):
+        self._localdb("destroy")
+
+    def login_args(self, dbname):
+        """The login_* options of the stage4 modules for this cluster."""
+        return dict(login_host=self.host, login_port=self.port, login_user=self.user,
+                    login_password=self.password, login_db=dbname)
+
+    def connect(self, dbname="postgres", autocommit=True):
+        conn = psycopg2.connect(host=self.host, port=self.port, user=self.user,
+                                password=self.password, dbname=dbname)
+        conn.autocommit = autocommit
+        return conn
+
+    def create_database(self, dbname):
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute('CREATE DATABASE "%s"' % dbname.replace('"', '""'))
+        finally:
+            conn.close()
+
+    def run_sql_file(self, dbname, path):
+        """Run a SQL file in one transaction, as the playbooks do."""
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        conn = self.connect(dbname, autocommit=False)
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(text)
+        finally:
+            conn.close()
+
+    def build_reference_db(self, dbname, features=251):
+        """(Re)create the reference fixture database with scripts/reference_db.py."""
+        env = dict(os.environ, DB_PASSWORD=self.password)
+        _run([sys.executable, REFERENCE_DB, "--host", self.host, "--port", str(self.port),
+              "--user", self.user, "--dbname", dbname, "--features", str(features), "--recreate"],
+             env)
+
+
+def start_cluster():
+    """Start a cluster in a fresh /tmp folder on a free port; the caller destroys it."""
+    folder = tempfile.mkdtemp(prefix="stage4-test-", dir="/tmp")
+    os.chmod(folder, 0o755)  # the postgres OS user must enter it
+    cluster = Cluster(folder, free_port())
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.destroy()
+        raise
+    return cluster
+
+
+@contextlib.contextmanager
+def running_cluster():
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()

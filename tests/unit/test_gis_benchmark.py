@@ -1,0 +1,407 @@
+"""Tests of library/gis_benchmark.py and of the benchmark schema.
+
+The pure functions are tested directly. main() runs against a real throwaway
+cluster (tests/pgcluster.py) holding the reference fixture at 251 features and
+the benchmark schema, with few iterations to keep the file fast.
+"""
+import hashlib
+import json
+import os
+import re
+import sys
+
+import psycopg2
+import pytest
+import yaml
+from ansible.module_utils.testing import patch_module_args
+
+# Importable however pytest is invoked (its rootdir decides which conftest.py it loads).
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(TESTS)
+sys.path[:0] = [path for path in (TESTS, os.path.join(REPO, "library")) if path not in sys.path]
+
+import gis_benchmark  # noqa: E402
+import pgcluster  # noqa: E402
+
+QUERIES_DIR = os.path.join(REPO, "files", "benchmark", "queries")
+SCHEMA_DIR = os.path.join(REPO, "files", "sql", "benchmark_schema")
+DB = "BIBLIOTECA"
+QUERY_IDS = [
+    "q01_bbox_intersects", "q02_radius", "q03_knn", "q04_rpc_text_search", "q05_temporal_bbox",
+    "q06_rpc_area_por_categoria", "q07_rpc_extensao_por_categoria", "q08_rpc_resumo_anual",
+    "q09_point_in_polygon", "q10_geojson_export_bbox",
+]
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def valid_params(**overrides):
+    params = {name: spec.get("default") for name, spec in gis_benchmark.ARGUMENT_SPEC.items()}
+    params.update(login_user="postgres", login_db=DB, queries_dir=QUERIES_DIR, run_id="r",
+                  stage="baseline")
+    params.update(overrides)
+    return params
+
+
+# --------------------------------------------------------------------------
+# Pure functions
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("samples, pct, expected", [
+    ([1, 2, 3, 4], 50, 2.5),
+    ([1, 2, 3, 4], 95, 3.85),
+    ([1, 2, 3, 4], 99, 3.97),
+    ([1, 2, 3, 4], 0, 1),
+    ([1, 2, 3, 4], 100, 4),
+    ([15, 20, 35, 40, 50], 40, 29),
+    ([7.5], 99, 7.5),
+])
+def test_percentile_interpolates_like_numpy(samples, pct, expected):
+    assert gis_benchmark.percentile(samples, pct) == pytest.approx(expected)
+
+
+def test_percentile_of_nothing_is_an_error():
+    with pytest.raises(ValueError):
+        gis_benchmark.percentile([], 50)
+
+
+def test_summarize():
+    samples = [9, 2, 4, 4, 4, 5, 5, 7]
+    stats = gis_benchmark.summarize(samples)
+    assert stats["calls"] == 8
+    assert stats["mean_ms"] == 5
+    assert stats["stddev_ms"] == 2  # population standard deviation
+    assert (stats["min_ms"], stats["max_ms"]) == (2, 9)
+    assert stats["p50_ms"] == 4.5
+    assert stats["p95_ms"] == pytest.approx(8.3)
+    assert stats["samples_ms"] == samples  # in measurement order, not sorted
+
+
+def test_fingerprint_ignores_row_order():
+    rows = [(1, "a", 2.5), (2, "b", None), (3, "c\nd", 1.0)]
+    assert gis_benchmark.fingerprint(rows) == gis_benchmark.fingerprint(list(reversed(rows)))
+
+
+@pytest.mark.parametrize("other", [
+    [(1, "a", 2.5)],                                   # a row less
+    [(1, "a", 2.5), (2, "b", None), (2, "b", None)],   # a duplicate row
+    [(1, "a", 2.5000001), (2, "b", None)],             # a value
+    [(1, "a", 2.5), ("2", "b", None)],                 # a type
+])
+def test_fingerprint_sees_changes(other):
+    assert gis_benchmark.fingerprint([(1, "a", 2.5), (2, "b", None)]) \
+        != gis_benchmark.fingerprint(other)
+
+
+def test_fingerprint_of_no_rows():
+    assert gis_benchmark.fingerprint([]) == hashlib.sha256(b"0\n").hexdigest()
+
+
+def test_split_iterations():
+    assert gis_benchmark.split_iterations(7, 3) == [3, 2, 2]
+    assert gis_benchmark.split_iterations(2, 2) == [1, 1]
+
+
+def test_hit_ratio():
+    assert gis_benchmark.hit_ratio(99, 1) == 0.99
+    assert gis_benchmark.hit_ratio(0, 0) is None
+
+
+def test_load_queries_sorts_and_strips(tmp_path):
+    (tmp_path / "b.sql").write_text("-- second\nSELECT 2;;  \n\n", encoding="utf-8")
+    (tmp_path / "a.sql").write_text("SELECT 1", encoding="utf-8")
+    (tmp_path / "notes.txt").write_text("not a query", encoding="utf-8")
+    (tmp_path / "dir.sql").mkdir()
+    queries = gis_benchmark.load_queries(str(tmp_path))
+    assert [q["query_id"] for q in queries] == ["a", "b"]
+    assert queries[1]["sql"] == "-- second\nSELECT 2"
+    assert queries[1]["sql_sha256"] == hashlib.sha256(b"-- second\nSELECT 2").hexdigest()
+    assert queries[1]["file"] == str(tmp_path / "b.sql")
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda path: None, "holds no .sql file"),
+    (lambda path: (path / "q.sql").write_text("-- only a comment\n;\n"), "holds no SQL statement"),
+    (lambda path: (path / "q.sql").write_bytes(b"SELECT '\xff'"), "cannot read query file"),
+    (lambda path: (path / "q.sql").symlink_to(path / "missing"), "cannot read query file"),
+])
+def test_load_queries_errors(tmp_path, setup, message):
+    setup(tmp_path)
+    with pytest.raises(gis_benchmark.BenchmarkError, match=message):
+        gis_benchmark.load_queries(str(tmp_path))
+
+
+def test_load_queries_missing_folder(tmp_path):
+    with pytest.raises(gis_benchmark.BenchmarkError, match="is not a folder"):
+        gis_benchmark.load_queries(str(tmp_path / "nope"))
+
+
+def test_shipped_queries():
+    queries = gis_benchmark.load_queries(QUERIES_DIR)
+    assert [q["query_id"] for q in queries] == QUERY_IDS
+    for query in queries:
+        assert query["sql"].startswith("-- "), query["file"]
+        code = [line for line in query["sql"].splitlines() if not line.startswith("--")]
+        assert code[0].startswith("SELECT"), query["file"]
+        assert not any(";" in line for line in code), query["file"]  # one statement
+
+
+def test_check_args_accepts_defaults():
+    assert gis_benchmark.check_args(valid_params()) == []
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(iterations=0), "iterations must be >= 1"),
+    (dict(warmup=-1), "warmup must be >= 0"),
+    (dict(concurrency=0), "concurrency must be >= 1"),
+    (dict(statement_timeout_ms=-5), "statement_timeout_ms must be >= 0"),
+    (dict(connect_timeout=0), "connect_timeout must be >= 1"),
+    (dict(login_port=70000), "login_port must be <= 65535"),
+    (dict(run_id=" "), "run_id must not be empty"),
+    (dict(stage=""), "stage must not be empty"),
+    (dict(as_role=""), "as_role must not be empty"),
+])
+def test_check_args_rejects(overrides, message):
+    assert message in "; ".join(gis_benchmark.check_args(valid_params(**overrides)))
+
+
+def test_documentation_matches_argument_spec():
+    options = yaml.safe_load(gis_benchmark.DOCUMENTATION)["options"]
+    assert set(options) == set(gis_benchmark.ARGUMENT_SPEC)
+    for name, spec in gis_benchmark.ARGUMENT_SPEC.items():
+        doc = options[name]
+        assert doc["type"] == spec["type"], name
+        assert doc.get("default") == spec.get("default"), name
+        assert bool(doc.get("required")) == bool(spec.get("required")), name
+        assert doc.get("choices") == spec.get("choices"), name
+    yaml.safe_load(gis_benchmark.EXAMPLES)
+    assert set(yaml.safe_load(gis_benchmark.RETURN)["benchmark"]["contains"]) == {
+        "run_id", "stage", "started_at", "finished_at", "iterations", "warmup", "concurrency",
+        "executions", "duration_s", "qps", "mean_ms", "cache_hit_ratio", "blks_hit",
+        "blks_read", "server_version", "as_role", "stored", "queries"}
+
+
+# --------------------------------------------------------------------------
+# The module against a real database
+# --------------------------------------------------------------------------
+
+def run_module(capsys, args):
+    """main() with args; returns the JSON result the module printed."""
+    capsys.readouterr()
+    with patch_module_args(args), pytest.raises(SystemExit):
+        gis_benchmark.main()
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with pgcluster.running_cluster() as running:
+        running.build_reference_db(DB, features=251)
+        running.run_sql_file(DB, os.path.join(SCHEMA_DIR, "deploy.sql"))
+        yield running
+
+
+@pytest.fixture
+def db(cluster):
+    conn = cluster.connect(DB)
+    yield conn
+    conn.close()
+
+
+def bench_args(cluster, **overrides):
+    args = dict(cluster.login_args(DB), queries_dir=QUERIES_DIR, run_id="test-run",
+                stage="baseline", iterations=4, warmup=1, concurrency=2)
+    args.update(overrides)
+    return args
+
+
+def fetch(conn, query, params=None):
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        return cur.fetchall()
+
+
+def execute(conn, statement):
+    with conn.cursor() as cur:
+        cur.execute(statement)
+
+
+def test_run_measures_and_stores(cluster, db, capsys):
+    result = run_module(capsys, bench_args(cluster, run_id="run-store"))
+    assert not result.get("failed"), result
+    assert result["changed"] is True
+    bench = result["benchmark"]
+    assert bench["stored"] is True
+    assert (bench["run_id"], bench["stage"], bench["as_role"]) == ("run-store", "baseline", None)
+    assert bench["executions"] == 40
+    assert bench["duration_s"] > 0
+    assert bench["qps"] == pytest.approx(40 / bench["duration_s"], rel=1e-3)
+    assert bench["server_version"].startswith("15.")
+    assert bench["blks_hit"] + bench["blks_read"] > 0
+    assert 0 < bench["cache_hit_ratio"] <= 1
+    assert list(bench["queries"]) == QUERY_IDS
+    for query_id, stats in bench["queries"].items():
+        assert stats["calls"] == 4 and len(stats["samples_ms"]) == 4, query_id
+        assert 0 < stats["min_ms"] <= stats["p50_ms"] <= stats["p95_ms"] <= stats["p99_ms"] \
+            <= stats["max_ms"], query_id
+        assert stats["min_ms"] <= stats["mean_ms"] <= stats["max_ms"], query_id
+        assert SHA256.match(stats["fingerprint"]) and SHA256.match(stats["sql_sha256"])
+        assert stats["shared_hit"] + stats["shared_read"] > 0, query_id
+    rows = {query_id: stats["result_rows"] for query_id, stats in bench["queries"].items()}
+    assert rows["q03_knn"] == 10
+    assert rows["q10_geojson_export_bbox"] == 1
+    assert min(rows[q] for q in QUERY_IDS if q != "q09_point_in_polygon") >= 1
+
+    assert fetch(db, "SELECT executions, concurrency, cache_hit_ratio FROM stage4_benchmark.runs"
+                     " WHERE run_id = 'run-store'") == [(40, 2, bench["cache_hit_ratio"])]
+    stored = fetch(db, "SELECT query_id, calls, fingerprint, cardinality(samples_ms)"
+                       " FROM stage4_benchmark.query_results WHERE run_id = 'run-store'"
+                       " ORDER BY query_id")
+    assert stored == [(q, 4, bench["queries"][q]["fingerprint"], 4) for q in QUERY_IDS]
+    catalog = dict(fetch(db, "SELECT query_id, sql_sha256 FROM stage4_benchmark.queries"))
+    assert catalog == {q: bench["queries"][q]["sql_sha256"] for q in QUERY_IDS}
+
+
+def test_fingerprints_are_stable_and_reruns_replace(cluster, db, capsys):
+    first = run_module(capsys, bench_args(cluster, run_id="run-pair"))["benchmark"]
+    # Another stage, other settings: same answers.
+    second = run_module(capsys, bench_args(cluster, run_id="run-pair", stage="candidate",
+                                           concurrency=1, warmup=0, iterations=3))["benchmark"]
+    assert {q: s["fingerprint"] for q, s in first["queries"].items()} \
+        == {q: s["fingerprint"] for q, s in second["queries"].items()}
+    assert fetch(db, "SELECT count(*), count(*) FILTER (WHERE fingerprint_changed)"
+                     " FROM stage4_benchmark.delta_vs_baseline"
+                     " WHERE run_id = 'run-pair' AND stage = 'candidate'") == [(10, 0)]
+    # Storing the same (run_id, stage) again replaces the run.
+    run_module(capsys, bench_args(cluster, run_id="run-pair", stage="candidate", iterations=2))
+    assert fetch(db, "SELECT count(*), min(calls), max(calls)"
+                     " FROM stage4_benchmark.query_results"
+                     " WHERE run_id = 'run-pair' AND stage = 'candidate'") == [(10, 2, 2)]
+    assert fetch(db, "SELECT count(*) FROM stage4_benchmark.runs WHERE run_id = 'run-pair'") \
+        == [(2,)]
+    latest = fetch(db, "SELECT DISTINCT stage, run_id FROM stage4_benchmark.latest_per_stage"
+                       " WHERE stage = 'candidate'")
+    assert latest == [("candidate", "run-pair")]
+
+
+def test_check_mode_stores_nothing(cluster, db, capsys):
+    count = "SELECT count(*) FROM stage4_benchmark.runs WHERE run_id = 'run-check'"
+    result = run_module(capsys, bench_args(cluster, run_id="run-check", iterations=1,
+                                           _ansible_check_mode=True))
+    assert result["changed"] is False
+    assert result["benchmark"]["stored"] is False
+    assert len(result["benchmark"]["queries"]) == 10
+    assert fetch(db, count) == [(0,)]
+
+
+def test_store_false_stores_nothing(cluster, db, capsys):
+    result = run_module(capsys, bench_args(cluster, run_id="run-nostore", iterations=1,
+                                           store=False))
+    assert (result["changed"], result["benchmark"]["stored"]) == (False, False)
+    assert fetch(db, "SELECT count(*) FROM stage4_benchmark.runs"
+                     " WHERE run_id = 'run-nostore'") == [(0,)]
+
+
+def test_as_role_applies_row_level_security(cluster, db, capsys):
+    bench = run_module(capsys, bench_args(cluster, run_id="run-anon", iterations=1,
+                                          as_role="anon", store=False))["benchmark"]
+    assert bench["as_role"] == "anon"
+    # anon sees the public features only (policy geometrias_leitura_publica).
+    visible = fetch(db, "SELECT count(*) FILTER (WHERE publico), count(*) FROM public.geometrias"
+                        " WHERE ST_Intersects(geom, ST_MakeEnvelope(-46.7833, -23.7005,"
+                        " -46.4833, -23.4005, 4326))")[0]
+    assert visible[0] < visible[1]
+    assert bench["queries"]["q01_bbox_intersects"]["result_rows"] == visible[0]
+
+
+def test_unknown_role_fails_clearly(cluster, capsys):
+    result = run_module(capsys, bench_args(cluster, as_role="no_such_role", store=False))
+    assert result["failed"] is True
+    assert result["msg"].startswith("cannot prepare a benchmark session on database %s" % DB)
+    assert 'role "no_such_role" does not exist' in result["msg"]
+
+
+def test_sessions_are_read_only(cluster, db, tmp_path, capsys):
+    (tmp_path / "q_write.sql").write_text("DELETE FROM public.geometrias RETURNING id;\n")
+    result = run_module(capsys, bench_args(cluster, queries_dir=str(tmp_path), store=False))
+    assert result["failed"] is True
+    assert "query q_write" in result["msg"] and "read-only transaction" in result["msg"]
+    assert fetch(db, "SELECT count(*) FROM public.geometrias") == [(251,)]
+
+
+def test_missing_benchmark_schema_fails_before_measuring(cluster, capsys):
+    result = run_module(capsys, bench_args(cluster, login_db="postgres"))
+    assert result["failed"] is True
+    assert "stage4_benchmark" in result["msg"] and "store=false" in result["msg"]
+
+
+def test_wrong_password_fails_without_leaking_it(cluster, capsys):
+    password = "Wrong-Secret-" + "x7Q2"
+    result = run_module(capsys, bench_args(cluster, login_password=password))
+    assert result["failed"] is True
+    assert password not in json.dumps(result)
+    assert cluster.password not in json.dumps(result)
+    assert "127.0.0.1:%d" % cluster.port in result["msg"] and DB in result["msg"]
+    assert "password authentication failed" in result["msg"]
+
+
+def test_unreachable_port_fails_clearly(cluster, capsys):
+    port = pgcluster.free_port()
+    result = run_module(capsys, bench_args(cluster, login_port=port, connect_timeout=2))
+    assert result["failed"] is True
+    assert result["msg"].startswith("cannot connect to database %s on 127.0.0.1:%d" % (DB, port))
+
+
+def test_invalid_arguments_fail_before_connecting(capsys):
+    result = run_module(capsys, dict(login_user="postgres", login_db=DB, login_port=1,
+                                     queries_dir=QUERIES_DIR, run_id="r", stage="s",
+                                     iterations=0, concurrency=0))
+    assert result["failed"] is True
+    assert result["msg"] == ("invalid arguments: iterations must be >= 1 (got 0); "
+                             "concurrency must be >= 1 (got 0)")
+
+
+def test_missing_psycopg2_fails(monkeypatch, capsys):
+    monkeypatch.setattr(gis_benchmark, "HAS_PSYCOPG2", False)
+    result = run_module(capsys, dict(login_user="postgres", login_db=DB,
+                                     queries_dir=QUERIES_DIR, run_id="r", stage="s"))
+    assert result["failed"] is True
+    assert "psycopg2" in result["msg"]
+
+
+def test_empty_queries_dir_fails(tmp_path, capsys):
+    result = run_module(capsys, dict(login_user="postgres", login_db=DB, login_port=1,
+                                     queries_dir=str(tmp_path), run_id="r", stage="s"))
+    assert result["failed"] is True
+    assert "holds no .sql file" in result["msg"]
+
+
+# --------------------------------------------------------------------------
+# The schema files
+# --------------------------------------------------------------------------
+
+def test_schema_deploy_verify_revert(cluster):
+    cluster.create_database("schema_check")
+    deploy, verify, revert = (os.path.join(SCHEMA_DIR, name)
+                              for name in ("deploy.sql", "verify.sql", "revert.sql"))
+    cluster.run_sql_file("schema_check", deploy)
+    cluster.run_sql_file("schema_check", verify)
+
+    conn = cluster.connect("schema_check")
+    try:
+        # Not reachable by the API roles (created cluster-wide by the fixture).
+        privileges = fetch(conn, "SELECT has_schema_privilege(r, 'stage4_benchmark', 'USAGE')"
+                                 " FROM unnest(ARRAY['anon', 'authenticated']) AS r")
+        assert privileges == [(False,), (False,)]
+        execute(conn, "GRANT USAGE ON SCHEMA stage4_benchmark TO anon")
+        with pytest.raises(psycopg2.Error, match="anon can use schema stage4_benchmark"):
+            cluster.run_sql_file("schema_check", verify)
+        execute(conn, "REVOKE USAGE ON SCHEMA stage4_benchmark FROM anon")
+
+        cluster.run_sql_file("schema_check", revert)
+        assert fetch(conn, "SELECT to_regnamespace('stage4_benchmark')") == [(None,)]
+        with pytest.raises(psycopg2.errors.UndefinedTable):
+            cluster.run_sql_file("schema_check", verify)
+        cluster.run_sql_file("schema_check", deploy)  # deployable again after a revert
+        cluster.run_sql_file("schema_check", verify)
+    finally:
+        conn.close()
