@@ -15,7 +15,8 @@ description:
     ledger table C(<ledger_schema>.ledger) with the SHA-256 of every file, in that same transaction. Any error
     rolls everything back, so a failed deploy or verify leaves the database as it was.
   - A change already in the ledger is left alone (C(changed=false)) when its C(deploy.sql) is unchanged, and
-    refused when the file changed since it was applied (drift), as Flyway and Liquibase do.
+    refused when the file changed since it was applied (drift), as Flyway and Liquibase do; a I(repeatable)
+    change (whose deploy can run again, like Flyway's repeatable migrations) is deployed again instead.
   - With I(state=reverted), runs revert and verify_reverted in one transaction and removes the ledger row. A
     change applied before others that are still applied is refused; revert the later ones first.
   - Every deploy and revert is also appended to C(<ledger_schema>.ledger_events).
@@ -38,6 +39,12 @@ options:
     type: str
     choices: [applied, reverted]
     default: applied
+  repeatable:
+    description:
+      - The change's deploy can safely run again (C(CREATE OR REPLACE) only). When its C(deploy.sql) changed
+        since it was applied, deploy and verify run again and the ledger is updated, instead of failing on drift.
+    type: bool
+    default: false
   variables:
     description:
       - Settings made visible to the scripts as C(current_setting('stage4.<name>')) for the transaction.
@@ -125,7 +132,7 @@ action:
   returned: always
   type: str
   sample: deployed
-  # deployed, reverted, unchanged, would_deploy, would_revert
+  # deployed, redeployed, reverted, unchanged, would_deploy, would_redeploy, would_revert
 change:
   description: Name of the change.
   returned: always
@@ -182,8 +189,9 @@ except ImportError:  # connect() reports it
 
 SCRIPTS = ("precheck", "deploy", "verify", "revert", "verify_reverted")
 REQUIRED_SCRIPTS = ("deploy", "verify", "revert")
-RUN_ON = {"applied": ("precheck", "deploy", "verify"), "reverted": ("revert", "verify_reverted")}
-DONE = {"deploy": "deployed", "revert": "reverted"}
+RUN_ON = {"deploy": ("precheck", "deploy", "verify"), "redeploy": ("deploy", "verify"),
+          "revert": ("revert", "verify_reverted")}
+DONE = {"deploy": "deployed", "redeploy": "redeployed", "revert": "reverted"}
 
 LEDGER_DDL = """
 CREATE SCHEMA IF NOT EXISTS {schema};
@@ -232,13 +240,15 @@ def public_files(scripts):
     return {name: {"path": item["path"], "sha256": item["sha256"]} for name, item in scripts.items()}
 
 
-def plan(state, ledger_row, scripts, later_changes):
+def plan(state, ledger_row, scripts, later_changes, repeatable=False):
     """Decides what to do from the ledger: returns (action, error)."""
     if state == "applied":
         if ledger_row is None:
             return "deploy", None
         recorded = ledger_row["files"].get("deploy", {}).get("sha256")
         if recorded != scripts["deploy"]["sha256"]:
+            if repeatable:
+                return "redeploy", None
             return None, ("drift: {0} was applied with deploy.sql {1}, the file is now {2}; revert it with the "
                           "script it was applied with, or restore that file".format(
                               ledger_row["change"], recorded, scripts["deploy"]["sha256"]))
@@ -284,6 +294,10 @@ class Ledger:
         if action == "deploy":
             cur.execute(sql.SQL("INSERT INTO {0}.ledger (change, run_id, files, variables) VALUES (%s, %s, %s, %s)")
                         .format(self.schema), (change, run_id, json.dumps(files), json.dumps(variables)))
+        elif action == "redeploy":
+            cur.execute(sql.SQL("UPDATE {0}.ledger SET files = %s, variables = %s, run_id = %s, applied_at = now() "
+                                "WHERE change = %s").format(self.schema),
+                        (json.dumps(files), json.dumps(variables), run_id, change))
         else:
             cur.execute(sql.SQL("DELETE FROM {0}.ledger WHERE change = %s").format(self.schema), (change,))
         cur.execute(sql.SQL("INSERT INTO {0}.ledger_events (change, action, run_id, files) VALUES (%s, %s, %s, %s)")
@@ -298,7 +312,7 @@ class ScriptFailed(Exception):
 
 def run_transaction(conn, ledger, action, params, scripts):
     """Runs the scripts of `action` and the ledger update in one transaction; returns the scripts run."""
-    names = [n for n in RUN_ON["applied" if action == "deploy" else "reverted"] if n in scripts]
+    names = [n for n in RUN_ON[action] if n in scripts]
     with conn.cursor() as cur:
         for key, value in sorted(params["variables"].items()):
             cur.execute("SELECT set_config(%s, %s, true)", ("stage4." + key, str(value)))
@@ -316,6 +330,7 @@ def main():
         change=dict(type="str", required=True),
         sql_root=dict(type="path", required=True),
         state=dict(type="str", default="applied", choices=["applied", "reverted"]),
+        repeatable=dict(type="bool", default=False),
         variables=dict(type="dict", default={}),
         run_id=dict(type="str", default=""),
         ledger_schema=dict(type="str", default="stage4"),
@@ -339,13 +354,13 @@ def main():
     ledger = Ledger(conn, params["ledger_schema"])
     row = ledger.row(params["change"])
     later = ledger.applied_after(row["seq"]) if row and params["state"] == "reverted" else []
-    action, error = plan(params["state"], row, scripts, later)
+    action, error = plan(params["state"], row, scripts, later, params["repeatable"])
     if error:
         module.fail_json(msg="change {0}: {1}".format(params["change"], error), **result)
     if action == "unchanged":
         module.exit_json(changed=False, action="unchanged", applied=row is not None, **result)
     if module.check_mode:
-        module.exit_json(changed=True, action="would_" + action, applied=action == "deploy", **result)
+        module.exit_json(changed=True, action="would_" + action, applied=action != "revert", **result)
 
     if action == "deploy":
         ledger.ensure()
@@ -371,7 +386,7 @@ def main():
     result["duration_s"] = round(time.monotonic() - started, 3)
     result["notices"] = [n.strip() for n in conn.notices]
     conn.close()
-    module.exit_json(changed=True, action=DONE[action], applied=action == "deploy", **result)
+    module.exit_json(changed=True, action=DONE[action], applied=action != "revert", **result)
 
 
 if __name__ == "__main__":
