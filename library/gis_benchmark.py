@@ -54,6 +54,7 @@ options:
   login_password:
     description: Password of O(login_user).
     type: str
+    default: ""
   login_db:
     description: Database to benchmark (and to store the results in).
     type: str
@@ -66,7 +67,7 @@ options:
     description: libpq C(sslmode) of every connection.
     type: str
     default: prefer
-    choices: [allow, disable, prefer, require, verify-ca, verify-full]
+    choices: [disable, allow, prefer, require, verify-ca, verify-full]
   queries_dir:
     description:
       - Folder of the queries, one read-only statement per C(.sql) file; a trailing semicolon is
@@ -267,6 +268,8 @@ import time
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.stage4_postgres import (CONNECTION_ARGUMENT_SPEC, ConnectionFailed, describe_target,
+                                                  open_connection)
 
 try:
     import psycopg2
@@ -286,14 +289,7 @@ STATS_POLL_INTERVAL_S = 0.05
 BARRIER_TIMEOUT_S = 60.0
 
 ARGUMENT_SPEC = dict(
-    login_host=dict(type="str", default="localhost"),
-    login_port=dict(type="int", default=5432),
-    login_user=dict(type="str", required=True),
-    login_password=dict(type="str", no_log=True),
-    login_db=dict(type="str", required=True),
-    connect_timeout=dict(type="int", default=10),
-    ssl_mode=dict(type="str", default="prefer",
-                  choices=["allow", "disable", "prefer", "require", "verify-ca", "verify-full"]),
+    CONNECTION_ARGUMENT_SPEC,
     queries_dir=dict(type="path", required=True),
     run_id=dict(type="str", required=True),
     stage=dict(type="str", required=True),
@@ -434,29 +430,12 @@ def top_node_buffers(explain_output):
 # Database work
 # --------------------------------------------------------------------------
 
-def describe_target(params):
-    """The connection target for error messages: everything but the password."""
-    return "database %s on %s:%d as %s" % (
-        params["login_db"], params["login_host"], params["login_port"], params["login_user"])
-
-
 def connect(params):
     """An autocommit connection; BenchmarkError naming the target (never the password)."""
-    password = params["login_password"]
     try:
-        conn = psycopg2.connect(host=params["login_host"], port=params["login_port"],
-                                user=params["login_user"], password=password or None,
-                                dbname=params["login_db"], sslmode=params["ssl_mode"],
-                                connect_timeout=params["connect_timeout"],
-                                application_name=APPLICATION_NAME)
-    except psycopg2.Error as exc:
-        message = str(exc).strip()
-        # AnsibleModule masks no_log values too, but this message must be safe on its own.
-        if password:
-            message = message.replace(password, "********")
-        raise BenchmarkError("cannot connect to %s: %s" % (describe_target(params), message)) from exc
-    conn.autocommit = True
-    return conn
+        return open_connection(params, APPLICATION_NAME, autocommit=True)
+    except ConnectionFailed as exc:
+        raise BenchmarkError(str(exc)) from exc
 
 
 def open_session(params):

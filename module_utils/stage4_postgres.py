@@ -26,6 +26,10 @@ CONNECTION_ARGUMENT_SPEC = dict(
 APPLICATION_NAME = "stage4"
 
 
+class ConnectionFailed(Exception):
+    """A connection could not be opened; the message never holds the password."""
+
+
 def require_psycopg2(module):
     if not HAS_PSYCOPG2:
         module.fail_json(msg="the psycopg2 Python package is required on the host running this module "
@@ -43,20 +47,28 @@ def first_line(error):
     return text.splitlines()[0] if text else error.__class__.__name__
 
 
-def connect(module, application_name=APPLICATION_NAME, autocommit=False):
-    """Opens a connection from the module's login_* options or fails the module clearly."""
-    require_psycopg2(module)
-    params = module.params
+def open_connection(params, application_name=APPLICATION_NAME, autocommit=False):
+    """A connection from the login_* options; ConnectionFailed names the target, never the password."""
+    password = params["login_password"]
     try:
         conn = psycopg2.connect(
             host=params["login_host"], port=params["login_port"], user=params["login_user"],
-            password=params["login_password"] or None, dbname=params["login_db"],
+            password=password or None, dbname=params["login_db"],
             connect_timeout=params["connect_timeout"], sslmode=params["ssl_mode"],
             application_name=application_name)
     except psycopg2.Error as error:
         message = first_line(error)
-        if params["login_password"]:
-            message = message.replace(params["login_password"], "********")
-        module.fail_json(msg="cannot connect to {0}: {1}".format(describe_target(params), message))
+        if password:
+            message = message.replace(password, "********")
+        raise ConnectionFailed("cannot connect to {0}: {1}".format(describe_target(params), message)) from error
     conn.autocommit = autocommit
     return conn
+
+
+def connect(module, application_name=APPLICATION_NAME, autocommit=False):
+    """open_connection() for a module: fails the module clearly instead of raising."""
+    require_psycopg2(module)
+    try:
+        return open_connection(module.params, application_name, autocommit)
+    except ConnectionFailed as error:
+        module.fail_json(msg=str(error))

@@ -316,7 +316,7 @@ def test_as_role_applies_row_level_security(cluster, db, capsys):
 def test_unknown_role_fails_clearly(cluster, capsys):
     result = run_module(capsys, bench_args(cluster, as_role="no_such_role", store=False))
     assert result["failed"] is True
-    assert result["msg"].startswith("cannot prepare a benchmark session on database %s" % DB)
+    assert result["msg"].startswith("cannot prepare a benchmark session on postgres@127.0.0.1:")
     assert 'role "no_such_role" does not exist' in result["msg"]
 
 
@@ -348,7 +348,7 @@ def test_unreachable_port_fails_clearly(cluster, capsys):
     port = pgcluster.free_port()
     result = run_module(capsys, bench_args(cluster, login_port=port, connect_timeout=2))
     assert result["failed"] is True
-    assert result["msg"].startswith("cannot connect to database %s on 127.0.0.1:%d" % (DB, port))
+    assert result["msg"].startswith("cannot connect to postgres@127.0.0.1:%d/%s" % (port, DB))
 
 
 def test_invalid_arguments_fail_before_connecting(capsys):

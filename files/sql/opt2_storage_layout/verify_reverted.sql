@@ -1,0 +1,36 @@
+-- OPT2 verify after revert: the record is gone, every relation that existed before OPT2 has the
+-- access method, geom compression, geom storage and clustered index it had then, the table's
+-- structure is as before OPT2 and its rows as before the revert.
+DO $$
+DECLARE
+    parent regclass := 'public.geometrias';
+    before jsonb := stage4.snapshot('opt2_storage_layout:layout', 'public.geometrias');
+    now_ jsonb;
+    differ text;
+BEGIN
+    IF to_regclass('stage4.opt2_layout') IS NOT NULL THEN
+        RAISE EXCEPTION 'OPT2 revert: stage4.opt2_layout is still there';
+    END IF;
+    SELECT jsonb_object_agg(format('%I.%I', n.nspname, c.relname), jsonb_build_object(
+               'am', am.amname,
+               'compression', a.attcompression::text,
+               'storage', a.attstorage::text,
+               'clustered', (SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                             WHERE i.indrelid = c.oid AND i.indisclustered)))
+      INTO now_
+    FROM pg_partition_tree(parent) pt
+    JOIN pg_class c ON c.oid = pt.relid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    LEFT JOIN pg_am am ON am.oid = c.relam
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'geom' AND NOT a.attisdropped;
+    SELECT string_agg(format('%s: now %s, was %s', b.key, now_->b.key, b.value), '; ') INTO differ
+    FROM jsonb_each(before) b
+    WHERE now_ ? b.key AND now_->b.key IS DISTINCT FROM b.value;
+    IF differ IS NOT NULL THEN
+        RAISE EXCEPTION 'OPT2 revert: storage layout differs from before OPT2: %', differ;
+    END IF;
+    PERFORM stage4.assert_table_preserved(parent, stage4.snapshot('opt2_storage_layout', 'public.geometrias'), false,
+                                          stage4.snapshot('opt2_storage_layout:before_revert', 'public.geometrias'));
+    PERFORM stage4.assert_partitions_secured(parent);
+    PERFORM stage4.assert_api_answers();
+END $$;

@@ -1,0 +1,283 @@
+-- OPT4 automatic creation of future partitions: OPT1 created yearly partitions of
+-- public.geometrias through 2028; rows of a later year would pile up in the DEFAULT partition,
+-- where pruning cannot separate them and from which no partition for their year can be created
+-- while they are there. This change keeps a partition for every year through
+-- max(2029, current year + years_ahead), years_ahead = stage4.partition_years_ahead (default 2),
+-- and does it again every day.
+--
+-- stage4.ensure_future_partitions(p_now date DEFAULT current_date, p_years_ahead int DEFAULT NULL)
+--   creates each missing year with stage4.create_secured_partition() (RLS enabled, no grants
+--   to anon/authenticated; the parent's partitioned indexes give it every index). If the DEFAULT
+--   partition already holds rows of that year, PostgreSQL refuses the new partition, so in the
+--   same transaction those rows are moved out of DEFAULT into a temporary table, the partition
+--   is created, and they are inserted back through the parent (OVERRIDING SYSTEM VALUE keeps
+--   their ids; a content checksum of the moved rows is compared, so they keep their exact
+--   content; the updated_at trigger fires on UPDATE only, not on this INSERT). Returns the
+--   partitions it created; a second call creates nothing. p_now makes it testable in any year:
+--   SELECT stage4.ensure_future_partitions('2033-06-01') keeps 2029..2035. It must run as the
+--   table's owner (as deploy and the scheduled job do); it is not SECURITY DEFINER. When the
+--   caller set no lock_timeout it waits at most 5 s for its locks (then fails; the next daily
+--   run tries again, years ahead of need).
+--
+-- Scheduling: if the pg_cron extension is installed in this database, a daily job
+-- 'stage4_ensure_future_partitions' ('17 3 * * *') calls it; cron.schedule with a job name
+-- replaces a job of that name. Without pg_cron (Supabase offers it, but it may not be enabled;
+-- OPT5 installs and loads it) the deploy does not fail: it says so in a NOTICE and records
+-- scheduled = false in stage4.partition_policy; SELECT stage4.schedule_future_partitions()
+-- schedules the job once pg_cron is there.
+--
+-- pg_partman is not used, even where it is installed: Supabase may not offer it, and pg_partman
+-- 4.7's create_parent() names partitions <table>_p<YYYY> with its own time formats, keeps its own
+-- template table and config, and expects to own the partition set, which would have to take over
+-- OPT1's layout (secured partitions, DEFAULT). A 100-line function with the same conventions as
+-- OPT1 is simpler to review and to revert. A NOTICE says so when pg_partman is detected.
+--
+-- What this change created is listed in stage4.opt4_created_partitions (by deploy and by every
+-- later call), so revert.sql drops exactly those, putting their rows back into DEFAULT.
+SET LOCAL lock_timeout = '2s';
+SET LOCAL statement_timeout = '5min';
+
+SELECT stage4.save_snapshot('opt4_future_partitions', 'public.geometrias') IS NOT NULL AS snapshot_saved;
+
+CREATE TABLE stage4.partition_policy (
+    relation         text        PRIMARY KEY,
+    years_ahead      int         NOT NULL CHECK (years_ahead BETWEEN 0 AND 99),
+    min_through_year int         NOT NULL DEFAULT 2029,
+    job_name         text        NOT NULL DEFAULT 'stage4_ensure_future_partitions',
+    schedule         text        NOT NULL DEFAULT '17 3 * * *',
+    scheduled        boolean     NOT NULL DEFAULT false,
+    note             text,
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE stage4.partition_policy IS
+    'OPT4: yearly partitions are kept through max(min_through_year, current year + years_ahead); '
+    'scheduled says whether the pg_cron job job_name runs stage4.ensure_future_partitions().';
+
+CREATE TABLE stage4.opt4_created_partitions (
+    relation   text        PRIMARY KEY,
+    parent     text        NOT NULL,
+    year       int         NOT NULL,
+    rows_moved bigint      NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    created_by text        NOT NULL DEFAULT current_user
+);
+COMMENT ON TABLE stage4.opt4_created_partitions IS
+    'OPT4: partitions created by stage4.ensure_future_partitions() (revert drops exactly these), '
+    'with the rows moved into them from the DEFAULT partition.';
+
+-- Range partitions of p_parent with their bounds (MINVALUE/MAXVALUE as -infinity/infinity).
+CREATE OR REPLACE FUNCTION stage4.opt4_partition_ranges(p_parent regclass)
+RETURNS TABLE (partition regclass, lower_bound date, upper_bound date, is_default boolean)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.oid::regclass,
+           CASE WHEN m[1] = 'MINVALUE' THEN '-infinity'::date ELSE btrim(m[1], '''')::date END,
+           CASE WHEN m[2] = 'MAXVALUE' THEN 'infinity'::date ELSE btrim(m[2], '''')::date END,
+           b = 'DEFAULT'
+    FROM pg_inherits i
+    JOIN pg_class c ON c.oid = i.inhrelid
+    CROSS JOIN LATERAL pg_get_expr(c.relpartbound, c.oid) b
+    CROSS JOIN LATERAL regexp_match(b, '^FOR VALUES FROM \((.*)\) TO \((.*)\)$') m
+    WHERE i.inhparent = p_parent
+$$;
+
+-- The insertable columns of p_table, quoted, in order (generated columns are recomputed).
+CREATE OR REPLACE FUNCTION stage4.opt4_column_list(p_table regclass)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum)
+    FROM pg_attribute
+    WHERE attrelid = p_table AND attnum > 0 AND NOT attisdropped AND attgenerated = ''
+$$;
+
+-- Moves the rows of p_source with p_key in [p_from, p_to) into the temporary table
+-- pg_temp.stage4_opt4_rows; returns how many and an order-independent checksum of their content.
+CREATE OR REPLACE FUNCTION stage4.opt4_stash_rows(p_source regclass, p_key text, p_from date, p_to date,
+                                                  OUT moved bigint, OUT checksum text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cols text := stage4.opt4_column_list(p_source);
+BEGIN
+    DROP TABLE IF EXISTS pg_temp.stage4_opt4_rows;
+    EXECUTE format('CREATE TEMPORARY TABLE stage4_opt4_rows ON COMMIT DROP AS SELECT %s FROM %s WITH NO DATA',
+                   cols, p_source);
+    EXECUTE format('WITH gone AS (DELETE FROM %s WHERE %I >= $1 AND %I < $2 RETURNING %s) '
+                   'INSERT INTO pg_temp.stage4_opt4_rows SELECT * FROM gone',
+                   p_source, p_key, p_key, cols)
+        USING p_from, p_to;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    SELECT md5(coalesce(string_agg(h, '' ORDER BY h), '')) INTO checksum
+    FROM (SELECT md5(r::text) AS h FROM pg_temp.stage4_opt4_rows r) s;
+END $$;
+
+-- Inserts the stashed rows back through p_parent (ids kept) and checks that exactly those rows,
+-- with the same content, are now in p_target.
+CREATE OR REPLACE FUNCTION stage4.opt4_restore_rows(p_parent regclass, p_target regclass, p_key text,
+                                                    p_from date, p_to date, p_checksum text, p_moved bigint)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cols text := stage4.opt4_column_list(p_parent);
+    found_rows bigint;
+    found_checksum text;
+BEGIN
+    IF p_target IS NULL THEN
+        RAISE EXCEPTION 'stage4: cannot put back % rows of % from % to %: no partition takes them (no DEFAULT partition?)',
+            p_moved, p_parent, p_from, p_to;
+    END IF;
+    EXECUTE format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM pg_temp.stage4_opt4_rows',
+                   p_parent, cols, cols);
+    EXECUTE format('SELECT count(*), md5(coalesce(string_agg(md5(r::text), '''' ORDER BY md5(r::text)), '''')) '
+                   'FROM (SELECT %s FROM %s WHERE %I >= $1 AND %I < $2) r',
+                   cols, p_target, p_key, p_key)
+        INTO found_rows, found_checksum USING p_from, p_to;
+    IF found_rows <> p_moved OR found_checksum <> p_checksum THEN
+        RAISE EXCEPTION 'stage4: rows moved into % differ from the rows taken out (% rows, expected %)',
+            p_target, found_rows, p_moved;
+    END IF;
+    DROP TABLE pg_temp.stage4_opt4_rows;
+END $$;
+
+CREATE OR REPLACE FUNCTION stage4.ensure_future_partitions(p_now date DEFAULT current_date, p_years_ahead int DEFAULT NULL)
+RETURNS text[] LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    parent regclass := to_regclass('public.geometrias');
+    parent_schema text;
+    parent_table text;
+    key text;
+    policy stage4.partition_policy%ROWTYPE;
+    years_ahead int;
+    through_year int;
+    first_year int;
+    lo date;
+    hi date;
+    overlapping text;
+    part_name text;
+    default_part regclass;
+    new_part regclass;
+    moved bigint;
+    checksum text;
+    locked boolean := false;
+    created text[] := '{}';
+BEGIN
+    IF parent IS NULL OR (SELECT relkind FROM pg_class WHERE oid = parent) <> 'p' THEN
+        RAISE EXCEPTION 'stage4: public.geometrias is not a partitioned table';
+    END IF;
+    SELECT n.nspname, c.relname INTO parent_schema, parent_table
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = parent;
+    SELECT a.attname INTO key
+    FROM pg_partitioned_table pt JOIN pg_attribute a ON a.attrelid = pt.partrelid AND a.attnum = pt.partattrs[0]
+    WHERE pt.partrelid = parent AND pt.partstrat = 'r' AND pt.partnatts = 1;
+    IF key IS NULL THEN
+        RAISE EXCEPTION 'stage4: % is not partitioned by RANGE on one column', parent;
+    END IF;
+    SELECT * INTO policy FROM stage4.partition_policy WHERE relation = 'public.geometrias';
+    years_ahead := coalesce(p_years_ahead, nullif(current_setting('stage4.partition_years_ahead', true), '')::int,
+                            policy.years_ahead, 2);
+    IF years_ahead < 0 THEN
+        RAISE EXCEPTION 'stage4: years ahead must not be negative (%)', years_ahead;
+    END IF;
+    through_year := greatest(coalesce(policy.min_through_year, 2029), extract(year FROM p_now)::int + years_ahead);
+
+    -- One caller at a time (the daily job and a manual call): the second sees what the first made.
+    PERFORM pg_advisory_xact_lock(hashtext('stage4.ensure_future_partitions'));
+
+    SELECT coalesce(min(extract(year FROM lower_bound))::int, extract(year FROM p_now)::int) INTO first_year
+    FROM stage4.opt4_partition_ranges(parent) WHERE NOT is_default AND lower_bound > '-infinity';
+    SELECT partition INTO default_part FROM stage4.opt4_partition_ranges(parent) WHERE is_default;
+
+    FOR y IN first_year .. through_year LOOP
+        lo := make_date(y, 1, 1);
+        hi := make_date(y + 1, 1, 1);
+        CONTINUE WHEN EXISTS (SELECT 1 FROM stage4.opt4_partition_ranges(parent)
+                              WHERE lower_bound = lo AND upper_bound = hi);
+        SELECT string_agg(format('%s [%s, %s)', partition, lower_bound, upper_bound), ', ') INTO overlapping
+        FROM stage4.opt4_partition_ranges(parent)
+        WHERE NOT is_default AND lower_bound < hi AND upper_bound > lo;
+        IF overlapping IS NOT NULL THEN
+            RAISE EXCEPTION 'stage4: no yearly partition can be made for %: % already cover(s) part of it', y, overlapping;
+        END IF;
+        part_name := format('%s_p%s', parent_table, y);
+        IF to_regclass(format('%I.%I', parent_schema, part_name)) IS NOT NULL THEN
+            RAISE EXCEPTION 'stage4: %.% exists but is not the partition of % for %', parent_schema, part_name, parent, y;
+        END IF;
+
+        IF NOT locked THEN
+            IF current_setting('lock_timeout') IN ('0', '0ms') THEN
+                PERFORM set_config('lock_timeout', '5s', true);
+            END IF;
+            -- Everything reaches the partitions through the parent: its lock keeps readers and
+            -- writers out while DEFAULT is emptied and the partition attached.
+            EXECUTE format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', parent);
+            IF default_part IS NOT NULL THEN
+                EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', default_part);
+            END IF;
+            locked := true;
+        END IF;
+
+        moved := 0;
+        IF default_part IS NOT NULL THEN
+            SELECT s.moved, s.checksum INTO moved, checksum FROM stage4.opt4_stash_rows(default_part, key, lo, hi) s;
+        END IF;
+        new_part := stage4.create_secured_partition(parent, part_name, format('FOR VALUES FROM (%L) TO (%L)', lo, hi));
+        IF moved > 0 THEN
+            PERFORM stage4.opt4_restore_rows(parent, new_part, key, lo, hi, checksum, moved);
+        ELSE
+            DROP TABLE IF EXISTS pg_temp.stage4_opt4_rows;
+        END IF;
+        INSERT INTO stage4.opt4_created_partitions (relation, parent, year, rows_moved)
+        VALUES (format('%I.%I', parent_schema, part_name), 'public.geometrias', y, moved);
+        created := created || format('%I.%I', parent_schema, part_name);
+        RAISE NOTICE 'stage4: created partition %.% for %, % row(s) moved from the DEFAULT partition',
+            parent_schema, part_name, y, moved;
+    END LOOP;
+    RETURN created;
+END $$;
+COMMENT ON FUNCTION stage4.ensure_future_partitions(date, int) IS
+    'OPT4: creates the missing yearly partitions of public.geometrias through max(2029, year of p_now + years ahead), '
+    'moving matching rows out of DEFAULT; returns the partitions created. Run daily by pg_cron when available.';
+
+-- Schedules the daily job when pg_cron is installed here; records either outcome in the policy.
+CREATE OR REPLACE FUNCTION stage4.schedule_future_partitions()
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    policy stage4.partition_policy%ROWTYPE;
+    job_id bigint;
+BEGIN
+    SELECT * INTO STRICT policy FROM stage4.partition_policy WHERE relation = 'public.geometrias';
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron') THEN
+        EXECUTE 'SELECT cron.schedule($1, $2, $3)' INTO job_id
+            USING policy.job_name, policy.schedule, 'SELECT stage4.ensure_future_partitions()';
+        UPDATE stage4.partition_policy
+           SET scheduled = true, updated_at = now(),
+               note = format('pg_cron job %s (jobid %s) runs at %L', policy.job_name, job_id, policy.schedule)
+         WHERE relation = policy.relation;
+        RETURN true;
+    END IF;
+    UPDATE stage4.partition_policy
+       SET scheduled = false, updated_at = now(),
+           note = 'not scheduled: pg_cron is not installed in this database; after installing it (OPT5) run '
+                  'SELECT stage4.schedule_future_partitions(), or call stage4.ensure_future_partitions() from another scheduler'
+     WHERE relation = policy.relation;
+    RAISE NOTICE 'OPT4: pg_cron is not installed in database %: the daily job % was NOT scheduled (recorded in stage4.partition_policy); future partitions exist through today''s target, run SELECT stage4.schedule_future_partitions() once pg_cron is installed',
+        current_database(), policy.job_name;
+    RETURN false;
+END $$;
+
+REVOKE ALL ON stage4.partition_policy, stage4.opt4_created_partitions FROM PUBLIC;
+REVOKE ALL ON FUNCTION stage4.opt4_partition_ranges(regclass), stage4.opt4_column_list(regclass),
+    stage4.opt4_stash_rows(regclass, text, date, date), stage4.opt4_restore_rows(regclass, regclass, text, date, date, text, bigint),
+    stage4.ensure_future_partitions(date, int), stage4.schedule_future_partitions() FROM PUBLIC;
+
+DO $$
+DECLARE
+    years_ahead int := coalesce(nullif(current_setting('stage4.partition_years_ahead', true), ''), '2')::int;
+    now_ date := coalesce(nullif(current_setting('stage4.now', true), '')::date, current_date);
+    created text[];
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_partman') THEN
+        RAISE NOTICE 'OPT4: pg_partman % is installed but not used: its 4.7 create_parent() naming, template table and config would have to take over OPT1''s layout; stage4.ensure_future_partitions() keeps OPT1''s conventions',
+            (SELECT extversion FROM pg_extension WHERE extname = 'pg_partman');
+    END IF;
+    INSERT INTO stage4.partition_policy (relation, years_ahead) VALUES ('public.geometrias', years_ahead);
+    created := stage4.ensure_future_partitions(now_);
+    RAISE NOTICE 'OPT4: % partition(s) created: %', cardinality(created), array_to_string(created, ', ');
+    PERFORM stage4.schedule_future_partitions();
+END $$;

@@ -1,0 +1,160 @@
+"""library/stage4_change.py against a real throwaway cluster: ledger, drift, order, check mode,
+rollback on failure, and the real OPT1 change applied and reverted on the reference database."""
+import json
+import os
+import subprocess
+
+import pytest
+from ansible.module_utils.testing import patch_module_args
+
+import pgcluster
+import stage4_change
+
+REPO = pgcluster.REPO
+SQL_ROOT = os.path.join(REPO, "files", "sql")
+
+
+def run(capsys, args, check_mode=False):
+    capsys.readouterr()
+    if check_mode:
+        args = dict(args, _ansible_check_mode=True)
+    with patch_module_args(args), pytest.raises(SystemExit):
+        stage4_change.main()
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with pgcluster.running_cluster() as running:
+        running.build_reference_db("BIBLIOTECA")
+        running.create_database("scratch")
+        yield running
+
+
+def write_change(root, name, deploy, verify="SELECT 1;", revert="SELECT 1;", precheck=None):
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for script, text in (("deploy", deploy), ("verify", verify), ("revert", revert), ("precheck", precheck)):
+        if text is not None:
+            (folder / (script + ".sql")).write_text(text)
+    return str(root)
+
+
+def scalar(cluster, sql, db="scratch"):
+    conn = cluster.connect(db)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_apply_is_recorded_then_unchanged(cluster, capsys, tmp_path):
+    root = write_change(tmp_path, "c1", "CREATE TABLE t1 (id int);",
+                        verify="DO $$ BEGIN PERFORM 't1'::regclass; END $$;", revert="DROP TABLE t1;")
+    args = dict(cluster.login_args("scratch"), change="c1", sql_root=root, run_id="r1")
+    first = run(capsys, args)
+    assert first["changed"] and first["action"] == "deployed"
+    assert first["executed"] == ["deploy", "verify"]
+    again = run(capsys, args)
+    assert not again["changed"] and again["action"] == "unchanged"
+    assert scalar(cluster, "SELECT files->'deploy'->>'sha256' FROM stage4.ledger WHERE change = 'c1'") \
+        == first["files"]["deploy"]["sha256"]
+
+
+def test_failed_verify_rolls_everything_back(cluster, capsys, tmp_path):
+    root = write_change(tmp_path, "c2", "CREATE TABLE t2 (id int);",
+                        verify="DO $$ BEGIN RAISE EXCEPTION 'verify says no'; END $$;")
+    result = run(capsys, dict(cluster.login_args("scratch"), change="c2", sql_root=root))
+    assert result["failed"]
+    assert "verify.sql failed: verify says no" in result["msg"] and "rolled back" in result["msg"]
+    assert scalar(cluster, "SELECT to_regclass('t2') IS NULL")
+    assert scalar(cluster, "SELECT count(*) FROM stage4.ledger WHERE change = 'c2'") == 0
+
+
+def test_precheck_refusal_changes_nothing(cluster, capsys, tmp_path):
+    root = write_change(tmp_path, "c3", "CREATE TABLE t3 (id int);",
+                        precheck="DO $$ BEGIN RAISE EXCEPTION 'not safe here'; END $$;")
+    result = run(capsys, dict(cluster.login_args("scratch"), change="c3", sql_root=root))
+    assert result["failed"] and "precheck.sql failed: not safe here" in result["msg"]
+    assert scalar(cluster, "SELECT to_regclass('t3') IS NULL")
+
+
+def test_drift_is_refused_and_repeatable_redeploys(cluster, capsys, tmp_path):
+    root = write_change(tmp_path, "c4", "CREATE OR REPLACE FUNCTION f4() RETURNS int LANGUAGE sql AS 'SELECT 1';")
+    args = dict(cluster.login_args("scratch"), change="c4", sql_root=root)
+    run(capsys, args)
+    write_change(tmp_path, "c4", "CREATE OR REPLACE FUNCTION f4() RETURNS int LANGUAGE sql AS 'SELECT 2';")
+    drift = run(capsys, args)
+    assert drift["failed"] and "drift" in drift["msg"]
+    redeployed = run(capsys, dict(args, repeatable=True))
+    assert redeployed["action"] == "redeployed" and scalar(cluster, "SELECT f4()") == 2
+    assert not run(capsys, dict(args, repeatable=True))["changed"]
+
+
+def test_revert_order_is_enforced(cluster, capsys, tmp_path):
+    root = write_change(tmp_path, "c5", "CREATE TABLE t5 (id int);", revert="DROP TABLE t5;")
+    write_change(tmp_path, "c6", "CREATE TABLE t6 (id int);", revert="DROP TABLE t6;")
+    base = cluster.login_args("scratch")
+    run(capsys, dict(base, change="c5", sql_root=root))
+    run(capsys, dict(base, change="c6", sql_root=root))
+    refused = run(capsys, dict(base, change="c5", sql_root=root, state="reverted"))
+    assert refused["failed"] and "revert c6 first" in refused["msg"]
+    assert run(capsys, dict(base, change="c6", sql_root=root, state="reverted"))["action"] == "reverted"
+    assert run(capsys, dict(base, change="c5", sql_root=root, state="reverted"))["action"] == "reverted"
+    assert scalar(cluster, "SELECT to_regclass('t5') IS NULL AND to_regclass('t6') IS NULL")
+    events = scalar(cluster, "SELECT string_agg(change || ':' || action, ',' ORDER BY id) FROM stage4.ledger_events "
+                             "WHERE change IN ('c5', 'c6')")
+    assert events == "c5:deploy,c6:deploy,c6:revert,c5:revert"
+
+
+def test_check_mode_runs_nothing(cluster, capsys, tmp_path):
+    root = write_change(tmp_path, "c7", "CREATE TABLE t7 (id int);")
+    result = run(capsys, dict(cluster.login_args("scratch"), change="c7", sql_root=root), check_mode=True)
+    assert result["changed"] and result["action"] == "would_deploy" and result["executed"] == []
+    assert scalar(cluster, "SELECT to_regclass('t7') IS NULL")
+
+
+def test_variables_reach_the_sql(cluster, capsys, tmp_path):
+    root = write_change(tmp_path, "c8", "CREATE TABLE t8 AS SELECT current_setting('stage4.answer') AS v;")
+    run(capsys, dict(cluster.login_args("scratch"), change="c8", sql_root=root, variables={"answer": "42"}))
+    assert scalar(cluster, "SELECT v FROM t8") == "42"
+
+
+def test_bad_input_is_clear(cluster, capsys, tmp_path):
+    missing = run(capsys, dict(cluster.login_args("scratch"), change="nope", sql_root=str(tmp_path)))
+    assert missing["failed"] and "does not exist" in missing["msg"]
+    (tmp_path / "incomplete").mkdir()
+    (tmp_path / "incomplete" / "deploy.sql").write_text("SELECT 1;")
+    incomplete = run(capsys, dict(cluster.login_args("scratch"), change="incomplete", sql_root=str(tmp_path)))
+    assert "lacks verify.sql, revert.sql" in incomplete["msg"]
+    secret = "N0t-The-Password-Stage4-Test"
+    root = write_change(tmp_path, "c9", "SELECT 1;")
+    wrong = run(capsys, dict(cluster.login_args("scratch"), login_password=secret, change="c9", sql_root=root))
+    assert wrong["failed"] and "cannot connect to postgres@127.0.0.1" in wrong["msg"]
+    assert secret not in json.dumps(wrong)
+
+
+def schema_dump(cluster):
+    done = subprocess.run(["pg_dump", "--schema-only", "-N", "stage4", "-h", cluster.host, "-p", str(cluster.port),
+                           "-U", "postgres", "BIBLIOTECA"], check=True, capture_output=True, text=True,
+                          env=dict(os.environ, PGPASSWORD=cluster.password))
+    return [line for line in done.stdout.splitlines() if not line.startswith(("\\restrict", "\\unrestrict"))]
+
+
+def test_opt1_round_trip_restores_the_original(cluster, capsys):
+    args = dict(cluster.login_args("BIBLIOTECA"), sql_root=SQL_ROOT)
+    checksum = "SELECT stage4.table_checksum('public.geometrias')"
+    before = schema_dump(cluster)
+    run(capsys, dict(args, change="stage4_toolkit"))
+    rows_before = scalar(cluster, checksum, "BIBLIOTECA")
+    applied = run(capsys, dict(args, change="opt1_temporal_partitioning", variables={"partition_through_year": "2028"}))
+    assert applied["action"] == "deployed", applied.get("msg")
+    assert scalar(cluster, "SELECT relkind FROM pg_class WHERE oid = 'public.geometrias'::regclass", "BIBLIOTECA") == "p"
+    reverted = run(capsys, dict(args, change="opt1_temporal_partitioning", state="reverted"))
+    assert reverted["action"] == "reverted", reverted.get("msg")
+    assert reverted["executed"] == ["revert", "verify_reverted"]
+    assert scalar(cluster, checksum, "BIBLIOTECA") == rows_before
+    run(capsys, dict(args, change="stage4_toolkit", state="reverted"))
+    assert schema_dump(cluster) == before
