@@ -39,6 +39,9 @@ options:
   force_fail:
     description: Fail the gate whatever the numbers (a rollback drill).
     type: bool
+  judge_latency:
+    description: When false, latency is measured and reported but only result fingerprints can fail the gate.
+    type: bool
 """
 
 
@@ -70,7 +73,7 @@ def mann_whitney_slower_p(reference, current):
     return 0.5 * math.erfc(z / math.sqrt(2))
 
 
-def judge_query(query_id, current, reference, max_slowdown_ms, max_slowdown_pct, confidence):
+def judge_query(query_id, current, reference, max_slowdown_ms, max_slowdown_pct, confidence, judge_latency=True):
     base = reference["p50_ms"]
     now = current["p50_ms"]
     delta_ms = now - base
@@ -82,7 +85,7 @@ def judge_query(query_id, current, reference, max_slowdown_ms, max_slowdown_pct,
     if current.get("fingerprint") != reference.get("fingerprint"):
         verdict = "result changed"
     elif p_slower < 1 - confidence and delta_ms > 0:
-        beyond = delta_ms > max_slowdown_ms and delta_pct > max_slowdown_pct
+        beyond = judge_latency and delta_ms > max_slowdown_ms and delta_pct > max_slowdown_pct
         verdict = "regressed" if beyond else "slower, within tolerance"
     elif p_faster < 1 - confidence and delta_ms < 0:
         verdict = "faster"
@@ -97,8 +100,8 @@ def judge_query(query_id, current, reference, max_slowdown_ms, max_slowdown_pct,
     }
 
 
-def stage4_gate(current, reference, max_slowdown_ms=0.5, max_slowdown_pct=25.0, confidence=0.98,
-                force_fail=False):
+def stage4_gate(current, reference, max_slowdown_ms=2.0, max_slowdown_pct=25.0, confidence=0.98,
+                force_fail=False, judge_latency=True):
     """Returns {"passed", "reason", "queries": [...], "regressions": [...], "summary"}."""
     queries = []
     for query_id in sorted(set(current["queries"]) | set(reference["queries"])):
@@ -106,7 +109,8 @@ def stage4_gate(current, reference, max_slowdown_ms=0.5, max_slowdown_pct=25.0, 
             queries.append({"query": query_id, "verdict": "missing from one side", "fingerprint_changed": True})
             continue
         queries.append(judge_query(query_id, current["queries"][query_id], reference["queries"][query_id],
-                                   float(max_slowdown_ms), float(max_slowdown_pct), float(confidence)))
+                                   float(max_slowdown_ms), float(max_slowdown_pct), float(confidence),
+                                   bool(judge_latency)))
     failing = [q for q in queries if q["verdict"] in ("regressed", "result changed", "missing from one side")]
     reasons = []
     for q in failing:

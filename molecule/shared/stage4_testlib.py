@@ -3,6 +3,7 @@ import contextlib
 import glob
 import json
 import os
+import subprocess
 
 import psycopg2
 
@@ -47,3 +48,19 @@ def run_dirs():
 def load_report(run_dir):
     with open(os.path.join(run_dir, "report.json"), encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def assert_database_as_recorded():
+    """The schema (without the rollout's own schemas), rows and identity position equal what
+    shared/record_state.yml recorded."""
+    dump = subprocess.run(
+        ["pg_dump", "--schema-only", "-N", "stage4", "-N", "stage4_benchmark", "-h", "127.0.0.1", "-p", str(PORT),
+         "-U", "postgres", "BIBLIOTECA"], check=True, capture_output=True, text=True,
+        env=dict(os.environ, PGPASSWORD=password())).stdout
+    normalized = "".join(line + "\n" for line in dump.splitlines() if not line.startswith(("\\restrict", "\\unrestrict")))
+    with open(os.path.join(CLUSTER_DIR, "schema_before.sql"), encoding="utf-8") as handle:
+        assert normalized == handle.read()
+    rows = query("SELECT count(*) || ' ' || md5(string_agg(g::text, '|' ORDER BY id)) || ' ' "
+                 "|| (SELECT last_value FROM public.geometrias_id_seq) FROM public.geometrias g")[0][0]
+    with open(os.path.join(CLUSTER_DIR, "rows_before.txt"), encoding="utf-8") as handle:
+        assert rows == handle.read().strip()

@@ -79,3 +79,9 @@ def test_forced_failure_names_the_largest_change():
 
 def test_registered_as_a_filter():
     assert FilterModule().filters()["stage4_gate"] is stage4_gate
+
+
+def test_unjudged_latency_only_reports():
+    verdict = stage4_gate(bench({"q": query(noisy(5.0, 21))}), bench({"q": query(noisy(1.0, 22))}),
+                          judge_latency=False)
+    assert verdict["passed"] and verdict["queries"][0]["verdict"] == "slower, within tolerance"

@@ -1,11 +1,10 @@
 """Bad input stops Stage 4 in preflight with a clear message; a failed gate reverts OPT1 and stops."""
 import json
 import os
-import subprocess
 
 import pytest
 
-from stage4_testlib import CLUSTER_DIR, PORT, load_report, password, query, run_dirs, scalar
+from stage4_testlib import CLUSTER_DIR, assert_database_as_recorded, load_report, password, query, run_dirs, scalar
 
 
 def log(name):
@@ -41,17 +40,7 @@ def test_gate_failure_says_which_query_and_reverts():
 
 
 def test_database_is_as_it_was():
-    dump = subprocess.run(
-        ["pg_dump", "--schema-only", "-N", "stage4", "-N", "stage4_benchmark", "-h", "127.0.0.1", "-p", str(PORT),
-         "-U", "postgres", "BIBLIOTECA"], check=True, capture_output=True, text=True,
-        env=dict(os.environ, PGPASSWORD=password())).stdout
-    normalized = "".join(line + "\n" for line in dump.splitlines() if not line.startswith(("\\restrict", "\\unrestrict")))
-    with open(os.path.join(CLUSTER_DIR, "schema_before.sql"), encoding="utf-8") as handle:
-        assert normalized == handle.read()
-    with open(os.path.join(CLUSTER_DIR, "rows_before.txt"), encoding="utf-8") as handle:
-        assert "{0} {1}".format(*query(
-            "SELECT count(*), md5(string_agg(g::text, '|' ORDER BY id)) FROM public.geometrias g")[0]) \
-            == handle.read().strip()
+    assert_database_as_recorded()
     assert scalar("SELECT relkind FROM pg_class WHERE oid = 'public.geometrias'::regclass") == "r"
 
 

@@ -1,0 +1,29 @@
+"""Apply-all then rollback-all leaves BIBLIOTECA as it was: schema, rows and identity."""
+import json
+import os
+
+from stage4_testlib import assert_database_as_recorded, load_report, query, run_dirs
+
+
+def test_database_is_as_it_was():
+    assert_database_as_recorded()
+
+
+def test_only_the_tooling_remains_in_the_ledger():
+    assert [r[0] for r in query("SELECT change FROM stage4.ledger ORDER BY seq")] == ["stage4_toolkit", "benchmark_schema"]
+
+
+def test_each_revert_was_verified_and_audited():
+    rollout, rollback, second_rollback = [load_report(d) for d in run_dirs()[-3:]]
+    assert rollout["kind"] == "rollout" and rollout["outcome"].startswith("completed")
+    applied = [o["id"] for o in rollout["optimizations"] if o["status"] == "applied: gate passed"]
+    assert applied
+    assert rollback["kind"] == "rollback" and rollback["outcome"] == "rollback: reverted " + ", ".join(reversed(applied))
+    assert second_rollback["outcome"] == "rollback: nothing to revert" and second_rollback["backup"] is None
+    with open(os.path.join(run_dirs()[-2], "audit.jsonl"), encoding="utf-8") as handle:
+        entries = [json.loads(line) for line in handle]
+    reverts = [e for e in entries if e["outcome"] == "reverted"]
+    assert [e["step"] for e in reverts] == [o["change"] for o in reversed(rollout["optimizations"])
+                                            if o["id"] in applied]
+    assert all(e["details"]["executed"] == ["revert", "verify_reverted"] for e in reverts)
+    assert all(len(e["sql_files"]["revert"]["sha256"]) == 64 for e in reverts)
