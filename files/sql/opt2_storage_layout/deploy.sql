@@ -37,14 +37,16 @@
 --             makes bounding-box and radius queries touch fewer pages. The open partitions
 --             (current year, future years, DEFAULT) still take writes, so they are not clustered.
 --
--- Then ANALYZE. Nothing else changes: rows, indexes, policies, grants and RLS are checked by
--- verify.sql. revert.sql puts back, per relation, the access method, compression, storage and
--- clustered index recorded here before the change (the physical order is not undone).
+-- Then ANALYZE of the rewritten partitions (their physical correlation changed). Nothing else
+-- changes: rows, indexes, policies, grants and RLS are checked by verify.sql. revert.sql puts
+-- back, per relation, the access method, compression, storage and clustered index recorded here
+-- before the change (the physical order is not undone).
 --
 -- One transaction under ACCESS EXCLUSIVE on public.geometrias and all its partitions: readers
 -- and writers wait while the closed partitions are rewritten (CLUSTER rewrites each one and
--- rebuilds its indexes: count on about a minute per million rows), and lock_timeout keeps the
--- wait for the lock itself short.
+-- rebuilds its indexes, GIN and GiST included: measured 15 s for 100,000 rows, seven eighths of
+-- them in closed partitions, on 2 vCPUs, snapshot and ANALYZE included; count on 2 to 3 minutes
+-- per million rows), and lock_timeout keeps the wait for the lock itself short.
 SET LOCAL lock_timeout = '2s';
 SET LOCAL statement_timeout = '30min';
 LOCK TABLE public.geometrias IN ACCESS EXCLUSIVE MODE;
@@ -183,7 +185,11 @@ BEGIN
                 details := details || jsonb_build_object('recompressed', stale, 'clustered_on', gist_index);
             END IF;
         END IF;
-        closed_count := closed_count + r.closed::int;
+        IF r.closed THEN
+            -- Rewritten: fresh statistics (the physical correlation changed), for this partition only.
+            EXECUTE format('ANALYZE %s', r.rel);
+            closed_count := closed_count + 1;
+        END IF;
         INSERT INTO stage4.opt2_layout (relation, path, closed, previous, details)
         VALUES (r.name, chosen_path, r.closed, layout->r.name, details);
     END LOOP;
@@ -197,5 +203,3 @@ BEGIN
         CASE WHEN toast IS NULL THEN '' ELSE format(' (TOAST: %s, CLUSTER on the GiST index)', toast) END,
         closed_count, year_start;
 END $$;
-
-ANALYZE public.geometrias;

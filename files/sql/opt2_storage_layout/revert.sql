@@ -85,5 +85,3 @@ BEGIN
 
     DROP TABLE stage4.opt2_layout;
 END $$;
-
-ANALYZE public.geometrias;

@@ -96,7 +96,9 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cols text := stage4.opt4_column_list(p_source);
 BEGIN
-    DROP TABLE IF EXISTS pg_temp.stage4_opt4_rows;
+    IF to_regclass('pg_temp.stage4_opt4_rows') IS NOT NULL THEN
+        DROP TABLE pg_temp.stage4_opt4_rows;
+    END IF;
     EXECUTE format('CREATE TEMPORARY TABLE stage4_opt4_rows ON COMMIT DROP AS SELECT %s FROM %s WITH NO DATA',
                    cols, p_source);
     EXECUTE format('WITH gone AS (DELETE FROM %s WHERE %I >= $1 AND %I < $2 RETURNING %s) '
@@ -219,8 +221,8 @@ BEGIN
         new_part := stage4.create_secured_partition(parent, part_name, format('FOR VALUES FROM (%L) TO (%L)', lo, hi));
         IF moved > 0 THEN
             PERFORM stage4.opt4_restore_rows(parent, new_part, key, lo, hi, checksum, moved);
-        ELSE
-            DROP TABLE IF EXISTS pg_temp.stage4_opt4_rows;
+        ELSIF to_regclass('pg_temp.stage4_opt4_rows') IS NOT NULL THEN
+            DROP TABLE pg_temp.stage4_opt4_rows;
         END IF;
         INSERT INTO stage4.opt4_created_partitions (relation, parent, year, rows_moved)
         VALUES (format('%I.%I', parent_schema, part_name), 'public.geometrias', y, moved);

@@ -1,4 +1,5 @@
 """State of BIBLIOTECA after Stage 4 converged (twice: converge + idempotence)."""
+import datetime
 import glob
 import hashlib
 import json
@@ -29,8 +30,18 @@ def test_geometrias_is_partitioned_by_year():
     partitions = [r[0] for r in query(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
         "WHERE i.inhparent = 'public.geometrias'::regclass ORDER BY 1")]
-    assert partitions == sorted([f"geometrias_p{year}" for year in range(2019, 2029)] + ["geometrias_default"])
+    last_year = max(2029, datetime.date.today().year + 2)  # OPT4 keeps two years ahead, 2029 at least
+    assert partitions == sorted([f"geometrias_p{year}" for year in range(2019, last_year + 1)] + ["geometrias_default"])
     assert scalar("SELECT count(*) FROM public.geometrias_default") == 0
+
+
+def test_opt2_recorded_which_storage_path_ran():
+    assert scalar("SELECT path FROM stage4.opt2_layout WHERE relation = 'public.geometrias'") == "portable"
+
+
+def test_opt4_time_travel_creates_future_partitions():
+    created = query("SELECT stage4.ensure_future_partitions('2033-06-01')")[0][0]  # rolled back after the query
+    assert any(name.endswith("geometrias_p2035") for name in created)
 
 
 def test_every_row_kept(reference_db):
@@ -99,7 +110,8 @@ def test_partitions_not_readable_directly(role):
 
 def test_ledger_records_every_change_with_checksums():
     rows = dict(query("SELECT change, files->'deploy'->>'sha256' FROM stage4.ledger"))
-    assert set(rows) == {"stage4_toolkit", "benchmark_schema", "opt1_temporal_partitioning"}
+    assert {"stage4_toolkit", "benchmark_schema", "opt1_temporal_partitioning", "opt2_storage_layout",
+            "opt4_future_partitions"} <= set(rows)
     with open(os.path.join(PROJECT, "files/sql/opt1_temporal_partitioning/deploy.sql"), "rb") as handle:
         assert rows["opt1_temporal_partitioning"] == hashlib.sha256(handle.read()).hexdigest()
 
@@ -107,16 +119,17 @@ def test_ledger_records_every_change_with_checksums():
 def test_benchmark_stored_for_baseline_and_opt1():
     stages = {r[0]: r[1] for r in query(
         "SELECT stage, count(*) FROM stage4_benchmark.query_results GROUP BY stage")}
-    assert stages["baseline"] >= 20 and stages["opt1"] == 10  # two runs of baseline, one of opt1
+    assert stages["baseline"] == 20 and stages["opt1"] == 10  # two runs measured baseline, one applied opt1
 
 
 def test_first_run_applied_opt1_and_second_changed_nothing():
     first, second = [load_report(d) for d in run_dirs()[-2:]]
-    assert [o["status"] for o in first["optimizations"]] == ["applied: gate passed"]
-    assert first["optimizations"][0]["gate"]["passed"] is True
-    assert [s["stage"] for s in first["stages"]] == ["baseline", "opt1"]
+    ids = [o["id"] for o in first["optimizations"]]
+    assert [o["status"] for o in first["optimizations"]] == ["applied: gate passed"] * len(ids)
+    assert all(o["gate"]["passed"] for o in first["optimizations"])
+    assert [s["stage"] for s in first["stages"]] == ["baseline"] + ids
     assert first["backup"]["sha256"] and os.path.exists(first["backup"]["file"])
-    assert [o["status"] for o in second["optimizations"]] == ["already applied (ledger)"]
+    assert [o["status"] for o in second["optimizations"]] == ["already applied (ledger)"] * len(ids)
     assert second["backup"] is None
 
 

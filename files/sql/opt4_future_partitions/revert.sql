@@ -1,0 +1,56 @@
+-- OPT4 revert: unschedules the daily job, drops every partition OPT4 created (by deploy or by a
+-- later call, as listed in stage4.opt4_created_partitions) and puts their rows back into the
+-- DEFAULT partition, so nothing is lost and OPT1's layout is what remains; then drops the
+-- functions and the config tables. The rows are kept as they are now (including any written
+-- since deploy): verify_reverted compares with them.
+SET LOCAL lock_timeout = '2s';
+SET LOCAL statement_timeout = '30min';
+
+DO $$
+DECLARE
+    geometrias regclass := 'public.geometrias';
+    job text := coalesce((SELECT job_name FROM stage4.partition_policy WHERE relation = 'public.geometrias'),
+                         'stage4_ensure_future_partitions');
+    default_part regclass;
+    r record;
+    moved bigint;
+    checksum text;
+BEGIN
+    PERFORM stage4.save_snapshot('opt4_future_partitions:before_revert', geometrias);
+
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron') THEN
+        EXECUTE 'SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = $1' USING job;
+    END IF;
+
+    EXECUTE format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', geometrias);
+    SELECT partition INTO default_part FROM stage4.opt4_partition_ranges(geometrias) WHERE is_default;
+    IF default_part IS NOT NULL THEN
+        EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', default_part);
+    END IF;
+
+    FOR r IN
+        SELECT l.relation, rg.partition, rg.lower_bound, rg.upper_bound
+        FROM stage4.opt4_created_partitions l
+        JOIN stage4.opt4_partition_ranges(geometrias) rg ON rg.partition = to_regclass(l.relation)
+        ORDER BY l.year DESC
+    LOOP
+        SELECT s.moved, s.checksum INTO moved, checksum
+        FROM stage4.opt4_stash_rows(r.partition, 'data_referencia', r.lower_bound, r.upper_bound) s;
+        EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', geometrias, r.partition);
+        EXECUTE format('DROP TABLE %s', r.partition);
+        IF moved > 0 THEN
+            PERFORM stage4.opt4_restore_rows(geometrias, default_part, 'data_referencia', r.lower_bound, r.upper_bound,
+                                             checksum, moved);
+        END IF;
+        RAISE NOTICE 'OPT4 revert: dropped %, % row(s) put back into %', r.relation, moved, coalesce(default_part::text, '-');
+    END LOOP;
+END $$;
+
+DROP FUNCTION stage4.schedule_future_partitions();
+DROP FUNCTION stage4.ensure_future_partitions(date, int);
+DROP FUNCTION stage4.opt4_restore_rows(regclass, regclass, text, date, date, text, bigint);
+DROP FUNCTION stage4.opt4_stash_rows(regclass, text, date, date);
+DROP FUNCTION stage4.opt4_column_list(regclass);
+DROP FUNCTION stage4.opt4_partition_ranges(regclass);
+DROP TABLE stage4.opt4_created_partitions;
+DROP TABLE stage4.partition_policy;
