@@ -73,7 +73,7 @@ def mann_whitney_slower_p(reference, current):
     return 0.5 * math.erfc(z / math.sqrt(2))
 
 
-def judge_query(query_id, current, reference, max_slowdown_ms, max_slowdown_pct, confidence, judge_latency=True):
+def judge_query(query_id, current, reference, max_slowdown_ms, max_slowdown_pct, confidence):
     base = reference["p50_ms"]
     now = current["p50_ms"]
     delta_ms = now - base
@@ -85,7 +85,7 @@ def judge_query(query_id, current, reference, max_slowdown_ms, max_slowdown_pct,
     if current.get("fingerprint") != reference.get("fingerprint"):
         verdict = "result changed"
     elif p_slower < 1 - confidence and delta_ms > 0:
-        beyond = judge_latency and delta_ms > max_slowdown_ms and delta_pct > max_slowdown_pct
+        beyond = delta_ms > max_slowdown_ms and delta_pct > max_slowdown_pct
         verdict = "regressed" if beyond else "slower, within tolerance"
     elif p_faster < 1 - confidence and delta_ms < 0:
         verdict = "faster"
@@ -109,9 +109,10 @@ def stage4_gate(current, reference, max_slowdown_ms=2.0, max_slowdown_pct=25.0, 
             queries.append({"query": query_id, "verdict": "missing from one side", "fingerprint_changed": True})
             continue
         queries.append(judge_query(query_id, current["queries"][query_id], reference["queries"][query_id],
-                                   float(max_slowdown_ms), float(max_slowdown_pct), float(confidence),
-                                   bool(judge_latency)))
-    failing = [q for q in queries if q["verdict"] in ("regressed", "result changed", "missing from one side")]
+                                   float(max_slowdown_ms), float(max_slowdown_pct), float(confidence)))
+    failing_verdicts = ("regressed", "result changed", "missing from one side") if judge_latency \
+        else ("result changed", "missing from one side")
+    failing = [q for q in queries if q["verdict"] in failing_verdicts]
     reasons = []
     for q in failing:
         if q["verdict"] == "regressed":
@@ -125,14 +126,15 @@ def stage4_gate(current, reference, max_slowdown_ms=2.0, max_slowdown_pct=25.0, 
         reasons.insert(0, "gate forced to fail (rollback drill){0}".format(
             "; largest median change: {query} {delta_ms:+} ms ({delta_pct:+}%)".format(**worst) if worst else ""))
     counts = {verdict: sum(1 for q in queries if q["verdict"] == verdict)
-              for verdict in ("faster", "no significant difference", "slower, within tolerance")}
+              for verdict in ("faster", "no significant difference", "slower, within tolerance", "regressed")}
     return {
         "passed": not reasons,
         "reason": "; ".join(reasons) if reasons else "no query regressed and every result is unchanged",
         "queries": queries,
         "regressions": failing,
         "summary": {"faster": counts["faster"], "no_significant_difference": counts["no significant difference"],
-                    "slower_within_tolerance": counts["slower, within tolerance"], "failing": len(failing),
+                    "slower_within_tolerance": counts["slower, within tolerance"], "regressed": counts["regressed"],
+                    "failing": len(failing),
                     "mean_ms_delta": round(current["mean_ms"] - reference["mean_ms"], 4),
                     "qps_delta_pct": round((current["qps"] / reference["qps"] - 1) * 100.0, 1)
                     if reference.get("qps") else None},

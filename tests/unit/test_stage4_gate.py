@@ -84,4 +84,5 @@ def test_registered_as_a_filter():
 def test_unjudged_latency_only_reports():
     verdict = stage4_gate(bench({"q": query(noisy(5.0, 21))}), bench({"q": query(noisy(1.0, 22))}),
                           judge_latency=False)
-    assert verdict["passed"] and verdict["queries"][0]["verdict"] == "slower, within tolerance"
+    assert verdict["passed"] and verdict["queries"][0]["verdict"] == "regressed"
+    assert verdict["summary"]["regressed"] == 1 and verdict["summary"]["failing"] == 0

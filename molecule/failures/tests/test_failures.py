@@ -55,3 +55,13 @@ def test_ledger_and_report_record_the_rollback():
         outcomes = [(e["step"], e["outcome"]) for e in map(json.loads, handle)]
     assert ("gate_opt1", "failed") in outcomes
     assert ("opt1_temporal_partitioning", "reverted") in outcomes
+
+
+def test_check_mode_changes_nothing():
+    with open(os.path.join(CLUSTER_DIR, "check_mode_untouched.txt"), encoding="utf-8") as handle:
+        assert handle.read().strip() == "True"
+    output = log("check_mode")
+    assert "Dump the database" not in output  # no backup in check mode
+    check_run = next(load_report(d) for d in run_dirs() if load_report(d)["check_mode"])
+    assert check_run["outcome"] == "check mode: nothing was changed"
+    assert {o["status"] for o in check_run["optimizations"]} == {"would be applied (check mode)"}
