@@ -83,7 +83,7 @@ bench: setup
 	  --dbname BIBLIOTECA_BENCH --features $(BENCH_FEATURES) $(if $(BENCH_RECREATE),--recreate)
 	$(BENCH_DB_ENV) $(BIN)/ansible-playbook stage4.yml -i local -e stage4_expected_features=$(BENCH_FEATURES) \
 	  -e stage4_reports_root=$(CURDIR)/reports/bench -e stage4_backup_dir=$(BENCH_DIR)/backups \
-	  -e '{"stage4_optimization_gate_judge_latency": false, "stage4_benchmark_iterations": 100}'
+	  -e '{"stage4_optimization_gate_judge_latency": false, "stage4_benchmark_iterations": 20, "stage4_benchmark_warmup": 2}'
 
 clean:
 	-$(BIN)/python scripts/localdb.py destroy

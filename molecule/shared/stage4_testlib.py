@@ -50,6 +50,23 @@ def load_report(run_dir):
         return json.load(handle)
 
 
+def normalized_schema(dump):
+    """pg_dump --schema-only text as a sorted list of its entries (the "-- Name:" blocks), without
+    pg_dump's random \\restrict lines and without the pg_cron extension: pg_cron is a server
+    prerequisite that OPT4/OPT5's server role installs and a rollback leaves in place (other jobs
+    may use it). Sorting removes pg_dump's tie-breaking order, which that extension can shift."""
+    lines = [line for line in dump.splitlines() if not line.startswith(("\\restrict", "\\unrestrict"))]
+    blocks, current = [], []
+    for line in lines:
+        if line.startswith("-- Name: ") and current:
+            blocks.append("\n".join(current))
+            current = []
+        current.append(line)
+    blocks.append("\n".join(current))
+    return sorted(block.strip() for block in blocks
+                  if "Name: pg_cron; Type: EXTENSION" not in block and "Name: EXTENSION pg_cron;" not in block)
+
+
 def assert_database_as_recorded():
     """The schema (without the rollout's own schemas), rows and identity position equal what
     shared/record_state.yml recorded."""
@@ -57,9 +74,8 @@ def assert_database_as_recorded():
         ["pg_dump", "--schema-only", "-N", "stage4", "-N", "stage4_benchmark", "-h", "127.0.0.1", "-p", str(PORT),
          "-U", "postgres", "BIBLIOTECA"], check=True, capture_output=True, text=True,
         env=dict(os.environ, PGPASSWORD=password())).stdout
-    normalized = "".join(line + "\n" for line in dump.splitlines() if not line.startswith(("\\restrict", "\\unrestrict")))
     with open(os.path.join(CLUSTER_DIR, "schema_before.sql"), encoding="utf-8") as handle:
-        assert normalized == handle.read()
+        assert normalized_schema(dump) == normalized_schema(handle.read())
     rows = query("SELECT count(*) || ' ' || md5(string_agg(g::text, '|' ORDER BY id)) || ' ' "
                  "|| (SELECT last_value FROM public.geometrias_id_seq) FROM public.geometrias g")[0][0]
     with open(os.path.join(CLUSTER_DIR, "rows_before.txt"), encoding="utf-8") as handle:

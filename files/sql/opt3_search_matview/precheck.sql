@@ -1,0 +1,94 @@
+-- OPT3 precheck: refuses, before anything changes, a database where the rewritten
+-- public.search_geometrias() could not return exactly what the current one returns.
+--
+-- OPT1 is not required: the materialized view is keyed by (id, data_referencia), which is unique
+-- both on the plain table (primary key id) and on OPT1's partitioned one (id, data_referencia).
+SET LOCAL search_path = pg_catalog, pg_temp;
+
+DO $$
+DECLARE
+    fn regprocedure := to_regprocedure('public.search_geometrias(text, extensions.geometry, integer)');
+    p pg_catalog.pg_proc%ROWTYPE;
+    t regclass := to_regclass('public.geometrias');
+    c pg_catalog.pg_class%ROWTYPE;
+    missing text;
+BEGIN
+    IF fn IS NULL THEN
+        RAISE EXCEPTION 'OPT3: public.search_geometrias(text, extensions.geometry, integer) does not exist';
+    END IF;
+    IF t IS NULL THEN
+        RAISE EXCEPTION 'OPT3: table public.geometrias does not exist';
+    END IF;
+    SELECT * INTO p FROM pg_catalog.pg_proc WHERE oid = fn;
+    SELECT * INTO c FROM pg_catalog.pg_class WHERE oid = t;
+
+    -- The contract: RETURNS SETOF public.geometrias, SQL, SECURITY INVOKER.
+    IF p.prorettype <> c.reltype OR NOT p.proretset THEN
+        RAISE EXCEPTION 'OPT3: public.search_geometrias() must return SETOF public.geometrias, it returns %',
+            CASE WHEN p.proretset THEN 'SETOF ' ELSE '' END || p.prorettype::regtype::text;
+    END IF;
+    IF p.prosecdef THEN
+        RAISE EXCEPTION 'OPT3: public.search_geometrias() is SECURITY DEFINER; OPT3 expects SECURITY INVOKER (RLS decides what each caller sees)';
+    END IF;
+    IF (SELECT lanname FROM pg_catalog.pg_language WHERE oid = p.prolang) <> 'sql' THEN
+        RAISE EXCEPTION 'OPT3: public.search_geometrias() is not LANGUAGE sql';
+    END IF;
+    -- The rewrite reproduces the reference body (files/fixture/reference_schema.sql), compared with
+    -- its whitespace collapsed. Another body may rank, filter or cut differently: review it first.
+    IF pg_catalog.md5(pg_catalog.btrim(pg_catalog.regexp_replace(p.prosrc, '\s+', ' ', 'g')))
+           <> '1692b8b10ac873033d205497cb9d007a' THEN
+        RAISE EXCEPTION 'OPT3: the body of public.search_geometrias() is not the reference one; OPT3 reproduces only that body, review the difference before applying it';
+    END IF;
+    IF NOT pg_catalog.pg_has_role(p.proowner, 'USAGE') THEN
+        RAISE EXCEPTION 'OPT3: % does not own public.search_geometrias() (owner %), so it cannot replace it',
+            current_user, pg_catalog.pg_get_userbyid(p.proowner);
+    END IF;
+
+    -- Whoever may call the function must be able to call the helper, which OPT3 grants to the API
+    -- roles only (never PUBLIC: it reveals the keys of private rows that match).
+    SELECT string_agg(DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(a.grantee) END, ', ')
+      INTO missing
+    FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+    WHERE a.grantee <> p.proowner
+      AND (a.grantee = 0 OR pg_catalog.pg_get_userbyid(a.grantee) NOT IN ('anon', 'authenticated', 'service_role'));
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'OPT3: public.search_geometrias() is executable by % too; OPT3 grants its helper to anon, authenticated and service_role only, so these could no longer call it',
+            missing;
+    END IF;
+
+    -- The columns the materialized view reads.
+    SELECT string_agg(col, ', ') INTO missing
+    FROM unnest(ARRAY['id', 'data_referencia', 'nome', 'descricao', 'geom']) col
+    WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                      WHERE a.attrelid = t AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'OPT3: public.geometrias lacks the columns %', missing;
+    END IF;
+    -- (id, data_referencia) must identify a row: the view's unique index (needed by REFRESH ...
+    -- CONCURRENTLY) and the join back to the table rely on it.
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_index i
+        WHERE i.indrelid = t AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+          AND NOT EXISTS (SELECT 1 FROM unnest(i.indkey) k
+                          JOIN pg_catalog.pg_attribute a ON a.attrelid = t AND a.attnum = k
+                          WHERE a.attname NOT IN ('id', 'data_referencia'))) THEN
+        RAISE EXCEPTION 'OPT3: no unique index of public.geometrias lies within (id, data_referencia)';
+    END IF;
+    -- A materialized view is filled with its owner's rights: an owner subject to RLS would index
+    -- only the rows it can see, and callers would silently miss the others.
+    IF c.relrowsecurity
+       AND NOT (SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+       AND (c.relforcerowsecurity OR NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')) THEN
+        RAISE EXCEPTION 'OPT3: % is subject to the row level security of public.geometrias; apply OPT3 as its owner (without FORCE ROW LEVEL SECURITY), a BYPASSRLS role or a superuser',
+            current_user;
+    END IF;
+    SELECT string_agg(r, ', ') INTO missing
+    FROM unnest(ARRAY['anon', 'authenticated', 'service_role']) r
+    WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'OPT3: the API roles % do not exist', missing;
+    END IF;
+    IF to_regnamespace('stage4_search') IS NOT NULL OR to_regnamespace('stage4_search_api') IS NOT NULL THEN
+        RAISE EXCEPTION 'OPT3: schema stage4_search or stage4_search_api already exists, but the ledger does not say OPT3 created it';
+    END IF;
+END $$;

@@ -1,0 +1,26 @@
+-- OPT3 verify after revert: the function is again exactly what OPT3 captured, nothing of OPT3 is left.
+SET LOCAL search_path = pg_catalog, pg_temp;
+
+DO $$
+DECLARE
+    snap record;
+    f oid := 'public.search_geometrias(text, extensions.geometry, integer)'::regprocedure;
+BEGIN
+    SELECT * INTO snap FROM stage4.function_snapshots
+    WHERE change = 'opt3_search_matview' AND function = 'public.search_geometrias(text,extensions.geometry,integer)';
+    IF pg_get_functiondef(f) IS DISTINCT FROM snap.definition THEN
+        RAISE EXCEPTION 'OPT3 revert: public.search_geometrias() differs from its captured definition';
+    END IF;
+    IF (SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE oid = f) IS DISTINCT FROM snap.owner
+       OR obj_description(f, 'pg_proc') IS DISTINCT FROM snap.comment
+       OR (SELECT coalesce(jsonb_agg(g.stmt ORDER BY g.n), '[]')
+           FROM pg_proc p, stage4.grant_statements(coalesce(p.proacl, acldefault('f', p.proowner)),
+                                                   format('FUNCTION %s', p.oid::regprocedure)) WITH ORDINALITY g(stmt, n)
+           WHERE p.oid = f) IS DISTINCT FROM snap.acl THEN
+        RAISE EXCEPTION 'OPT3 revert: owner, grants or comment of public.search_geometrias() differ from the captured ones';
+    END IF;
+    IF to_regnamespace('stage4_search') IS NOT NULL OR to_regnamespace('stage4_search_api') IS NOT NULL THEN
+        RAISE EXCEPTION 'OPT3 revert: schema stage4_search or stage4_search_api is left behind';
+    END IF;
+    PERFORM stage4.assert_api_answers();
+END $$;

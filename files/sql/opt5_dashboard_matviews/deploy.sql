@@ -1,0 +1,347 @@
+-- OPT5 dashboard materialized views: area_por_categoria(ano), extensao_por_categoria() and
+-- resumo_anual() read small pre-aggregated materialized views instead of aggregating
+-- public.geometrias at every call; pg_cron refreshes the views (REFRESH ... CONCURRENTLY: readers
+-- are never blocked) every stage4.refresh_schedule (default '*/15 * * * *').
+--
+-- What is created
+--   stage4_dashboard.resumo_categoria_ano  count and sum(area_m2) per (year, categoria, publico,
+--                                          owner_id); serves area_por_categoria() and resumo_anual(),
+--                                          which aggregate the same groups (a third, identical view
+--                                          would double the refresh work for nothing).
+--   stage4_dashboard.extensao_categoria    count and ST_Extent() corners per (categoria, publico,
+--                                          owner_id); serves extensao_por_categoria().
+--   stage4_dashboard.visibilidade          what the current caller may see under the known policies.
+--   stage4_dashboard_api.<same names>      security_barrier views: the groups the caller may see.
+--   stage4_dashboard_api.materializado_aplicavel()
+--                                          false when the views cannot answer exactly (policies changed
+--                                          since this deploy, row_security off, no SELECT on the table):
+--                                          the functions then run their original query instead.
+--   pg_cron jobs stage4_refresh_<view>      one per view (OPT3's stage4_search.geometrias_busca too when
+--                                          it exists), each a minute after the previous one.
+--
+-- Row level security. The functions are SECURITY INVOKER and RLS filters the rows they aggregate:
+-- anon sees publico rows; authenticated also its own rows (owner_id = auth.uid()); the table's
+-- owner, superusers and BYPASSRLS roles (service_role) see every row. The views keep the groups
+-- apart by publico and owner_id (owner_id only for private rows: public rows are visible to every
+-- API caller whoever owns them), so a caller's totals are the sum of the groups it may see. A
+-- materialized view has no RLS and none may be readable by anon/authenticated
+-- (stage4.assert_no_api_readable_matviews()); stage4_dashboard has no USAGE for them. The functions
+-- read the API views instead: owned by the materialized views' owner, so they read the views with
+-- its rights, but their WHERE evaluates current_user (a view does not change it, unlike a SECURITY
+-- DEFINER function, which could only trust arguments a direct caller could forge) with the same
+-- rules PostgreSQL applies: RLS off, superuser, BYPASSRLS, or owner without FORCE -> every group;
+-- member of anon/authenticated -> public groups; member of authenticated -> groups whose owner_id is
+-- auth.uid(). So even read directly, they show a caller only aggregates of rows it may read. That
+-- holds for the known policies only: precheck.sql refuses others, and materializado_aplicavel()
+-- sends the functions back to the table (exactly the original query) if the policies change later.
+--
+-- Same results right after a refresh: counts are exact; extents are min/max of the same
+-- per-geometry boxes, rebuilt with the same box2d -> geometry cast; area sums are float sums in
+-- another order (last bits may differ; the benchmark rounds them to the square metre).
+--
+-- Staleness (honest): between refreshes the functions do not see rows inserted, updated or deleted
+-- since the last one: up to the schedule's interval plus the refresh's own duration (by default
+-- 15 minutes plus the refresh). A change of publico/owner_id is stale too: a row made private still
+-- counts in the public totals until the refresh (its aggregate, never its content). Privileges, role
+-- memberships and the policies themselves are evaluated at call time.
+--
+-- pg_cron 1.4: 5-field schedules only; jobs due in the same minute start together and compete, so
+-- job k runs k minutes after job 0 ('*/15' -> '1-59/15' -> '2-59/15'). Supabase advises at most 8
+-- concurrent jobs, each under 10 minutes: OPT5 adds at most 3, each with statement_timeout 10min.
+-- The jobs run as the deployer (the views' owner, who alone may refresh them) in this database.
+SET LOCAL lock_timeout = '2s';
+SET LOCAL statement_timeout = '30min';
+SET LOCAL search_path = pg_catalog, pg_temp;
+
+-- The functions this change replaces, as they were (the table is shared with OPT3's deploy).
+CREATE TABLE IF NOT EXISTS stage4.function_snapshots (
+    change      text        NOT NULL,
+    function    text        NOT NULL,  -- regprocedure, schema-qualified
+    captured_at timestamptz NOT NULL DEFAULT now(),
+    definition  text        NOT NULL,  -- pg_get_functiondef()
+    owner       text        NOT NULL,
+    acl         jsonb       NOT NULL,  -- stage4.grant_statements()
+    comment     text,
+    PRIMARY KEY (change, function)
+);
+REVOKE ALL ON stage4.function_snapshots FROM PUBLIC;
+
+INSERT INTO stage4.function_snapshots AS s (change, function, definition, owner, acl, comment)
+SELECT 'opt5_dashboard_matviews', f.oid::regprocedure::text, pg_get_functiondef(f.oid), pg_get_userbyid(f.proowner),
+       (SELECT coalesce(jsonb_agg(g.stmt ORDER BY g.n), '[]')
+        FROM stage4.grant_statements(coalesce(f.proacl, acldefault('f', f.proowner)),
+                                     format('FUNCTION %s', f.oid::regprocedure)) WITH ORDINALITY g(stmt, n)),
+       obj_description(f.oid, 'pg_proc')
+FROM pg_proc f
+WHERE f.oid IN ('public.area_por_categoria(integer)'::regprocedure, 'public.extensao_por_categoria()'::regprocedure,
+                'public.resumo_anual()'::regprocedure)
+ON CONFLICT (change, function) DO UPDATE
+    SET definition = EXCLUDED.definition, owner = EXCLUDED.owner, acl = EXCLUDED.acl,
+        comment = EXCLUDED.comment, captured_at = now();
+
+-- Private schema of the materialized views.
+CREATE SCHEMA stage4_dashboard;
+COMMENT ON SCHEMA stage4_dashboard IS
+    'OPT5: pre-aggregated materialized views of public.geometrias for the dashboard functions. Private: no USAGE for PUBLIC or the API roles.';
+REVOKE ALL ON SCHEMA stage4_dashboard FROM PUBLIC, anon, authenticated, service_role;
+
+-- Year as its first day (not extract(year)::int): area_por_categoria() then filters with the very
+-- same date range as before, and an 'infinity' date cannot make the refresh fail.
+CREATE MATERIALIZED VIEW stage4_dashboard.resumo_categoria_ano AS
+    SELECT date_trunc('year', g.data_referencia::timestamp)::date AS ano_inicio,
+           g.categoria,
+           g.publico,
+           CASE WHEN g.publico THEN NULL ELSE g.owner_id END AS owner_id,
+           count(*) AS n,
+           sum(g.area_m2) AS total_area_m2
+    FROM public.geometrias AS g
+    GROUP BY 1, 2, 3, 4
+    WITH DATA;
+COMMENT ON MATERIALIZED VIEW stage4_dashboard.resumo_categoria_ano IS
+    'OPT5: features and area per year, categoria and visibility group (publico; owner_id of private rows). '
+    'Refreshed CONCURRENTLY by the pg_cron job stage4_refresh_resumo_categoria_ano. No RLS: never grant it to the API roles.';
+REVOKE ALL ON stage4_dashboard.resumo_categoria_ano FROM PUBLIC, anon, authenticated, service_role;
+CREATE UNIQUE INDEX resumo_categoria_ano_chave ON stage4_dashboard.resumo_categoria_ano
+    (ano_inicio, categoria, publico, owner_id) NULLS NOT DISTINCT;
+
+-- The extent as its corners: min/max are exact in any order, and the function rebuilds the box2d
+-- with the same cast as ST_Extent(...)::geometry.
+CREATE MATERIALIZED VIEW stage4_dashboard.extensao_categoria AS
+    SELECT e.categoria, e.publico, e.owner_id, e.n,
+           extensions.st_xmin(e.extent) AS x_min, extensions.st_ymin(e.extent) AS y_min,
+           extensions.st_xmax(e.extent) AS x_max, extensions.st_ymax(e.extent) AS y_max
+    FROM (SELECT g.categoria,
+                 g.publico,
+                 CASE WHEN g.publico THEN NULL ELSE g.owner_id END AS owner_id,
+                 count(*) AS n,
+                 extensions.st_extent(g.geom) AS extent
+          FROM public.geometrias AS g
+          GROUP BY 1, 2, 3) AS e
+    WITH DATA;
+COMMENT ON MATERIALIZED VIEW stage4_dashboard.extensao_categoria IS
+    'OPT5: features and bounding box per categoria and visibility group (publico; owner_id of private rows). '
+    'Refreshed CONCURRENTLY by the pg_cron job stage4_refresh_extensao_categoria. No RLS: never grant it to the API roles.';
+REVOKE ALL ON stage4_dashboard.extensao_categoria FROM PUBLIC, anon, authenticated, service_role;
+CREATE UNIQUE INDEX extensao_categoria_chave ON stage4_dashboard.extensao_categoria
+    (categoria, publico, owner_id) NULLS NOT DISTINCT;
+
+ANALYZE stage4_dashboard.resumo_categoria_ano, stage4_dashboard.extensao_categoria;
+
+-- What the current caller may read of public.geometrias under the known policies, computed the way
+-- PostgreSQL decides it (check_enable_rls, policy roles by privileges of role). current_user is the
+-- caller: views do not switch user. OFFSET 0 keeps it a subquery, evaluated once per query instead
+-- of once per row of the views that join it.
+CREATE VIEW stage4_dashboard.visibilidade AS
+    SELECT (NOT c.relrowsecurity
+            OR r.rolsuper
+            OR r.rolbypassrls
+            OR (NOT c.relforcerowsecurity AND pg_has_role(c.relowner, 'USAGE'))) AS todas,
+           (pg_has_role('anon', 'USAGE') OR pg_has_role('authenticated', 'USAGE')) AS publicas,
+           CASE WHEN pg_has_role('authenticated', 'USAGE') THEN auth.uid() END AS uid
+    FROM pg_class AS c
+    JOIN pg_roles AS r ON r.rolname = current_user
+    WHERE c.oid = 'public.geometrias'::regclass
+    OFFSET 0;
+COMMENT ON VIEW stage4_dashboard.visibilidade IS
+    'OPT5: which rows of public.geometrias the current user may read under its known policies: all, public ones, own ones (uid).';
+REVOKE ALL ON stage4_dashboard.visibilidade FROM PUBLIC, anon, authenticated, service_role;
+
+-- The API side: usable by the roles that may call the functions, never exposed by PostgREST.
+CREATE SCHEMA stage4_dashboard_api;
+COMMENT ON SCHEMA stage4_dashboard_api IS
+    'OPT5: row-filtered views of the dashboard materialized views for the dashboard functions. USAGE for the API roles; '
+    'never list it in PostgREST''s exposed schemas (db-schemas).';
+REVOKE ALL ON SCHEMA stage4_dashboard_api FROM PUBLIC;
+GRANT USAGE ON SCHEMA stage4_dashboard_api TO anon, authenticated, service_role;
+
+CREATE VIEW stage4_dashboard_api.resumo_categoria_ano WITH (security_barrier = true) AS
+    SELECT m.ano_inicio, m.categoria, m.n, m.total_area_m2
+    FROM stage4_dashboard.resumo_categoria_ano AS m
+    CROSS JOIN stage4_dashboard.visibilidade AS v
+    WHERE v.todas OR (m.publico AND v.publicas) OR m.owner_id = v.uid;
+COMMENT ON VIEW stage4_dashboard_api.resumo_categoria_ano IS
+    'OPT5: the groups of stage4_dashboard.resumo_categoria_ano whose rows the current user may read (known policies of public.geometrias).';
+
+CREATE VIEW stage4_dashboard_api.extensao_categoria WITH (security_barrier = true) AS
+    SELECT m.categoria, m.n, m.x_min, m.y_min, m.x_max, m.y_max
+    FROM stage4_dashboard.extensao_categoria AS m
+    CROSS JOIN stage4_dashboard.visibilidade AS v
+    WHERE v.todas OR (m.publico AND v.publicas) OR m.owner_id = v.uid;
+COMMENT ON VIEW stage4_dashboard_api.extensao_categoria IS
+    'OPT5: the groups of stage4_dashboard.extensao_categoria whose rows the current user may read (known policies of public.geometrias).';
+
+REVOKE ALL ON stage4_dashboard_api.resumo_categoria_ano, stage4_dashboard_api.extensao_categoria
+    FROM PUBLIC, anon, authenticated, service_role;
+GRANT SELECT ON stage4_dashboard_api.resumo_categoria_ano, stage4_dashboard_api.extensao_categoria
+    TO anon, authenticated, service_role;
+
+-- True when the views answer exactly what the original query would: the caller may SELECT the
+-- table (otherwise the original query raises "permission denied", and must go on doing so),
+-- row_security is on (off, it raises for RLS-bound callers), and the read policies of
+-- public.geometrias are byte for byte the ones precheck.sql accepted (fingerprint of their catalog
+-- rows taken now, no deparsing at call time; any later CREATE/ALTER/DROP POLICY changes it).
+-- plpgsql: its plan is kept for the session.
+DO $do$
+BEGIN
+    EXECUTE format($f$
+        CREATE FUNCTION stage4_dashboard_api.materializado_aplicavel()
+        RETURNS boolean
+        LANGUAGE plpgsql
+        STABLE
+        SET search_path = pg_catalog, pg_temp
+        AS $body$
+        BEGIN
+            RETURN current_setting('row_security') = 'on'
+               AND has_table_privilege('public.geometrias'::regclass, 'SELECT')
+               AND (SELECT md5(string_agg(format('%%s|%%s|%%s|%%s|%%s', p.polname, p.polpermissive, p.polcmd,
+                                                 p.polroles, p.polqual), ';' ORDER BY p.polname))
+                    FROM pg_policy p
+                    WHERE p.polrelid = 'public.geometrias'::regclass) IS NOT DISTINCT FROM %L;
+        END
+        $body$$f$,
+        (SELECT md5(string_agg(format('%s|%s|%s|%s|%s', p.polname, p.polpermissive, p.polcmd, p.polroles, p.polqual),
+                               ';' ORDER BY p.polname))
+         FROM pg_policy p WHERE p.polrelid = 'public.geometrias'::regclass));
+END $do$;
+COMMENT ON FUNCTION stage4_dashboard_api.materializado_aplicavel() IS
+    'OPT5: whether the dashboard views reproduce exactly what the caller would aggregate from public.geometrias '
+    '(SELECT privilege, row_security on, read policies unchanged since OPT5); when not, the dashboard functions aggregate the table as before.';
+REVOKE ALL ON FUNCTION stage4_dashboard_api.materializado_aplicavel() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION stage4_dashboard_api.materializado_aplicavel() TO anon, authenticated, service_role;
+
+-- The refresh jobs, one source of truth for deploy.sql, verify.sql and revert.sql: job k starts k
+-- minutes after the configured schedule (a '*/N' or fixed minute field; any other minute field is
+-- kept as is, and the jobs then start together).
+CREATE FUNCTION stage4_dashboard.refresh_jobs()
+RETURNS TABLE (jobname text, schedule text, command text)
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    configured text := btrim(coalesce(nullif(current_setting('stage4.refresh_schedule', true), ''), '*/15 * * * *'));
+    fields text[] := regexp_split_to_array(configured, '\s+');
+    mv text;
+    k int := 0;
+    step int;
+BEGIN
+    IF array_length(fields, 1) <> 5 THEN
+        RAISE EXCEPTION 'OPT5: stage4.refresh_schedule "%" is not a 5-field cron schedule', configured;
+    END IF;
+    FOREACH mv IN ARRAY ARRAY['stage4_dashboard.resumo_categoria_ano', 'stage4_dashboard.extensao_categoria',
+                              'stage4_search.geometrias_busca'] LOOP
+        CONTINUE WHEN to_regclass(mv) IS NULL;
+        jobname := 'stage4_refresh_' || split_part(mv, '.', 2);
+        command := format('SET LOCAL statement_timeout = %L; REFRESH MATERIALIZED VIEW CONCURRENTLY %s', '10min', mv);
+        schedule := array_to_string(fields, ' ');
+        IF fields[1] ~ '^\*/[0-9]+$' THEN
+            step := substr(fields[1], 3)::int;
+            IF k % step > 0 THEN
+                schedule := format('%s-59/%s ', k % step, step) || array_to_string(fields[2:5], ' ');
+            END IF;
+        ELSIF fields[1] ~ '^[0-9]+$' THEN
+            schedule := format('%s ', (fields[1]::int + k) % 60) || array_to_string(fields[2:5], ' ');
+        END IF;
+        RETURN NEXT;
+        k := k + 1;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION stage4_dashboard.refresh_jobs() IS
+    'OPT5: the pg_cron refresh jobs (name, staggered schedule, command) for the configured stage4.refresh_schedule.';
+REVOKE ALL ON FUNCTION stage4_dashboard.refresh_jobs() FROM PUBLIC;
+
+-- The dashboard functions: same signatures, volatility, SECURITY INVOKER and search_path;
+-- CREATE OR REPLACE keeps their owner, grants and comments. LANGUAGE plpgsql instead of sql: a SQL
+-- function that cannot be inlined (these cannot: SET search_path) is planned again at every call,
+-- plpgsql keeps its plans for the session, and evaluates materializado_aplicavel() once. The ELSE
+-- branch is the original query, verbatim. Output columns are plpgsql variables here: every column
+-- reference is qualified.
+CREATE OR REPLACE FUNCTION public.area_por_categoria(ano int)
+RETURNS TABLE (categoria text, total_area_m2 double precision, n bigint)
+LANGUAGE plpgsql
+STABLE
+SECURITY INVOKER
+SET search_path = public, extensions, pg_temp
+AS $$
+BEGIN
+    -- OPT5: from the materialized groups the caller may see (stage4_dashboard_api), refreshed by
+    -- the pg_cron job stage4_refresh_resumo_categoria_ano; the same date range as the original.
+    IF stage4_dashboard_api.materializado_aplicavel() THEN
+        RETURN QUERY
+            SELECT m.categoria, sum(m.total_area_m2), sum(m.n)::bigint
+            FROM stage4_dashboard_api.resumo_categoria_ano AS m
+            WHERE m.ano_inicio >= make_date(ano, 1, 1)
+              AND m.ano_inicio < make_date(ano + 1, 1, 1)
+            GROUP BY m.categoria
+            ORDER BY m.categoria;
+    ELSE
+        RETURN QUERY
+            SELECT g.categoria, sum(g.area_m2), count(*)
+            FROM public.geometrias AS g
+            WHERE g.data_referencia >= make_date(ano, 1, 1)
+              AND g.data_referencia < make_date(ano + 1, 1, 1)
+            GROUP BY g.categoria
+            ORDER BY g.categoria;
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION public.extensao_por_categoria()
+RETURNS TABLE (categoria text, extensao extensions.geometry, n bigint)
+LANGUAGE plpgsql
+STABLE
+SECURITY INVOKER
+SET search_path = public, extensions, pg_temp
+AS $$
+BEGIN
+    -- OPT5: from the materialized groups the caller may see (stage4_dashboard_api), refreshed by
+    -- the pg_cron job stage4_refresh_extensao_categoria.
+    IF stage4_dashboard_api.materializado_aplicavel() THEN
+        RETURN QUERY
+            SELECT m.categoria,
+                   ST_SetSRID(ST_MakeBox2D(ST_MakePoint(min(m.x_min), min(m.y_min)),
+                                           ST_MakePoint(max(m.x_max), max(m.y_max)))::geometry, 4326),
+                   sum(m.n)::bigint
+            FROM stage4_dashboard_api.extensao_categoria AS m
+            GROUP BY m.categoria
+            ORDER BY m.categoria;
+    ELSE
+        RETURN QUERY
+            SELECT g.categoria, ST_SetSRID(ST_Extent(g.geom)::geometry, 4326), count(*)
+            FROM public.geometrias AS g
+            GROUP BY g.categoria
+            ORDER BY g.categoria;
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION public.resumo_anual()
+RETURNS TABLE (ano int, categoria text, n bigint, total_area_m2 double precision)
+LANGUAGE plpgsql
+STABLE
+SECURITY INVOKER
+SET search_path = public, extensions, pg_temp
+AS $$
+BEGIN
+    -- OPT5: from the materialized groups the caller may see (stage4_dashboard_api), refreshed by
+    -- the pg_cron job stage4_refresh_resumo_categoria_ano.
+    IF stage4_dashboard_api.materializado_aplicavel() THEN
+        RETURN QUERY
+            -- grouped by the year's first day, then extract(): once per group, not per row
+            SELECT extract(year FROM s.ano_inicio)::int, s.categoria, s.n, s.total_area_m2
+            FROM (SELECT m.ano_inicio, m.categoria, sum(m.n)::bigint AS n, sum(m.total_area_m2) AS total_area_m2
+                  FROM stage4_dashboard_api.resumo_categoria_ano AS m
+                  GROUP BY m.ano_inicio, m.categoria) AS s
+            ORDER BY s.ano_inicio, s.categoria;
+    ELSE
+        RETURN QUERY
+            SELECT extract(year FROM g.data_referencia)::int, g.categoria, count(*), sum(g.area_m2)
+            FROM public.geometrias AS g
+            GROUP BY 1, 2
+            ORDER BY 1, 2;
+    END IF;
+END
+$$;
+
+-- The refresh jobs (cron.schedule() replaces a job of the same name and user).
+SELECT cron.schedule(j.jobname, j.schedule, j.command) FROM stage4_dashboard.refresh_jobs() AS j;

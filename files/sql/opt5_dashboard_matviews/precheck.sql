@@ -1,0 +1,116 @@
+-- OPT5 precheck: refuses, before anything changes, a database where materialized aggregates could
+-- not reproduce what the dashboard functions return to each caller today, or where pg_cron could
+-- not refresh them.
+--
+-- OPT1 and OPT3 are not required. When OPT3's view stage4_search.geometrias_busca exists, OPT5
+-- schedules its refresh too (so list opt3 before opt5).
+-- pg_get_expr() qualifies names by the search_path: compare under the one the functions pin.
+SET LOCAL search_path = pg_catalog, pg_temp;
+
+DO $$
+DECLARE
+    t regclass := to_regclass('public.geometrias');
+    c pg_catalog.pg_class%ROWTYPE;
+    -- The read policies OPT5 knows how to evaluate on a materialized aggregate (name, permissive,
+    -- command, roles, USING). WITH CHECK does not affect reads and is not compared.
+    known_policies constant jsonb := '[["geometrias_dono", true, "*", ["authenticated"], "(owner_id = auth.uid())"],
+                                      ["geometrias_leitura_publica", true, "r", ["anon", "authenticated"], "publico"]]';
+    policies jsonb;
+    fn record;
+    missing text;
+    schedule text := coalesce(nullif(current_setting('stage4.refresh_schedule', true), ''), '*/15 * * * *');
+BEGIN
+    -- pg_cron: installed here, loaded, and running its jobs in this database.
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
+        RAISE EXCEPTION 'OPT5: the pg_cron extension is not installed in database %: give opt5 server_role: stage4_pg_cron (it loads and creates pg_cron), or on Supabase enable pg_cron in the dashboard (Database > Extensions)',
+            current_database();
+    END IF;
+    IF NOT ('pg_cron' = ANY (string_to_array(replace(replace(current_setting('shared_preload_libraries'), ' ', ''), '"', ''), ','))) THEN
+        RAISE EXCEPTION 'OPT5: pg_cron is installed but not in shared_preload_libraries (%): its jobs would never run; restart PostgreSQL with pg_cron preloaded (role stage4_pg_cron)',
+            current_setting('shared_preload_libraries');
+    END IF;
+    IF current_setting('cron.database_name', true) IS DISTINCT FROM current_database() THEN
+        RAISE EXCEPTION 'OPT5: cron.database_name is %, the jobs must run in %', current_setting('cron.database_name', true), current_database();
+    END IF;
+    IF array_length(regexp_split_to_array(btrim(schedule), '\s+'), 1) <> 5 THEN
+        RAISE EXCEPTION 'OPT5: stage4.refresh_schedule "%" is not a 5-field cron schedule (minute hour day-of-month month day-of-week), the only form pg_cron 1.4 accepts',
+            schedule;
+    END IF;
+
+    IF t IS NULL THEN
+        RAISE EXCEPTION 'OPT5: table public.geometrias does not exist';
+    END IF;
+    SELECT * INTO c FROM pg_catalog.pg_class WHERE oid = t;
+    SELECT string_agg(col, ', ') INTO missing
+    FROM unnest(ARRAY['categoria', 'area_m2', 'data_referencia', 'geom', 'publico', 'owner_id']) col
+    WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                      WHERE a.attrelid = t AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'OPT5: public.geometrias lacks the columns %', missing;
+    END IF;
+
+    -- A materialized aggregate cannot evaluate policies it does not know: the read policies must be
+    -- exactly the known ones, or the functions would return other numbers than today.
+    SELECT coalesce(jsonb_agg(jsonb_build_array(
+               p.polname, p.polpermissive, p.polcmd,
+               (SELECT jsonb_agg(x.r ORDER BY x.r)
+                FROM (SELECT CASE WHEN r = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(r)::text END AS r
+                      FROM unnest(p.polroles) r) x),
+               pg_catalog.pg_get_expr(p.polqual, p.polrelid)) ORDER BY p.polname), '[]')
+      INTO policies
+    FROM pg_catalog.pg_policy p WHERE p.polrelid = t;
+    IF policies IS DISTINCT FROM known_policies THEN
+        RAISE EXCEPTION 'OPT5: the RLS policies of public.geometrias are not the known ones, so materialized aggregates cannot reproduce what each caller may see. Found %, expected %. Refusing: adapt OPT5 to these policies first.',
+            policies, known_policies;
+    END IF;
+
+    -- The three functions: the reference bodies (whitespace collapsed), SQL, SECURITY INVOKER, owned
+    -- by the deployer, executable by no role OPT5 does not grant its accessors to.
+    FOR fn IN
+        SELECT x.sig, x.body_md5, to_regprocedure(x.sig) AS oid
+        FROM (VALUES ('public.area_por_categoria(integer)', '45da3ee08ebee870aa50a30c49647420'),
+                     ('public.extensao_por_categoria()', 'fa0c4e07dffec29dd705e6a15808b478'),
+                     ('public.resumo_anual()', 'e5f55d356d7b72429b99c638131a9a01')) x(sig, body_md5)
+    LOOP
+        IF fn.oid IS NULL THEN
+            RAISE EXCEPTION 'OPT5: function % does not exist', fn.sig;
+        END IF;
+        IF (SELECT p.prosecdef OR l.lanname <> 'sql' FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+            WHERE p.oid = fn.oid) THEN
+            RAISE EXCEPTION 'OPT5: % must be LANGUAGE sql SECURITY INVOKER', fn.sig;
+        END IF;
+        IF (SELECT pg_catalog.md5(pg_catalog.btrim(pg_catalog.regexp_replace(prosrc, '\s+', ' ', 'g')))
+            FROM pg_catalog.pg_proc WHERE oid = fn.oid) <> fn.body_md5 THEN
+            RAISE EXCEPTION 'OPT5: the body of % is not the reference one; OPT5 reproduces only that body, review the difference before applying it', fn.sig;
+        END IF;
+        IF NOT pg_catalog.pg_has_role((SELECT proowner FROM pg_catalog.pg_proc WHERE oid = fn.oid), 'USAGE') THEN
+            RAISE EXCEPTION 'OPT5: % does not own %, so it cannot replace it', current_user, fn.sig;
+        END IF;
+        SELECT string_agg(DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(a.grantee) END, ', ')
+          INTO missing
+        FROM pg_catalog.pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+        WHERE p.oid = fn.oid AND a.grantee <> p.proowner
+          AND (a.grantee = 0 OR pg_catalog.pg_get_userbyid(a.grantee) NOT IN ('anon', 'authenticated', 'service_role'));
+        IF missing IS NOT NULL THEN
+            RAISE EXCEPTION 'OPT5: % is executable by % too; OPT5 opens its accessors to anon, authenticated and service_role only, so these could no longer call it',
+                fn.sig, missing;
+        END IF;
+    END LOOP;
+
+    -- The views are filled with their owner's (the deployer's) rights: it must see every row.
+    IF c.relrowsecurity
+       AND NOT (SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+       AND (c.relforcerowsecurity OR NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')) THEN
+        RAISE EXCEPTION 'OPT5: % is subject to the row level security of public.geometrias; apply OPT5 as its owner (without FORCE ROW LEVEL SECURITY), a BYPASSRLS role or a superuser',
+            current_user;
+    END IF;
+    SELECT string_agg(r, ', ') INTO missing
+    FROM unnest(ARRAY['anon', 'authenticated', 'service_role']) r
+    WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'OPT5: the API roles % do not exist', missing;
+    END IF;
+    IF to_regnamespace('stage4_dashboard') IS NOT NULL OR to_regnamespace('stage4_dashboard_api') IS NOT NULL THEN
+        RAISE EXCEPTION 'OPT5: schema stage4_dashboard or stage4_dashboard_api already exists, but the ledger does not say OPT5 created it';
+    END IF;
+END $$;

@@ -1,0 +1,140 @@
+-- OPT5 verify: the views are populated and refresh CONCURRENTLY, the jobs are scheduled as
+-- configured, nothing materialized is readable by the API roles, the functions kept their contract,
+-- and they return what the original functions return, for the deployer, anon, an authenticated
+-- owner and service_role (and through the fallback branch).
+SET LOCAL search_path = pg_catalog, pg_temp;
+
+-- REFRESH ... CONCURRENTLY runs in a transaction block (unlike CREATE INDEX CONCURRENTLY): proves
+-- that the unique indexes qualify and that the cron jobs' command works.
+REFRESH MATERIALIZED VIEW CONCURRENTLY stage4_dashboard.resumo_categoria_ano;
+REFRESH MATERIALIZED VIEW CONCURRENTLY stage4_dashboard.extensao_categoria;
+DO $$
+BEGIN
+    IF to_regclass('stage4_search.geometrias_busca') IS NOT NULL THEN
+        REFRESH MATERIALIZED VIEW CONCURRENTLY stage4_search.geometrias_busca;
+    END IF;
+END $$;
+
+DO $$
+DECLARE
+    snap record;
+    job record;
+    f pg_proc%ROWTYPE;
+    missing text;
+BEGIN
+    IF (SELECT sum(n) FROM stage4_dashboard.resumo_categoria_ano) IS DISTINCT FROM (SELECT count(*) FROM public.geometrias)
+       OR (SELECT sum(n) FROM stage4_dashboard.extensao_categoria) IS DISTINCT FROM (SELECT count(*) FROM public.geometrias) THEN
+        RAISE EXCEPTION 'OPT5: the materialized views do not count every row of public.geometrias';
+    END IF;
+    IF NOT stage4_dashboard_api.materializado_aplicavel() THEN
+        RAISE EXCEPTION 'OPT5: stage4_dashboard_api.materializado_aplicavel() is false right after deploy';
+    END IF;
+
+    -- The jobs, as configured, in this database, as the views' owner.
+    FOR job IN SELECT * FROM stage4_dashboard.refresh_jobs() LOOP
+        IF NOT EXISTS (SELECT 1 FROM cron.job c
+                       WHERE c.jobname = job.jobname AND c.schedule = job.schedule AND c.command = job.command
+                         AND c.database = current_database() AND c.username = current_user AND c.active) THEN
+            RAISE EXCEPTION 'OPT5: pg_cron job % (%: %) is missing or differs', job.jobname, job.schedule, job.command;
+        END IF;
+    END LOOP;
+    IF (SELECT count(*) FROM stage4_dashboard.refresh_jobs()) < 2 THEN
+        RAISE EXCEPTION 'OPT5: fewer than two refresh jobs';
+    END IF;
+
+    -- Private.
+    PERFORM stage4.assert_no_api_readable_matviews();
+    IF has_schema_privilege('anon', 'stage4_dashboard', 'USAGE') OR has_schema_privilege('authenticated', 'stage4_dashboard', 'USAGE')
+       OR EXISTS (SELECT 1 FROM pg_namespace n, aclexplode(n.nspacl) a WHERE n.nspname = 'stage4_dashboard' AND a.grantee = 0) THEN
+        RAISE EXCEPTION 'OPT5: schema stage4_dashboard is usable by PUBLIC, anon or authenticated';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_db_role_setting s, unnest(s.setconfig) c
+               WHERE c LIKE 'pgrst.db\_schemas=%' AND c ~ '(=|,)\s*"?stage4_dashboard(_api)?"?\s*(,|$)') THEN
+        RAISE EXCEPTION 'OPT5: a pgrst.db_schemas role setting exposes stage4_dashboard or stage4_dashboard_api through PostgREST';
+    END IF;
+
+    -- The functions kept their contract.
+    FOR snap IN SELECT * FROM stage4.function_snapshots WHERE change = 'opt5_dashboard_matviews' LOOP
+        SELECT * INTO f FROM pg_proc WHERE oid = snap.function::regprocedure;
+        IF f.prosecdef OR f.provolatile <> 's' OR f.proconfig IS DISTINCT FROM ARRAY['search_path=public, extensions, pg_temp']
+           OR pg_get_userbyid(f.proowner) <> snap.owner OR obj_description(f.oid, 'pg_proc') IS DISTINCT FROM snap.comment
+           OR (SELECT coalesce(jsonb_agg(g.stmt ORDER BY g.n), '[]')
+               FROM stage4.grant_statements(coalesce(f.proacl, acldefault('f', f.proowner)),
+                                            format('FUNCTION %s', f.oid::regprocedure)) WITH ORDINALITY g(stmt, n)) <> snap.acl THEN
+            RAISE EXCEPTION 'OPT5: % lost part of its contract (security, volatility, search_path, owner, grants or comment)', snap.function;
+        END IF;
+    END LOOP;
+    IF (SELECT count(*) FROM stage4.function_snapshots WHERE change = 'opt5_dashboard_matviews') <> 3 THEN
+        RAISE EXCEPTION 'OPT5: expected snapshots of three functions';
+    END IF;
+
+    PERFORM stage4.assert_api_answers();
+END $$;
+
+-- Same results as the original definitions (recreated from the snapshots under other names for the
+-- comparison, then dropped): same rows in the same order, area sums equal to 1e-9 relative.
+DO $$
+DECLARE
+    snap record;
+    owner_uid uuid;
+    who text;
+    call text;
+    calls text[] := ARRAY['extensao_por_categoria()', 'resumo_anual()', 'area_por_categoria(NULL)'];
+    got jsonb;
+    expected jsonb;
+    fallback boolean;
+BEGIN
+    FOR snap IN SELECT * FROM stage4.function_snapshots WHERE change = 'opt5_dashboard_matviews' LOOP
+        EXECUTE regexp_replace(snap.definition, '^CREATE OR REPLACE FUNCTION public\.',
+                               'CREATE FUNCTION stage4_dashboard_api.stage4_original_');
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO anon, authenticated, service_role',
+                       replace(snap.function, 'public.', 'stage4_dashboard_api.stage4_original_'));
+    END LOOP;
+    -- Every year with data, the year before and after.
+    SELECT calls || array_agg(format('area_por_categoria(%s)', y) ORDER BY y) INTO calls
+    FROM (SELECT DISTINCT extract(year FROM data_referencia)::int AS y FROM public.geometrias
+          WHERE data_referencia > '-infinity' AND data_referencia < 'infinity'
+          UNION SELECT extract(year FROM min(data_referencia))::int - 1 FROM public.geometrias WHERE data_referencia > '-infinity'
+          UNION SELECT extract(year FROM max(data_referencia))::int + 1 FROM public.geometrias WHERE data_referencia < 'infinity') years
+    WHERE y IS NOT NULL;
+    SELECT g.owner_id INTO owner_uid FROM public.geometrias g
+    WHERE NOT g.publico AND g.owner_id IS NOT NULL
+    GROUP BY g.owner_id ORDER BY count(*) DESC, g.owner_id LIMIT 1;
+
+    FOREACH fallback IN ARRAY ARRAY[false, true] LOOP
+        -- row_security off makes materializado_aplicavel() false: the deployer (who bypasses RLS)
+        -- then exercises the original query of each function.
+        PERFORM set_config('row_security', CASE WHEN fallback THEN 'off' ELSE 'on' END, true);
+        FOREACH who IN ARRAY CASE WHEN fallback THEN ARRAY[''] ELSE ARRAY['', 'anon', 'authenticated', 'service_role'] END LOOP
+            IF who <> '' THEN
+                EXECUTE format('SET ROLE %I', who);
+            END IF;
+            PERFORM set_config('request.jwt.claims',
+                               CASE WHEN who = 'authenticated' THEN json_build_object('sub', owner_uid)::text ELSE '' END, true);
+            FOREACH call IN ARRAY calls LOOP
+                EXECUTE format('SELECT coalesce(jsonb_agg(to_jsonb(s) ORDER BY s.ordinality), ''[]'') FROM public.%s WITH ORDINALITY s',
+                               call) INTO got;
+                EXECUTE format('SELECT coalesce(jsonb_agg(to_jsonb(s) ORDER BY s.ordinality), ''[]'') FROM stage4_dashboard_api.stage4_original_%s WITH ORDINALITY s',
+                               call) INTO expected;
+                IF jsonb_array_length(got) <> jsonb_array_length(expected)
+                   OR EXISTS (SELECT 1
+                              FROM jsonb_array_elements(got) WITH ORDINALITY a(r, i)
+                              JOIN jsonb_array_elements(expected) WITH ORDINALITY b(r, i) USING (i)
+                              WHERE (a.r - 'total_area_m2') <> (b.r - 'total_area_m2')
+                                 OR (a.r->>'total_area_m2' IS NULL) <> (b.r->>'total_area_m2' IS NULL)
+                                 OR abs((a.r->>'total_area_m2')::float8 - (b.r->>'total_area_m2')::float8)
+                                    > 1e-9 * greatest(abs((b.r->>'total_area_m2')::float8), 1)) THEN
+                    RAISE EXCEPTION 'OPT5: % as % returns %, the original %', call,
+                        coalesce(nullif(who, ''), current_user) || CASE WHEN fallback THEN ' (fallback branch)' ELSE '' END,
+                        left(got::text, 400), left(expected::text, 400);
+                END IF;
+            END LOOP;
+            RESET ROLE;
+        END LOOP;
+    END LOOP;
+    PERFORM set_config('row_security', 'on', true);
+    PERFORM set_config('request.jwt.claims', '', true);
+    FOR snap IN SELECT * FROM stage4.function_snapshots WHERE change = 'opt5_dashboard_matviews' LOOP
+        EXECUTE format('DROP FUNCTION %s', replace(snap.function, 'public.', 'stage4_dashboard_api.stage4_original_'));
+    END LOOP;
+END $$;

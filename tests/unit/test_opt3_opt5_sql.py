@@ -1,0 +1,308 @@
+"""Tests of the OPT3 (search materialized view) and OPT5 (dashboard materialized views refreshed by
+pg_cron) SQL changes, against a throwaway cluster that preloads pg_cron.
+
+The changes run as library/stage4_change.py runs them: precheck + deploy + verify in one
+transaction, revert + verify_reverted in another, with `variables` as stage4.<name> settings. The
+database is the reference fixture (251 features) with the toolkit and OPT1 applied first, as in the
+pipeline. Every result is captured before OPT3/OPT5 and compared after them, for anon, an
+authenticated owner (request.jwt.claims sub) and postgres.
+"""
+import math
+import os
+import subprocess
+import sys
+
+import psycopg2
+import pytest
+
+# Importable however pytest is invoked (its rootdir decides which conftest.py it loads).
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
+
+import pgcluster  # noqa: E402
+
+DB = "BIBLIOTECA"
+SQL_ROOT = os.path.join(pgcluster.REPO, "files", "sql")
+SCHEDULE = "*/10 * * * *"
+OPT5_VARIABLES = {"refresh_schedule": SCHEDULE}
+# pg_cron must be preloaded (scripts/localdb.py leaves it out on purpose): what the stage4_pg_cron
+# role sets with ALTER SYSTEM, appended to the cluster's postgresql.auto.conf.
+PG_CRON_SETTINGS = ("shared_preload_libraries = 'pg_stat_statements,pg_cron'\n"
+                    "cron.database_name = '%s'\n"
+                    "cron.use_background_workers = 'on'\n" % DB)
+
+SP_BOX = "ST_MakeEnvelope(-46.9333, -23.8505, -46.3333, -23.2505, 4326)"
+RJ_BOX = "ST_MakeEnvelope(-43.3229, -23.0568, -43.0229, -22.7568, 4326)"
+SEARCHES = [
+    "'parque'",                                # 51 matches as postgres: the default LIMIT 50 cuts
+    "'parque', %s, 50" % SP_BOX,
+    "'parque', %s, 3" % SP_BOX,
+    "'lote residencial', NULL, 10",
+    "'\"área de preservação\" or lago', NULL, 200",
+    "'rio -parque', %s, 20" % RJ_BOX,
+    "'xyzzy inexistente'",
+]
+DASHBOARD = ["area_por_categoria(%d)" % year for year in range(2018, 2028)] + [
+    "area_por_categoria(NULL)", "extensao_por_categoria()", "resumo_anual()"]
+MATVIEWS = ["stage4_search.geometrias_busca", "stage4_dashboard.resumo_categoria_ano",
+            "stage4_dashboard.extensao_categoria"]
+JOBS = ["stage4_refresh_resumo_categoria_ano", "stage4_refresh_extensao_categoria",
+        "stage4_refresh_geometrias_busca"]
+
+
+# --------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------
+
+def apply_change(cluster, change, state="applied", variables=None, extra_sql=None):
+    """Runs a change's scripts in one transaction, as stage4_change does (without the ledger).
+    extra_sql runs first in the same transaction (to stage a refusal)."""
+    names = ("precheck", "deploy", "verify") if state == "applied" else ("revert", "verify_reverted")
+    conn = cluster.connect(DB, autocommit=False)
+    try:
+        with conn, conn.cursor() as cur:
+            if extra_sql:
+                cur.execute(extra_sql)
+            for key, value in sorted((variables or {}).items()):
+                cur.execute("SELECT set_config(%s, %s, true)", ("stage4." + key, str(value)))
+            for name in names:
+                path = os.path.join(SQL_ROOT, change, name + ".sql")
+                if os.path.isfile(path):
+                    with open(path, encoding="utf-8") as handle:
+                        cur.execute(handle.read())
+    finally:
+        conn.close()
+
+
+def fetch(conn, query, params=None):
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        return cur.fetchall()
+
+
+def as_role(conn, role, owner_uid, query):
+    """Rows of query as postgres (role None), anon or the authenticated owner, in a transaction
+    rolled back afterwards."""
+    with conn.cursor() as cur:
+        try:
+            if role == "authenticated":
+                cur.execute("SELECT set_config('request.jwt.claims', %s, true)",
+                            ('{"sub": "%s"}' % owner_uid,))
+            if role:
+                cur.execute("SET LOCAL ROLE %s" % role)
+            cur.execute(query)
+            return cur.fetchall()
+        finally:
+            conn.rollback()
+
+
+ROLES = [None, "anon", "authenticated"]
+
+
+def search_rows(conn, role, owner_uid):
+    """{(role, call): [row as JSON text, in the function's order]}"""
+    return {(role, call): as_role(conn, role, owner_uid,
+                                  "SELECT to_jsonb(s)::text FROM public.search_geometrias(%s) WITH ORDINALITY s "
+                                  "ORDER BY s.ordinality" % call)
+            for call in SEARCHES}
+
+
+def dashboard_rows(conn, role, owner_uid):
+    return {(role, call): as_role(conn, role, owner_uid,
+                                  "SELECT to_jsonb(s) FROM public.%s WITH ORDINALITY s ORDER BY s.ordinality" % call)
+            for call in DASHBOARD}
+
+
+def same_dashboard(got, expected):
+    """Same rows in the same order; float sums equal up to summation order (1e-9 relative)."""
+    if len(got) != len(expected):
+        return False
+    for (a,), (b,) in zip(got, expected):
+        a, b = dict(a), dict(b)
+        area_a, area_b = a.pop("total_area_m2", None), b.pop("total_area_m2", None)
+        if a != b or (area_a is None) != (area_b is None):
+            return False
+        if area_a is not None and not math.isclose(area_a, area_b, rel_tol=1e-9):
+            return False
+    return True
+
+
+def schema_dump(cluster):
+    done = subprocess.run(
+        ["pg_dump", "--schema-only", "--no-password", "-h", cluster.host, "-p", str(cluster.port),
+         "-U", cluster.user, "-N", "stage4", "-N", "stage4_benchmark", "-N", "cron", DB],
+        env=dict(os.environ, PGPASSWORD=cluster.password), capture_output=True, text=True, check=True)
+    # pg_dump 15.14+ brackets the dump with a random \restrict key
+    return [line for line in done.stdout.splitlines() if not line.startswith(("\\restrict", "\\unrestrict"))]
+
+
+# --------------------------------------------------------------------------
+# Fixtures: one cluster for the module; OPT3 then OPT5 applied once, in the pipeline's order
+# --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster():
+    with pgcluster.running_cluster() as running:
+        with open(os.path.join(running.folder, "data", "postgresql.auto.conf"), "a", encoding="utf-8") as conf:
+            conf.write(PG_CRON_SETTINGS)
+        running._localdb("restart")  # pylint: disable=protected-access
+        running.build_reference_db(DB, features=251)
+        apply_change(running, "stage4_toolkit")
+        apply_change(running, "opt1_temporal_partitioning", variables={"partition_through_year": "2028"})
+        conn = running.connect(DB)
+        with conn.cursor() as cur:
+            cur.execute("CREATE EXTENSION pg_cron")  # what the stage4_pg_cron role does
+        conn.close()
+        yield running
+
+
+@pytest.fixture(scope="module")
+def conn(cluster):
+    connection = cluster.connect(DB, autocommit=False)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture(scope="module")
+def owner_uid(conn):
+    """The owner with the most private rows plays the authenticated user."""
+    uid = fetch(conn, "SELECT owner_id FROM public.geometrias WHERE NOT publico AND owner_id IS NOT NULL "
+                      "GROUP BY owner_id ORDER BY count(*) DESC, owner_id LIMIT 1")[0][0]
+    conn.rollback()
+    return uid
+
+
+@pytest.fixture(scope="module")
+def before(cluster, conn, owner_uid):
+    """Results and schema before OPT3 and OPT5."""
+    searches, dashboards = {}, {}
+    for role in ROLES:
+        searches.update(search_rows(conn, role, owner_uid))
+        dashboards.update(dashboard_rows(conn, role, owner_uid))
+    return {"searches": searches, "dashboards": dashboards, "dump": schema_dump(cluster)}
+
+
+@pytest.fixture(scope="module")
+def opt3(cluster, before):  # pylint: disable=unused-argument
+    apply_change(cluster, "opt3_search_matview")
+
+
+@pytest.fixture(scope="module")
+def opt5(cluster, opt3):  # pylint: disable=unused-argument
+    apply_change(cluster, "opt5_dashboard_matviews", variables=OPT5_VARIABLES)
+
+
+# --------------------------------------------------------------------------
+# Tests, in the order they run (the last one reverts both changes)
+# --------------------------------------------------------------------------
+
+def test_opt5_precheck_refuses_unknown_policies(cluster, before):  # pylint: disable=unused-argument
+    extra = ("CREATE POLICY so_2024 ON public.geometrias AS RESTRICTIVE FOR SELECT TO anon "
+             "USING (data_referencia >= '2024-01-01')")
+    with pytest.raises(psycopg2.errors.RaiseException, match="policies of public.geometrias are not the known ones"):
+        apply_change(cluster, "opt5_dashboard_matviews", variables=OPT5_VARIABLES, extra_sql=extra)
+
+
+def test_opt5_precheck_refuses_a_schedule_pg_cron_1_4_cannot_read(cluster, before):  # pylint: disable=unused-argument
+    with pytest.raises(psycopg2.errors.RaiseException, match="not a 5-field cron schedule"):
+        apply_change(cluster, "opt5_dashboard_matviews", variables={"refresh_schedule": "30 seconds"})
+
+
+def test_opt3_search_results_identical(opt3, conn, owner_uid, before):  # pylint: disable=unused-argument
+    for role in ROLES:
+        for key, rows in search_rows(conn, role, owner_uid).items():
+            assert rows == before["searches"][key], key
+    # the cases exercise what they should: the cut-off, and RLS (anon sees fewer rows)
+    assert len(before["searches"][(None, "'parque'")]) == 50
+    assert len(before["searches"][("anon", "'parque', %s, 50" % SP_BOX)]) < \
+        len(before["searches"][(None, "'parque', %s, 50" % SP_BOX)])
+    assert before["searches"][("authenticated", "'parque'")] != before["searches"][("anon", "'parque'")]
+
+
+def test_opt5_dashboard_results_identical(opt5, conn, owner_uid, before):  # pylint: disable=unused-argument
+    for role in ROLES:
+        for key, rows in dashboard_rows(conn, role, owner_uid).items():
+            assert same_dashboard(rows, before["dashboards"][key]), key
+    assert before["dashboards"][("anon", "resumo_anual()")] != before["dashboards"][(None, "resumo_anual()")]
+    assert before["dashboards"][("authenticated", "resumo_anual()")] != before["dashboards"][("anon", "resumo_anual()")]
+
+
+def test_no_materialized_view_readable_by_api_roles(opt5, conn):  # pylint: disable=unused-argument
+    found = [name for (name,) in fetch(conn, "SELECT oid::regclass::text FROM pg_class WHERE relkind = 'm' ORDER BY 1")]
+    conn.rollback()
+    assert sorted(found) == sorted(MATVIEWS)
+    for role in ("anon", "authenticated"):
+        for view in MATVIEWS:
+            assert fetch(conn, "SELECT has_table_privilege(%s, %s, 'SELECT')", (role, view)) == [(False,)]
+            conn.rollback()
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                as_role(conn, role, None, "SELECT count(*) FROM %s" % view)
+
+
+def test_cron_jobs_scheduled_and_staggered(opt5, conn):  # pylint: disable=unused-argument
+    jobs = fetch(conn, "SELECT jobname, schedule, command, database, username, active FROM cron.job ORDER BY jobid")
+    conn.rollback()
+    assert [(name, schedule) for name, schedule, *_ in jobs] == [
+        (JOBS[0], "*/10 * * * *"), (JOBS[1], "1-59/10 * * * *"), (JOBS[2], "2-59/10 * * * *")]
+    for (_, _, command, database, username, active), view in zip(jobs, [MATVIEWS[1], MATVIEWS[2], MATVIEWS[0]]):
+        assert command.endswith("REFRESH MATERIALIZED VIEW CONCURRENTLY %s" % view)
+        assert "statement_timeout = '10min'" in command
+        assert (database, username, active) == (DB, "postgres", True)
+
+
+def test_refresh_concurrently_brings_new_rows_in(opt5, cluster, conn, owner_uid, before):  # pylint: disable=unused-argument
+    new_row = ("INSERT INTO public.geometrias (nome, categoria, descricao, geom, area_m2, data_referencia, owner_id, publico) "
+               "VALUES ('Parque Stage Quatro', 'parque', 'Parque de teste', "
+               "ST_Multi(ST_Buffer(ST_SetSRID(ST_MakePoint(-46.60, -23.55), 4326), 0.001)), 12345.5, "
+               "'2024-06-01', %s, false) RETURNING id")
+    refresh = "; ".join("REFRESH MATERIALIZED VIEW CONCURRENTLY %s" % view for view in MATVIEWS)
+    counts = ("SELECT (SELECT sum(n) FROM public.area_por_categoria(2024)), "
+              "(SELECT count(*) FROM public.search_geometrias('stage quatro'))")
+    owner_2024 = sum(row["n"] for (row,) in before["dashboards"][("authenticated", "area_por_categoria(2024)")])
+    writer = cluster.connect(DB)
+    try:
+        fetch(writer, new_row, (owner_uid,))
+        # Stale until the next refresh: the documented window.
+        assert as_role(conn, "authenticated", owner_uid, counts) == [(owner_2024, 0)]
+        fetch(writer, refresh + "; SELECT 1")  # implicit transaction block: allowed
+        # The owner sees its new private row; anon does not; both equal the direct aggregate.
+        assert as_role(conn, "authenticated", owner_uid, counts) == [(owner_2024 + 1, 1)]
+        assert as_role(conn, "authenticated", owner_uid,
+                       "SELECT count(*) FROM public.geometrias WHERE data_referencia >= '2024-01-01' "
+                       "AND data_referencia < '2025-01-01'") == [(owner_2024 + 1,)]
+        assert as_role(conn, "anon", None, counts)[0][1] == 0
+        assert as_role(conn, None, None, counts)[0][1] == 1
+    finally:
+        fetch(writer, "DELETE FROM public.geometrias WHERE nome = 'Parque Stage Quatro'; " + refresh + "; SELECT 1")
+        writer.close()
+    for role in ROLES:
+        for key, rows in dashboard_rows(conn, role, owner_uid).items():
+            assert same_dashboard(rows, before["dashboards"][key]), key
+
+
+def test_functions_fall_back_to_the_table_when_policies_change(opt5, cluster, conn, owner_uid):  # pylint: disable=unused-argument
+    admin = cluster.connect(DB)
+    policy = ("CREATE POLICY so_2024 ON public.geometrias AS RESTRICTIVE FOR SELECT TO anon "
+              "USING (data_referencia >= '2024-01-01')")
+    try:
+        fetch(admin, policy + "; SELECT 1")
+        direct = as_role(conn, "anon", None, "SELECT extract(year FROM g.data_referencia)::int, g.categoria, count(*) "
+                                              "FROM public.geometrias g GROUP BY 1, 2 ORDER BY 1, 2")
+        via_function = as_role(conn, "anon", None, "SELECT ano, categoria, n FROM public.resumo_anual()")
+        assert via_function == direct
+        assert min(year for year, _, _ in via_function) == 2024
+    finally:
+        fetch(admin, "DROP POLICY so_2024 ON public.geometrias; SELECT 1")
+        admin.close()
+
+
+def test_revert_restores_the_schema_and_unschedules(opt5, cluster, conn, owner_uid, before):  # pylint: disable=unused-argument
+    apply_change(cluster, "opt5_dashboard_matviews", state="reverted")
+    apply_change(cluster, "opt3_search_matview", state="reverted")
+    assert fetch(conn, "SELECT count(*) FROM cron.job") == [(0,)]
+    conn.rollback()
+    assert schema_dump(cluster) == before["dump"]
+    for role in ROLES:
+        for key, rows in search_rows(conn, role, owner_uid).items():
+            assert rows == before["searches"][key], key
