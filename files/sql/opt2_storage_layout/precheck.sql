@@ -7,13 +7,7 @@ DECLARE
     requested_path text := lower(coalesce(nullif(current_setting('stage4.storage_path', true), ''), 'auto'));
     requested_toast text := lower(coalesce(nullif(current_setting('stage4.toast_mode', true), ''), 'auto'));
 BEGIN
-    IF t IS NULL THEN
-        RAISE EXCEPTION 'OPT2: table public.geometrias does not exist';
-    END IF;
-    IF (SELECT relkind FROM pg_class WHERE oid = t) <> 'p'
-       OR pg_get_partkeydef(t) IS DISTINCT FROM 'RANGE (data_referencia)' THEN
-        RAISE EXCEPTION 'OPT2: public.geometrias is not partitioned by RANGE (data_referencia); apply OPT1 (opt1_temporal_partitioning) first';
-    END IF;
+    PERFORM stage4.assert_partitioned_by_year('OPT2');
     IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = t AND attname = 'geom' AND NOT attisdropped) THEN
         RAISE EXCEPTION 'OPT2: public.geometrias has no column geom';
     END IF;

@@ -47,30 +47,8 @@ SET LOCAL statement_timeout = '30min';
 -- Nothing below may resolve through the caller's search_path.
 SET LOCAL search_path = pg_catalog, pg_temp;
 
--- The functions a change replaces, as they were: revert.sql and verify*.sql read them back.
-CREATE TABLE IF NOT EXISTS stage4.function_snapshots (
-    change      text        NOT NULL,
-    function    text        NOT NULL,  -- regprocedure, schema-qualified
-    captured_at timestamptz NOT NULL DEFAULT now(),
-    definition  text        NOT NULL,  -- pg_get_functiondef()
-    owner       text        NOT NULL,
-    acl         jsonb       NOT NULL,  -- stage4.grant_statements()
-    comment     text,
-    PRIMARY KEY (change, function)
-);
-REVOKE ALL ON stage4.function_snapshots FROM PUBLIC;
-
-INSERT INTO stage4.function_snapshots AS s (change, function, definition, owner, acl, comment)
-SELECT 'opt3_search_matview', f.oid::regprocedure::text, pg_get_functiondef(f.oid), pg_get_userbyid(f.proowner),
-       (SELECT coalesce(jsonb_agg(g.stmt ORDER BY g.n), '[]')
-        FROM stage4.grant_statements(coalesce(f.proacl, acldefault('f', f.proowner)),
-                                     format('FUNCTION %s', f.oid::regprocedure)) WITH ORDINALITY g(stmt, n)),
-       obj_description(f.oid, 'pg_proc')
-FROM pg_proc f
-WHERE f.oid = 'public.search_geometrias(text, extensions.geometry, integer)'::regprocedure
-ON CONFLICT (change, function) DO UPDATE
-    SET definition = EXCLUDED.definition, owner = EXCLUDED.owner, acl = EXCLUDED.acl,
-        comment = EXCLUDED.comment, captured_at = now();
+-- The functions this change replaces, as they were: revert.sql and verify*.sql read them back.
+SELECT stage4.save_function_snapshots('opt3_search_matview', ARRAY['public.search_geometrias(text, extensions.geometry, integer)'::regprocedure]);
 
 -- The materialized view, private: nobody but its owner may use the schema.
 CREATE SCHEMA stage4_search;

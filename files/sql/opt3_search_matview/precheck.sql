@@ -74,20 +74,7 @@ BEGIN
                           WHERE a.attname NOT IN ('id', 'data_referencia'))) THEN
         RAISE EXCEPTION 'OPT3: no unique index of public.geometrias lies within (id, data_referencia)';
     END IF;
-    -- A materialized view is filled with its owner's rights: an owner subject to RLS would index
-    -- only the rows it can see, and callers would silently miss the others.
-    IF c.relrowsecurity
-       AND NOT (SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
-       AND (c.relforcerowsecurity OR NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')) THEN
-        RAISE EXCEPTION 'OPT3: % is subject to the row level security of public.geometrias; apply OPT3 as its owner (without FORCE ROW LEVEL SECURITY), a BYPASSRLS role or a superuser',
-            current_user;
-    END IF;
-    SELECT string_agg(r, ', ') INTO missing
-    FROM unnest(ARRAY['anon', 'authenticated', 'service_role']) r
-    WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r);
-    IF missing IS NOT NULL THEN
-        RAISE EXCEPTION 'OPT3: the API roles % do not exist', missing;
-    END IF;
+    PERFORM stage4.assert_can_materialize('OPT3');
     IF to_regnamespace('stage4_search') IS NOT NULL OR to_regnamespace('stage4_search_api') IS NOT NULL THEN
         RAISE EXCEPTION 'OPT3: schema stage4_search or stage4_search_api already exists, but the ledger does not say OPT3 created it';
     END IF;

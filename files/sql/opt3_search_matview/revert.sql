@@ -8,18 +8,10 @@ SET LOCAL statement_timeout = '5min';
 SET LOCAL search_path = pg_catalog, pg_temp;
 
 DO $$
-DECLARE
-    snap record;
 BEGIN
-    SELECT * INTO snap FROM stage4.function_snapshots
-    WHERE change = 'opt3_search_matview' AND function = 'public.search_geometrias(text,extensions.geometry,integer)';
-    IF NOT FOUND THEN
+    IF stage4.restore_function_snapshots('opt3_search_matview') <> 1 THEN
         RAISE EXCEPTION 'OPT3 revert: no snapshot of public.search_geometrias()';
     END IF;
-    EXECUTE snap.definition;
-    EXECUTE format('ALTER FUNCTION %s OWNER TO %I', snap.function, snap.owner);
-    PERFORM stage4.reset_acl('FUNCTION ' || snap.function, snap.acl);
-    EXECUTE format('COMMENT ON FUNCTION %s IS %L', snap.function, snap.comment);
 END $$;
 
 DROP FUNCTION stage4_search_api.candidatos(text, extensions.geometry);

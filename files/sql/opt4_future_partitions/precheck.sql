@@ -6,13 +6,7 @@ DECLARE
     t regclass := to_regclass('public.geometrias');
     years_ahead text := nullif(current_setting('stage4.partition_years_ahead', true), '');
 BEGIN
-    IF t IS NULL THEN
-        RAISE EXCEPTION 'OPT4: table public.geometrias does not exist';
-    END IF;
-    IF (SELECT relkind FROM pg_class WHERE oid = t) <> 'p'
-       OR pg_get_partkeydef(t) IS DISTINCT FROM 'RANGE (data_referencia)' THEN
-        RAISE EXCEPTION 'OPT4: public.geometrias is not partitioned by RANGE (data_referencia); apply OPT1 (opt1_temporal_partitioning) first';
-    END IF;
+    PERFORM stage4.assert_partitioned_by_year('OPT4');
     IF (SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = t AND attname = 'data_referencia') <> 'date' THEN
         RAISE EXCEPTION 'OPT4: public.geometrias.data_referencia is not a date';
     END IF;

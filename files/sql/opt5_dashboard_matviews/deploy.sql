@@ -53,31 +53,9 @@ SET LOCAL lock_timeout = '2s';
 SET LOCAL statement_timeout = '30min';
 SET LOCAL search_path = pg_catalog, pg_temp;
 
--- The functions this change replaces, as they were (the table is shared with OPT3's deploy).
-CREATE TABLE IF NOT EXISTS stage4.function_snapshots (
-    change      text        NOT NULL,
-    function    text        NOT NULL,  -- regprocedure, schema-qualified
-    captured_at timestamptz NOT NULL DEFAULT now(),
-    definition  text        NOT NULL,  -- pg_get_functiondef()
-    owner       text        NOT NULL,
-    acl         jsonb       NOT NULL,  -- stage4.grant_statements()
-    comment     text,
-    PRIMARY KEY (change, function)
-);
-REVOKE ALL ON stage4.function_snapshots FROM PUBLIC;
-
-INSERT INTO stage4.function_snapshots AS s (change, function, definition, owner, acl, comment)
-SELECT 'opt5_dashboard_matviews', f.oid::regprocedure::text, pg_get_functiondef(f.oid), pg_get_userbyid(f.proowner),
-       (SELECT coalesce(jsonb_agg(g.stmt ORDER BY g.n), '[]')
-        FROM stage4.grant_statements(coalesce(f.proacl, acldefault('f', f.proowner)),
-                                     format('FUNCTION %s', f.oid::regprocedure)) WITH ORDINALITY g(stmt, n)),
-       obj_description(f.oid, 'pg_proc')
-FROM pg_proc f
-WHERE f.oid IN ('public.area_por_categoria(integer)'::regprocedure, 'public.extensao_por_categoria()'::regprocedure,
-                'public.resumo_anual()'::regprocedure)
-ON CONFLICT (change, function) DO UPDATE
-    SET definition = EXCLUDED.definition, owner = EXCLUDED.owner, acl = EXCLUDED.acl,
-        comment = EXCLUDED.comment, captured_at = now();
+-- The functions this change replaces, as they were: revert.sql and verify*.sql read them back.
+SELECT stage4.save_function_snapshots('opt5_dashboard_matviews', ARRAY['public.area_por_categoria(integer)'::regprocedure, 'public.extensao_por_categoria()'::regprocedure,
+                                              'public.resumo_anual()'::regprocedure]);
 
 -- Private schema of the materialized views.
 CREATE SCHEMA stage4_dashboard;

@@ -10,7 +10,6 @@ SET LOCAL search_path = pg_catalog, pg_temp;
 DO $$
 DECLARE
     t regclass := to_regclass('public.geometrias');
-    c pg_catalog.pg_class%ROWTYPE;
     -- The read policies OPT5 knows how to evaluate on a materialized aggregate (name, permissive,
     -- command, roles, USING). WITH CHECK does not affect reads and is not compared.
     known_policies constant jsonb := '[["geometrias_dono", true, "*", ["authenticated"], "(owner_id = auth.uid())"],
@@ -40,7 +39,6 @@ BEGIN
     IF t IS NULL THEN
         RAISE EXCEPTION 'OPT5: table public.geometrias does not exist';
     END IF;
-    SELECT * INTO c FROM pg_catalog.pg_class WHERE oid = t;
     SELECT string_agg(col, ', ') INTO missing
     FROM unnest(ARRAY['categoria', 'area_m2', 'data_referencia', 'geom', 'publico', 'owner_id']) col
     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
@@ -97,19 +95,7 @@ BEGIN
         END IF;
     END LOOP;
 
-    -- The views are filled with their owner's (the deployer's) rights: it must see every row.
-    IF c.relrowsecurity
-       AND NOT (SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
-       AND (c.relforcerowsecurity OR NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')) THEN
-        RAISE EXCEPTION 'OPT5: % is subject to the row level security of public.geometrias; apply OPT5 as its owner (without FORCE ROW LEVEL SECURITY), a BYPASSRLS role or a superuser',
-            current_user;
-    END IF;
-    SELECT string_agg(r, ', ') INTO missing
-    FROM unnest(ARRAY['anon', 'authenticated', 'service_role']) r
-    WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r);
-    IF missing IS NOT NULL THEN
-        RAISE EXCEPTION 'OPT5: the API roles % do not exist', missing;
-    END IF;
+    PERFORM stage4.assert_can_materialize('OPT5');
     IF to_regnamespace('stage4_dashboard') IS NOT NULL OR to_regnamespace('stage4_dashboard_api') IS NOT NULL THEN
         RAISE EXCEPTION 'OPT5: schema stage4_dashboard or stage4_dashboard_api already exists, but the ledger does not say OPT5 created it';
     END IF;

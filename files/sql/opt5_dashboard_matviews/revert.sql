@@ -32,18 +32,10 @@ END $$;
 
 DO $$
 DECLARE
-    snap record;
-    n int := 0;
+    restored int := stage4.restore_function_snapshots('opt5_dashboard_matviews');
 BEGIN
-    FOR snap IN SELECT * FROM stage4.function_snapshots WHERE change = 'opt5_dashboard_matviews' LOOP
-        EXECUTE snap.definition;
-        EXECUTE format('ALTER FUNCTION %s OWNER TO %I', snap.function, snap.owner);
-        PERFORM stage4.reset_acl('FUNCTION ' || snap.function, snap.acl);
-        EXECUTE format('COMMENT ON FUNCTION %s IS %L', snap.function, snap.comment);
-        n := n + 1;
-    END LOOP;
-    IF n <> 3 THEN
-        RAISE EXCEPTION 'OPT5 revert: expected snapshots of three functions, found %', n;
+    IF restored <> 3 THEN
+        RAISE EXCEPTION 'OPT5 revert: expected snapshots of three functions, found %', restored;
     END IF;
 END $$;
 

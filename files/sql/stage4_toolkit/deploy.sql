@@ -252,6 +252,51 @@ BEGIN
     RETURN result;
 END $$;
 
+-- Functions a change rewrites, as they were (definition, owner, grants, comment), so that its
+-- revert puts them back exactly and its verify can compare.
+CREATE TABLE IF NOT EXISTS stage4.function_snapshots (
+    change      text        NOT NULL,
+    function    text        NOT NULL,  -- regprocedure, schema-qualified
+    captured_at timestamptz NOT NULL DEFAULT now(),
+    definition  text        NOT NULL,  -- pg_get_functiondef()
+    owner       text        NOT NULL,
+    acl         jsonb       NOT NULL,  -- stage4.grant_statements()
+    comment     text,
+    PRIMARY KEY (change, function)
+);
+
+CREATE OR REPLACE FUNCTION stage4.save_function_snapshots(p_change text, p_functions regprocedure[])
+RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO stage4.function_snapshots (change, function, definition, owner, acl, comment)
+    SELECT p_change, f.oid::regprocedure::text, pg_get_functiondef(f.oid), pg_get_userbyid(f.proowner),
+           (SELECT coalesce(jsonb_agg(g.stmt ORDER BY g.n), '[]')
+            FROM stage4.grant_statements(coalesce(f.proacl, acldefault('f', f.proowner)),
+                                         format('FUNCTION %s', f.oid::regprocedure)) WITH ORDINALITY g(stmt, n)),
+           obj_description(f.oid, 'pg_proc')
+    FROM pg_proc f
+    WHERE f.oid = ANY (p_functions)
+    ON CONFLICT (change, function) DO UPDATE
+        SET definition = EXCLUDED.definition, owner = EXCLUDED.owner, acl = EXCLUDED.acl,
+            comment = EXCLUDED.comment, captured_at = now()
+$$;
+
+-- Puts back every function p_change saved; returns how many.
+CREATE OR REPLACE FUNCTION stage4.restore_function_snapshots(p_change text)
+RETURNS int LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    snap stage4.function_snapshots%ROWTYPE;
+    restored int := 0;
+BEGIN
+    FOR snap IN SELECT * FROM stage4.function_snapshots WHERE change = p_change ORDER BY function LOOP
+        EXECUTE snap.definition;
+        EXECUTE format('ALTER FUNCTION %s OWNER TO %I', snap.function, snap.owner);
+        PERFORM stage4.reset_acl('FUNCTION ' || snap.function, snap.acl);
+        EXECUTE format('COMMENT ON FUNCTION %s IS %L', snap.function, snap.comment);
+        restored := restored + 1;
+    END LOOP;
+    RETURN restored;
+END $$;
+
 -- Replaces an ACL by exactly the given GRANT statements. New objects receive default
 -- privileges (Supabase grants anon and authenticated everything in public), which must not
 -- survive on a recreated object.
@@ -577,6 +622,45 @@ BEGIN
     PERFORM count(*) FROM public.area_por_categoria(2024);
     PERFORM count(*) FROM public.extensao_por_categoria();
     PERFORM count(*) FROM public.resumo_anual();
+END $$;
+
+-- Preconditions shared by the optimizations' prechecks; p_label names the change in the message.
+CREATE OR REPLACE FUNCTION stage4.assert_partitioned_by_year(p_label text)
+RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t regclass := to_regclass('public.geometrias');
+BEGIN
+    IF t IS NULL THEN
+        RAISE EXCEPTION '%: table public.geometrias does not exist', p_label;
+    END IF;
+    IF (SELECT relkind FROM pg_class WHERE oid = t) <> 'p'
+       OR pg_get_partkeydef(t) IS DISTINCT FROM 'RANGE (data_referencia)' THEN
+        RAISE EXCEPTION '%: public.geometrias is not partitioned by RANGE (data_referencia); apply OPT1 (opt1_temporal_partitioning) first',
+            p_label;
+    END IF;
+END $$;
+
+-- A materialized view is filled with its owner's rights: an owner subject to RLS would hold only
+-- the rows it can see, and callers would silently miss the others. The API roles must exist too.
+CREATE OR REPLACE FUNCTION stage4.assert_can_materialize(p_label text)
+RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c pg_class%ROWTYPE;
+    missing text;
+BEGIN
+    SELECT * INTO c FROM pg_class WHERE oid = 'public.geometrias'::regclass;
+    IF c.relrowsecurity
+       AND NOT (SELECT r.rolsuper OR r.rolbypassrls FROM pg_roles r WHERE r.rolname = current_user)
+       AND (c.relforcerowsecurity OR NOT pg_has_role(c.relowner, 'USAGE')) THEN
+        RAISE EXCEPTION '%: % is subject to the row level security of public.geometrias; apply it as the table owner (without FORCE ROW LEVEL SECURITY), a BYPASSRLS role or a superuser',
+            p_label, current_user;
+    END IF;
+    SELECT string_agg(r, ', ') INTO missing
+    FROM unnest(ARRAY['anon', 'authenticated', 'service_role']) r
+    WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION '%: the API roles % do not exist', p_label, missing;
+    END IF;
 END $$;
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA stage4 FROM PUBLIC;

@@ -1,10 +1,12 @@
 -- Removes the toolkit. The ledger (owned by the stage4_change module) stays in schema stage4.
 SET LOCAL lock_timeout = '2s';
-DROP FUNCTION IF EXISTS stage4.assert_api_answers(), stage4.yearly_partitions(text, int, int),
+DROP FUNCTION IF EXISTS stage4.assert_can_materialize(text), stage4.assert_partitioned_by_year(text),
+    stage4.restore_function_snapshots(text), stage4.save_function_snapshots(text, regprocedure[]),
+    stage4.assert_api_answers(), stage4.yearly_partitions(text, int, int),
     stage4.assert_no_api_readable_matviews(), stage4.assert_partitions_secured(regclass),
     stage4.assert_table_preserved(regclass, jsonb, boolean, jsonb),
     stage4.rebuild_table(regclass, text, text[], jsonb, text[]),
     stage4.create_secured_partition(regclass, text, text), stage4.reset_acl(text, jsonb),
     stage4.snapshot(text, text), stage4.save_snapshot(text, regclass), stage4.describe_table(regclass, boolean),
     stage4.grant_statements(aclitem[], text, text), stage4.dependent_objects(regclass), stage4.table_checksum(regclass);
-DROP TABLE IF EXISTS stage4.table_snapshots;
+DROP TABLE IF EXISTS stage4.table_snapshots, stage4.function_snapshots;

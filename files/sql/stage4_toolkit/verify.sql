@@ -7,10 +7,11 @@ BEGIN
     FROM unnest(ARRAY['table_checksum', 'dependent_objects', 'grant_statements', 'describe_table', 'save_snapshot',
                       'snapshot', 'reset_acl', 'create_secured_partition', 'rebuild_table', 'assert_table_preserved',
                       'assert_partitions_secured', 'assert_no_api_readable_matviews', 'yearly_partitions',
-                      'assert_api_answers']) f
+                      'assert_api_answers', 'save_function_snapshots', 'restore_function_snapshots',
+                      'assert_partitioned_by_year', 'assert_can_materialize']) f
     WHERE NOT EXISTS (SELECT 1 FROM pg_proc WHERE proname = f AND pronamespace = 'stage4'::regnamespace);
     IF missing IS NOT NULL THEN
         RAISE EXCEPTION 'stage4_toolkit: missing functions: %', missing;
     END IF;
-    PERFORM 'stage4.table_snapshots'::regclass;
+    PERFORM 'stage4.table_snapshots'::regclass, 'stage4.function_snapshots'::regclass;
 END $$;
