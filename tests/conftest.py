@@ -13,7 +13,7 @@ for folder in ("tests", "library", "filter_plugins"):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-import ansible.module_utils  # noqa: E402
+import ansible.module_utils  # noqa: E402,F401  (the parent package must be loaded before its child is registered)
 
 _spec = importlib.util.spec_from_file_location("ansible.module_utils.stage4_postgres",
                                                os.path.join(REPO, "module_utils", "stage4_postgres.py"))

@@ -96,6 +96,27 @@ class Cluster:
              env)
 
 
+SQL_ROOT = os.path.join(REPO, "files", "sql")
+SCRIPTS = {"applied": ("precheck", "deploy", "verify"), "reverted": ("revert", "verify_reverted")}
+
+
+def run_change(conn, change, state="applied", variables=None, prelude_sql=None):
+    """Runs a change's scripts in one transaction on conn, as library/stage4_change.py does (without
+    its ledger); prelude_sql runs first in the same transaction. Returns the notices raised."""
+    conn.notices.clear()
+    with conn, conn.cursor() as cur:
+        if prelude_sql:
+            cur.execute(prelude_sql)
+        for key, value in sorted((variables or {}).items()):
+            cur.execute("SELECT set_config(%s, %s, true)", ("stage4." + key, str(value)))
+        for script in SCRIPTS[state]:
+            path = os.path.join(SQL_ROOT, change, script + ".sql")
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as handle:
+                    cur.execute(handle.read())
+    return [notice.strip() for notice in conn.notices]
+
+
 def start_cluster():
     """Start a cluster in a fresh /tmp folder on a free port; the caller destroys it."""
     folder = tempfile.mkdtemp(prefix="stage4-test-", dir="/tmp")

@@ -20,7 +20,6 @@ if TESTS not in sys.path:
 
 import pgcluster  # noqa: E402
 
-SQL_ROOT = os.path.join(REPO, "files", "sql")
 PG_DUMP = "/usr/lib/postgresql/15/bin/pg_dump"
 DB = "BIBLIOTECA"  # pg_cron runs its jobs in cron.database_name, set to this name
 TEMPLATE = "stage4_opt1_template"
@@ -34,26 +33,12 @@ BIG_ROW = "SELECT id, g::text, pg_column_compression(geom) FROM public.geometria
 OPEN_PARTITIONS = ["geometrias_p2026", "geometrias_p2027", "geometrias_p2028", "geometrias_default"]
 
 
-def run_scripts(conn, change, scripts, variables=None):
-    """Run the scripts of a change in one transaction; return the notices they raised."""
-    conn.notices.clear()
-    with conn, conn.cursor() as cur:
-        for key, value in sorted((variables or {}).items()):
-            cur.execute("SELECT set_config(%s, %s, true)", ("stage4." + key, str(value)))
-        for script in scripts:
-            path = os.path.join(SQL_ROOT, change, script + ".sql")
-            if os.path.exists(path):
-                with open(path, encoding="utf-8") as handle:
-                    cur.execute(handle.read())
-    return [notice.strip() for notice in conn.notices]
-
-
 def deploy(conn, change, variables=None):
-    return run_scripts(conn, change, ("precheck", "deploy", "verify"), variables)
+    return pgcluster.run_change(conn, change, "applied", variables)
 
 
 def revert(conn, change, variables=None):
-    return run_scripts(conn, change, ("revert", "verify_reverted"), variables)
+    return pgcluster.run_change(conn, change, "reverted", variables)
 
 
 def query(conn, sql, params=None):
@@ -133,7 +118,7 @@ def cluster():
         running.build_reference_db(TEMPLATE)
         conn = running.connect(TEMPLATE, autocommit=False)
         try:
-            run_scripts(conn, "stage4_toolkit", ("deploy",))
+            deploy(conn, "stage4_toolkit")
             deploy(conn, "opt1_temporal_partitioning", {"partition_through_year": "2028"})
             running.pg_cron_loaded = "pg_cron" in scalar(conn, "SHOW shared_preload_libraries")
         finally:

@@ -23,7 +23,6 @@ if TESTS not in sys.path:
 import pgcluster  # noqa: E402
 
 DB = "BIBLIOTECA"
-SQL_ROOT = os.path.join(pgcluster.REPO, "files", "sql")
 SCHEDULE = "*/10 * * * *"
 OPT5_VARIABLES = {"refresh_schedule": SCHEDULE}
 # pg_cron must be preloaded (scripts/localdb.py leaves it out on purpose): what the stage4_pg_cron
@@ -56,21 +55,10 @@ JOBS = ["stage4_refresh_resumo_categoria_ano", "stage4_refresh_extensao_categori
 # --------------------------------------------------------------------------
 
 def apply_change(cluster, change, state="applied", variables=None, extra_sql=None):
-    """Runs a change's scripts in one transaction, as stage4_change does (without the ledger).
-    extra_sql runs first in the same transaction (to stage a refusal)."""
-    names = ("precheck", "deploy", "verify") if state == "applied" else ("revert", "verify_reverted")
+    """Runs a change's scripts in one transaction; extra_sql runs first (to stage a refusal)."""
     conn = cluster.connect(DB, autocommit=False)
     try:
-        with conn, conn.cursor() as cur:
-            if extra_sql:
-                cur.execute(extra_sql)
-            for key, value in sorted((variables or {}).items()):
-                cur.execute("SELECT set_config(%s, %s, true)", ("stage4." + key, str(value)))
-            for name in names:
-                path = os.path.join(SQL_ROOT, change, name + ".sql")
-                if os.path.isfile(path):
-                    with open(path, encoding="utf-8") as handle:
-                        cur.execute(handle.read())
+        pgcluster.run_change(conn, change, state, variables, prelude_sql=extra_sql)
     finally:
         conn.close()
 
