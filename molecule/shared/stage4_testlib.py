@@ -67,16 +67,20 @@ def normalized_schema(dump):
                   if "Name: pg_cron; Type: EXTENSION" not in block and "Name: EXTENSION pg_cron;" not in block)
 
 
-def assert_database_as_recorded():
-    """The schema (without the rollout's own schemas), rows and identity position equal what
-    shared/record_state.yml recorded."""
+def live_state():
+    """(normalized schema without the rollout's own schemas, rows checksum and identity position)"""
     dump = subprocess.run(
         ["pg_dump", "--schema-only", "-N", "stage4", "-N", "stage4_benchmark", "-h", "127.0.0.1", "-p", str(PORT),
          "-U", "postgres", "BIBLIOTECA"], check=True, capture_output=True, text=True,
         env=dict(os.environ, PGPASSWORD=password())).stdout
-    with open(os.path.join(CLUSTER_DIR, "schema_before.sql"), encoding="utf-8") as handle:
-        assert normalized_schema(dump) == normalized_schema(handle.read())
     rows = query("SELECT count(*) || ' ' || md5(string_agg(g::text, '|' ORDER BY id)) || ' ' "
                  "|| (SELECT last_value FROM public.geometrias_id_seq) FROM public.geometrias g")[0][0]
-    with open(os.path.join(CLUSTER_DIR, "rows_before.txt"), encoding="utf-8") as handle:
-        assert rows == handle.read().strip()
+    return normalized_schema(dump), rows
+
+
+def recorded_state(name="before"):
+    """The same, as shared/record_state.yml recorded it under that name."""
+    with open(os.path.join(CLUSTER_DIR, f"state_{name}.sql"), encoding="utf-8") as handle:
+        schema = normalized_schema(handle.read())
+    with open(os.path.join(CLUSTER_DIR, f"state_{name}.txt"), encoding="utf-8") as handle:
+        return schema, handle.read().strip()

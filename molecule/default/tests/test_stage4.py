@@ -10,7 +10,7 @@ import sys
 import psycopg2
 import pytest
 
-from stage4_testlib import CLUSTER_DIR, PORT, load_report, password, query, run_dirs, scalar
+from stage4_testlib import CLUSTER_DIR, PORT, connect, load_report, password, query, run_dirs, scalar
 
 PROJECT = os.environ["MOLECULE_PROJECT_DIRECTORY"]
 ROW_CHECKSUM = "SELECT count(*), md5(string_agg(g::text, '|' ORDER BY id)) FROM public.geometrias g"
@@ -135,10 +135,15 @@ def test_first_run_applied_opt1_and_second_changed_nothing():
     assert second["backup"] is None
 
 
-def test_reports_and_audit_trail_written():
+def test_reports_and_audit_trail_written(host):
     run_dir = run_dirs()[-2]
     for name in ("report.md", "report.json", "metrics_baseline.json", "metrics_opt1.json", "audit.jsonl"):
-        assert os.path.getsize(os.path.join(run_dir, name)) > 0
+        report_file = host.file(os.path.join(run_dir, name))
+        assert report_file.is_file and report_file.size > 0
+    backup = load_report(run_dir)["backup"]
+    assert host.file(backup["file"]).sha256sum == backup["sha256"]
+    assert host.file(backup["file"] + ".sha256").contains(backup["sha256"])
+    assert host.run("pg_restore --list %s", backup["file"]).rc == 0
     with open(os.path.join(run_dir, "audit.jsonl"), encoding="utf-8") as handle:
         entries = [json.loads(line) for line in handle]
     steps = [e["step"] for e in entries]
@@ -155,3 +160,20 @@ def test_no_secret_in_any_report():
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as handle:
                 assert secret not in handle.read(), path
+
+
+def test_opt5_refresh_jobs_exist_and_a_refresh_succeeds():
+    jobs = dict(query("SELECT jobname, command FROM cron.job WHERE jobname LIKE 'stage4_%'"))
+    assert {"stage4_refresh_geometrias_busca", "stage4_refresh_resumo_categoria_ano",
+            "stage4_refresh_extensao_categoria", "stage4_ensure_future_partitions"} <= set(jobs)
+    with connect() as conn, conn.cursor() as cur:
+        for name, command in jobs.items():
+            if name.startswith("stage4_refresh_"):
+                assert "REFRESH MATERIALIZED VIEW CONCURRENTLY" in command
+                cur.execute(command)  # what the job runs, in a transaction rolled back afterwards
+    assert query("SELECT count(*) FROM public.area_por_categoria(2024)")[0][0] > 0
+
+
+def test_no_materialized_view_readable_by_the_api_roles():
+    assert query("SELECT count(*) FROM pg_class c, unnest(ARRAY['anon', 'authenticated']) r "
+                 "WHERE c.relkind = 'm' AND has_table_privilege(r, c.oid, 'SELECT')")[0][0] == 0

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from stage4_testlib import CLUSTER_DIR, assert_database_as_recorded, load_report, password, query, run_dirs, scalar
+from stage4_testlib import CLUSTER_DIR, load_report, password, query, recorded_state, run_dirs, scalar
 
 
 def log(name):
@@ -40,21 +40,40 @@ def test_gate_failure_says_which_query_and_reverts():
 
 
 def test_database_is_as_it_was():
-    assert_database_as_recorded()
-    assert scalar("SELECT relkind FROM pg_class WHERE oid = 'public.geometrias'::regclass") == "r"
+    """After the bad inputs and the failed gate of OPT1: schema, rows and identity as before."""
+    assert recorded_state("after_failures") == recorded_state("before")
 
 
-def test_ledger_and_report_record_the_rollback():
-    assert [r[0] for r in query("SELECT change FROM stage4.ledger ORDER BY seq")] == ["stage4_toolkit", "benchmark_schema"]
-    assert [r[0] for r in query("SELECT action FROM stage4.ledger_events WHERE change = 'opt1_temporal_partitioning' "
-                                "ORDER BY id")] == ["deploy", "revert"]
-    report = load_report(run_dirs()[-1])
-    assert report["outcome"] == "stopped: opt1 failed its gate and was reverted"
+def test_failed_opt1_gate_is_recorded():
+    events = [r[0] for r in query("SELECT action FROM stage4.ledger_events WHERE change = 'opt1_temporal_partitioning' "
+                                  "ORDER BY id")]
+    assert events[:2] == ["deploy", "revert"]
+    report = next(load_report(d) for d in run_dirs() if "stopped: opt1" in load_report(d)["outcome"])
     assert report["optimizations"][0]["status"] == "reverted: gate failed"
+
+
+def test_failed_opt3_gate_leaves_opt1_and_opt2_applied():
+    output = " ".join(log("gate_failure_opt3").split())
+    assert "Gate failed for opt3 against opt2" in output and "opt3 was reverted and verified" in output
+    assert [r[0] for r in query("SELECT change FROM stage4.ledger ORDER BY seq")] == [
+        "stage4_toolkit", "benchmark_schema", "opt1_temporal_partitioning", "opt2_storage_layout"]
+    assert [r[0] for r in query("SELECT action FROM stage4.ledger_events WHERE change = 'opt3_search_matview' "
+                                "ORDER BY id")] == ["deploy", "revert"]
+    assert scalar("SELECT relkind FROM pg_class WHERE oid = 'public.geometrias'::regclass") == "p"
+    assert scalar("SELECT to_regnamespace('stage4_search') IS NULL")
+    report = load_report(run_dirs()[-1])
+    assert report["outcome"] == "stopped: opt3 failed its gate and was reverted"
+    assert [o["status"] for o in report["optimizations"]] == [
+        "applied: gate passed", "applied: gate passed", "reverted: gate failed", "not applied", "not applied"]
     with open(os.path.join(run_dirs()[-1], "audit.jsonl"), encoding="utf-8") as handle:
         outcomes = [(e["step"], e["outcome"]) for e in map(json.loads, handle)]
-    assert ("gate_opt1", "failed") in outcomes
-    assert ("opt1_temporal_partitioning", "reverted") in outcomes
+    assert ("gate_opt3", "failed") in outcomes and ("opt3_search_matview", "reverted") in outcomes
+
+
+def test_search_function_restored_after_opt3_revert():
+    assert scalar("SELECT count(*) FROM stage4.function_snapshots WHERE change = 'opt3_search_matview'") == 1
+    assert scalar("SELECT definition FROM stage4.function_snapshots WHERE change = 'opt3_search_matview'") == scalar(
+        "SELECT pg_get_functiondef('public.search_geometrias(text, extensions.geometry, integer)'::regprocedure)")
 
 
 def test_check_mode_changes_nothing():

@@ -2,11 +2,11 @@
 import json
 import os
 
-from stage4_testlib import assert_database_as_recorded, load_report, query, run_dirs
+from stage4_testlib import live_state, load_report, query, recorded_state, run_dirs
 
 
 def test_database_is_as_it_was():
-    assert_database_as_recorded()
+    assert live_state() == recorded_state("before")
 
 
 def test_only_the_tooling_remains_in_the_ledger():
