@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from stage4_testlib import CLUSTER_DIR, load_report, password, query, recorded_state, run_dirs, scalar
+from stage4_testlib import CLUSTER_DIR, connect, load_report, password, query, recorded_state, run_dirs, scalar
 
 
 def log(name):
@@ -71,9 +71,11 @@ def test_failed_opt3_gate_leaves_opt1_and_opt2_applied():
 
 
 def test_search_function_restored_after_opt3_revert():
-    assert scalar("SELECT count(*) FROM stage4.function_snapshots WHERE change = 'opt3_search_matview'") == 1
-    assert scalar("SELECT definition FROM stage4.function_snapshots WHERE change = 'opt3_search_matview'") == scalar(
-        "SELECT pg_get_functiondef('public.search_geometrias(text, extensions.geometry, integer)'::regprocedure)")
+    with connect() as conn, conn.cursor() as cur:
+        cur.execute("SET search_path = pg_catalog")  # as the snapshot was taken: fully qualified names
+        cur.execute("SELECT s.definition = pg_get_functiondef(s.function::regprocedure) FROM stage4.function_snapshots s "
+                     "WHERE s.change = 'opt3_search_matview'")
+        assert cur.fetchall() == [(True,)]
 
 
 def test_check_mode_changes_nothing():
