@@ -18,7 +18,7 @@ def test_each_revert_was_verified_and_audited():
     assert rollout["kind"] == "rollout" and rollout["outcome"].startswith("completed")
     applied = [o["id"] for o in rollout["optimizations"] if o["status"] == "applied: gate passed"]
     assert applied
-    assert rollback["kind"] == "rollback" and rollback["outcome"] == "rollback: reverted " + ", ".join(applied)
+    assert rollback["kind"] == "rollback" and rollback["outcome"] == "rollback: reverted " + ", ".join(reversed(applied))
     assert second_rollback["outcome"] == "rollback: nothing to revert" and second_rollback["backup"] is None
     with open(os.path.join(run_dirs()[-2], "audit.jsonl"), encoding="utf-8") as handle:
         entries = [json.loads(line) for line in handle]
