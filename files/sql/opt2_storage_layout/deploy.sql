@@ -94,18 +94,7 @@ BEGIN
     PERFORM stage4.save_snapshot('opt2_storage_layout', parent);
 
     -- The layout of every relation of the tree before the change: verify_reverted compares with it.
-    SELECT jsonb_object_agg(format('%I.%I', n.nspname, c.relname), jsonb_build_object(
-               'am', am.amname,
-               'compression', a.attcompression::text,
-               'storage', a.attstorage::text,
-               'clustered', (SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-                             WHERE i.indrelid = c.oid AND i.indisclustered)))
-      INTO layout
-    FROM pg_partition_tree(parent) pt
-    JOIN pg_class c ON c.oid = pt.relid
-    JOIN pg_namespace n ON n.oid = c.relnamespace
-    LEFT JOIN pg_am am ON am.oid = c.relam
-    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'geom' AND NOT a.attisdropped;
+    layout := stage4.storage_layout(parent, 'geom');
     INSERT INTO stage4.table_snapshots (change, relation, snapshot)
     VALUES ('opt2_storage_layout:layout', parent_name, layout)
     ON CONFLICT (change, relation) DO UPDATE SET snapshot = EXCLUDED.snapshot, captured_at = now();

@@ -11,18 +11,7 @@ BEGIN
     IF to_regclass('stage4.opt2_layout') IS NOT NULL THEN
         RAISE EXCEPTION 'OPT2 revert: stage4.opt2_layout is still there';
     END IF;
-    SELECT jsonb_object_agg(format('%I.%I', n.nspname, c.relname), jsonb_build_object(
-               'am', am.amname,
-               'compression', a.attcompression::text,
-               'storage', a.attstorage::text,
-               'clustered', (SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-                             WHERE i.indrelid = c.oid AND i.indisclustered)))
-      INTO now_
-    FROM pg_partition_tree(parent) pt
-    JOIN pg_class c ON c.oid = pt.relid
-    JOIN pg_namespace n ON n.oid = c.relnamespace
-    LEFT JOIN pg_am am ON am.oid = c.relam
-    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'geom' AND NOT a.attisdropped;
+    now_ := stage4.storage_layout(parent, 'geom');
     SELECT string_agg(format('%s: now %s, was %s', b.key, now_->b.key, b.value), '; ') INTO differ
     FROM jsonb_each(before) b
     WHERE now_ ? b.key AND now_->b.key IS DISTINCT FROM b.value;

@@ -624,6 +624,23 @@ BEGIN
     PERFORM count(*) FROM public.resumo_anual();
 END $$;
 
+-- Physical layout of every relation of a partition tree, per relation: access method, the
+-- column's compression and storage, and the index it is clustered on (OPT2 records and compares it).
+CREATE OR REPLACE FUNCTION stage4.storage_layout(p_parent regclass, p_column name)
+RETURNS jsonb LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_object_agg(format('%I.%I', n.nspname, c.relname), jsonb_build_object(
+               'am', am.amname,
+               'compression', a.attcompression::text,
+               'storage', a.attstorage::text,
+               'clustered', (SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                             WHERE i.indrelid = c.oid AND i.indisclustered)))
+    FROM pg_partition_tree(p_parent) pt
+    JOIN pg_class c ON c.oid = pt.relid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    LEFT JOIN pg_am am ON am.oid = c.relam
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = p_column AND NOT a.attisdropped
+$$;
+
 -- Preconditions shared by the optimizations' prechecks; p_label names the change in the message.
 CREATE OR REPLACE FUNCTION stage4.assert_partitioned_by_year(p_label text)
 RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$

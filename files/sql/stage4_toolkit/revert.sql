@@ -1,6 +1,6 @@
 -- Removes the toolkit. The ledger (owned by the stage4_change module) stays in schema stage4.
 SET LOCAL lock_timeout = '2s';
-DROP FUNCTION IF EXISTS stage4.assert_can_materialize(text), stage4.assert_partitioned_by_year(text),
+DROP FUNCTION IF EXISTS stage4.storage_layout(regclass, name), stage4.assert_can_materialize(text), stage4.assert_partitioned_by_year(text),
     stage4.restore_function_snapshots(text), stage4.save_function_snapshots(text, regprocedure[]),
     stage4.assert_api_answers(), stage4.yearly_partitions(text, int, int),
     stage4.assert_no_api_readable_matviews(), stage4.assert_partitions_secured(regclass),
