@@ -22,7 +22,9 @@ description:
   - Every deploy and revert is also appended to C(<ledger_schema>.ledger_events).
   - DDL should wait for its lock only briefly (the scripts set C(lock_timeout)); when the lock is not granted
     the whole transaction is retried with exponential backoff.
-  - In check mode nothing is executed; the result says what would happen.
+  - In check mode nothing is changed; the result says what would happen, and with C(--diff) shows the SQL that
+    would run. With I(dry_run_precheck), check mode also runs C(precheck.sql) in a read-only transaction that is
+    rolled back, so a dry run reports a refusal before the real run.
 version_added: "1.0.0"
 author: stage4 authors
 options:
@@ -55,6 +57,13 @@ options:
     description: Identifier of the rollout run, recorded in the ledger and its events.
     type: str
     default: ""
+  dry_run_precheck:
+    description:
+      - In check mode, run C(precheck.sql) in a read-only transaction (rolled back) and fail when it refuses.
+      - Only meaningful when every change the precheck depends on is already applied; callers set it for the
+        first pending change only.
+    type: bool
+    default: false
   ledger_schema:
     description: Schema of the ledger tables, created when missing.
     type: str
@@ -164,6 +173,17 @@ applied:
   returned: always
   type: bool
   sample: true
+diff:
+  description: With C(--diff), the ledger state before and the SQL scripts that run (or would run), in order.
+  returned: when the change is deployed, redeployed or reverted (or would be) and diff mode is on
+  type: dict
+  sample: {"before_header": "opt1_temporal_partitioning: not applied", "before": "",
+           "after_header": "opt1_temporal_partitioning: precheck, deploy, verify", "after": "-- precheck.sql ..."}
+precheck:
+  description: In check mode, what the dry-run precheck found.
+  returned: always
+  type: str
+  sample: passed
 notices:
   description: Messages the server raised with RAISE NOTICE while running the scripts.
   returned: always
@@ -310,6 +330,35 @@ class ScriptFailed(Exception):
         self.error = error
 
 
+def sql_diff(change, action, row, scripts):
+    """Ansible's diff of a change: the ledger state before, the scripts that run after."""
+    names = [n for n in RUN_ON[action] if n in scripts]
+    before = ("applied with deploy.sql {0}".format(row["files"].get("deploy", {}).get("sha256"))
+              if row else "not applied")
+    body = "".join("-- ===== {0}.sql  sha256 {1}\n{2}\n".format(n, scripts[n]["sha256"], scripts[n]["text"].rstrip("\n"))
+                   for n in names)
+    return {"before_header": "{0}: {1}".format(change, before), "before": "",
+            "after_header": "{0}: {1} ({2})".format(change, action, ", ".join(names)), "after": body}
+
+
+def dry_run_precheck(conn, params, scripts):
+    """Runs precheck.sql read-only and rolls back; returns None or the refusal."""
+    if "precheck" not in scripts:
+        return None
+    conn.autocommit = False
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET TRANSACTION READ ONLY")
+            for key, value in sorted(params["variables"].items()):
+                cur.execute("SELECT set_config(%s, %s, true)", ("stage4." + key, str(value)))
+            cur.execute(scripts["precheck"]["text"])
+        return None
+    except psycopg2.Error as error:
+        return first_line(error)
+    finally:
+        conn.rollback()
+
+
 def run_transaction(conn, ledger, action, params, scripts):
     """Runs the scripts of `action` and the ledger update in one transaction; returns the scripts run."""
     names = [n for n in RUN_ON[action] if n in scripts]
@@ -333,6 +382,7 @@ def main():
         repeatable=dict(type="bool", default=False),
         variables=dict(type="dict", default={}),
         run_id=dict(type="str", default=""),
+        dry_run_precheck=dict(type="bool", default=False),
         ledger_schema=dict(type="str", default="stage4"),
         lock_retries=dict(type="int", default=5),
         lock_retry_delay=dict(type="float", default=2.0),
@@ -348,7 +398,7 @@ def main():
     except (OSError, ValueError, UnicodeDecodeError) as error:
         module.fail_json(msg=str(error))
     result = dict(change=params["change"], files=public_files(scripts), executed=[], attempts=0,
-                  duration_s=0.0, notices=[])
+                  duration_s=0.0, notices=[], precheck="not run")
 
     conn = connect(module, application_name="stage4_change", autocommit=True)
     ledger = Ledger(conn, params["ledger_schema"])
@@ -359,7 +409,15 @@ def main():
         module.fail_json(msg="change {0}: {1}".format(params["change"], error), **result)
     if action == "unchanged":
         module.exit_json(changed=False, action="unchanged", applied=row is not None, **result)
+    if module._diff:
+        result["diff"] = sql_diff(params["change"], action, row, scripts)
     if module.check_mode:
+        if params["dry_run_precheck"] and action == "deploy":
+            refusal = dry_run_precheck(conn, params, scripts)
+            if refusal:
+                module.fail_json(msg="change {0}: dry run: precheck.sql refuses: {1}; nothing was changed".format(
+                    params["change"], refusal), **result)
+            result["precheck"] = "passed"
         module.exit_json(changed=True, action="would_" + action, applied=action != "revert", **result)
 
     if action == "deploy":

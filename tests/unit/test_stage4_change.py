@@ -14,10 +14,12 @@ REPO = pgcluster.REPO
 SQL_ROOT = os.path.join(REPO, "files", "sql")
 
 
-def run(capsys, args, check_mode=False):
+def run(capsys, args, check_mode=False, diff=False):
     capsys.readouterr()
     if check_mode:
         args = dict(args, _ansible_check_mode=True)
+    if diff:
+        args = dict(args, _ansible_diff=True)
     with patch_module_args(args), pytest.raises(SystemExit):
         stage4_change.main()
     return json.loads(capsys.readouterr().out)
@@ -114,6 +116,28 @@ def test_check_mode_runs_nothing(cluster, capsys, tmp_path):
     result = run(capsys, dict(cluster.login_args("scratch"), change="c7", sql_root=root), check_mode=True)
     assert result["changed"] and result["action"] == "would_deploy" and result["executed"] == []
     assert scalar(cluster, "SELECT to_regclass('t7') IS NULL")
+
+
+def test_dry_run_shows_the_sql_and_runs_the_precheck_read_only(cluster, capsys, tmp_path):
+    precheck = ("DO $$ BEGIN IF current_setting('stage4.allowed') <> 'yes' THEN RAISE EXCEPTION 'not allowed'; END IF; "
+                "END $$; CREATE TEMP TABLE scratch_pad (id int);")
+    root = write_change(tmp_path, "c9", "CREATE TABLE t9 (id int);", precheck=precheck)
+    args = dict(cluster.login_args("scratch"), change="c9", sql_root=root, dry_run_precheck=True)
+    refused = run(capsys, dict(args, variables={"allowed": "no"}), check_mode=True)
+    assert refused["failed"] and "dry run: precheck.sql refuses: not allowed" in refused["msg"]
+    # A precheck that writes (even a temp table) fails under READ ONLY: the dry run cannot change anything.
+    read_only = run(capsys, dict(args, variables={"allowed": "yes"}), check_mode=True)
+    assert read_only["failed"] and "read-only transaction" in read_only["msg"]
+    root = write_change(tmp_path, "c9", "CREATE TABLE t9 (id int);",
+                        precheck=precheck.replace(" CREATE TEMP TABLE scratch_pad (id int);", ""))
+    passed = run(capsys, dict(args, variables={"allowed": "yes"}), check_mode=True, diff=True)
+    assert passed["action"] == "would_deploy" and passed["precheck"] == "passed"
+    assert passed["diff"]["before_header"] == "c9: not applied"
+    assert passed["diff"]["after_header"] == "c9: deploy (precheck, deploy, verify)"
+    assert "-- ===== deploy.sql  sha256 " + passed["files"]["deploy"]["sha256"] in passed["diff"]["after"]
+    assert "CREATE TABLE t9" in passed["diff"]["after"]
+    assert scalar(cluster, "SELECT to_regclass('t9') IS NULL")
+    assert scalar(cluster, "SELECT count(*) FROM stage4.ledger WHERE change = 'c9'") == 0
 
 
 def test_variables_reach_the_sql(cluster, capsys, tmp_path):
