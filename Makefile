@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 LOCALDB_PORT ?= 55432
 FEATURES ?= 251
 # Debian packages: the server, PostGIS and pg_cron for PostgreSQL 15, the matching pg_dump.
-APT_PACKAGES := postgresql-15 postgresql-15-postgis-3 postgresql-15-cron postgresql-client-15 python3-venv
+APT_PACKAGES := postgresql-15 postgresql-15-postgis-3 postgresql-15-cron postgresql-client-15 python3-venv chromium
 
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR := 0

@@ -156,6 +156,13 @@ def test_reports_and_audit_trail_written(host):
     assert opt1["outcome"] == "deployed" and len(opt1["sql_files"]["deploy"]["sha256"]) == 64
 
 
+def test_html_report_written(host):
+    run_dir = run_dirs()[-2]
+    page = host.file(os.path.join(run_dir, "report.html"))
+    assert page.is_file and page.size > 0
+    assert load_report(run_dir)["backup"]["sha256"] in page.content_string
+
+
 def test_no_secret_in_any_report():
     secret = password()
     for path in glob.glob(os.path.join(CLUSTER_DIR, "reports", "**", "*"), recursive=True):

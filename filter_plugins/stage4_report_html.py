@@ -1,0 +1,764 @@
+# -*- coding: utf-8 -*-
+"""The run's report as one HTML page, its timeline and the end-of-run summary.
+
+stage4_report_html(report_data) renders the report a DBA reads, prints and signs off: one file
+with inline CSS and inline SVG charts, no script and nothing fetched from anywhere, so it opens
+the same on an air-gapped workstation years later. Every value from the report is escaped.
+stage4_report_timeline(audit_text, run_id) turns the run's audit.jsonl into the report's
+timeline; stage4_report_summary(report_data, output_dir) gives the lines printed at the end.
+Only figures found in report_data are shown; nothing is computed beyond ratios of them.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+
+DOCUMENTATION = r"""
+name: stage4_report_html
+short_description: Render a stage4 report as a self-contained HTML page
+description:
+  - Header, latency chart (log scale), QPS and cache-hit charts, gate decisions, backup and timeline.
+  - Inline CSS and SVG only; no script, no external resource. Every value is HTML-escaped.
+  - The same file provides stage4_report_timeline (audit.jsonl text to the report's timeline) and
+    stage4_report_summary (the end-of-run console lines).
+options:
+  _input:
+    description: The report as data (report.json of the stage4_report role).
+    type: dict
+    required: true
+"""
+
+# Okabe-Ito, colour-blind safe; the baseline is neutral grey.
+_PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#8C6D31", "#1B9E77"]
+_BASELINE_COLOUR = "#6E6E6E"
+
+_VERDICT_CLASS = {
+    "faster": "v-faster",
+    "no significant difference": "v-nsd",
+    "slower, within tolerance": "v-slower",
+    "regressed": "v-bad",
+    "result changed": "v-bad",
+    "missing from one side": "v-bad",
+}
+# Short labels where space is tight (the per-query matrix); the note above it spells them out.
+_VERDICT_SHORT = {
+    "faster": "faster",
+    "no significant difference": "no sig. diff.",
+    "slower, within tolerance": "slower, in tol.",
+    "regressed": "REGRESSED",
+    "result changed": "RESULT CHANGED",
+    "missing from one side": "MISSING",
+}
+# The gate's summary counts and the verdict each one counts, in the order they are told.
+_SUMMARY_VERDICTS = [("faster", "faster"), ("no_significant_difference", "no significant difference"),
+                     ("slower_within_tolerance", "slower, within tolerance"), ("regressed", "regressed")]
+
+_CSS = """
+*{box-sizing:border-box;-webkit-print-color-adjust:exact;print-color-adjust:exact}
+body{margin:0;background:#fff;color:#1d1d1f;font:14px/1.45 "DejaVu Sans","Liberation Sans",Arial,sans-serif}
+main{max-width:1100px;margin:0 auto;padding:24px 28px 40px}
+h1{font-size:24px;margin:0 0 4px}
+h2{font-size:18px;margin:30px 0 8px;padding-bottom:4px;border-bottom:2px solid #d0d4da}
+h3{font-size:15px;margin:18px 0 6px}
+p{margin:6px 0}
+.key{font-size:15px;margin:0 0 14px}
+.outcome{display:block;padding:10px 14px;border-radius:6px;font-size:17px;font-weight:bold;margin:10px 0 14px;
+ border-left:6px solid}
+.o-ok{background:#e8f5ec;border-color:#1e7d3c;color:#155d2c}
+.o-bad{background:#fdecea;border-color:#b3261e;color:#8c1d18}
+.o-info{background:#eef3fb;border-color:#2f5fa7;color:#23467c}
+table{border-collapse:collapse;width:100%;margin:6px 0 10px;font-size:13px}
+th,td{border:1px solid #d0d4da;padding:4px 7px;text-align:left;vertical-align:top}
+th{background:#f1f3f5;font-weight:bold}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+td.n{white-space:nowrap}
+table.facts th{width:150px}
+.facts-pair{display:flex;gap:18px;flex-wrap:wrap}
+.facts-pair table{flex:1 1 420px;width:auto}
+table.compact td,table.compact th{padding:2px 7px;font-size:12.5px}
+table.matrix{table-layout:fixed}
+table.matrix td{font-size:12.5px;padding:4px 6px}
+table.matrix th:first-child{width:210px}
+.chips{margin:3px 0}
+.chips .chip{margin:0 3px 3px 0}
+span.sw{display:inline-block;width:12px;height:12px;border-radius:2px;margin-right:6px;vertical-align:-1px}
+tr{break-inside:avoid}
+thead{display:table-header-group}
+.mono{font-family:"DejaVu Sans Mono","Liberation Mono",monospace;font-size:12px;word-break:break-all}
+.nowrap{white-space:nowrap}
+.muted{color:#666}
+.small{font-size:12px}
+.chip{display:inline-block;padding:1px 7px;border-radius:10px;font-size:12px;white-space:nowrap;border:1px solid}
+.v-faster{background:#e3f4e8;border-color:#3c9a5a;color:#1b5e31}
+.v-nsd{background:#f0f0f0;border-color:#9a9a9a;color:#444}
+.v-slower{background:#fff4d6;border-color:#c99a1b;color:#6b4e00}
+.v-bad{background:#fdecea;border-color:#b3261e;color:#8c1d18;font-weight:bold}
+.v-other{background:#f0f0f0;border-color:#9a9a9a;color:#444}
+.pass{color:#1e7d3c;font-weight:bold}
+.fail{color:#b3261e;font-weight:bold}
+.note{background:#f7f7f9;border:1px solid #e1e3e8;border-radius:6px;padding:8px 12px;margin:8px 0;font-size:13px}
+figure{margin:8px 0 16px;break-inside:avoid}
+figcaption{font-size:13px;color:#444;margin:2px 0 6px}
+svg{display:block;width:100%;height:auto}
+svg text{font-family:"DejaVu Sans","Liberation Sans",Arial,sans-serif}
+.legend{display:flex;flex-wrap:wrap;gap:4px 16px;font-size:12px;margin:4px 0 6px}
+.pair{display:flex;gap:24px;flex-wrap:wrap}
+.pair figure{flex:1 1 460px}
+.signoff h2{margin-top:0}
+.signoff{margin-top:28px;border:1px solid #9aa1ab;border-radius:6px;padding:12px 16px;break-inside:avoid}
+.signoff table td{height:34px}
+footer{margin-top:24px;font-size:12px;color:#666}
+@page{size:A4;margin:12mm}
+@media print{body{font-size:10pt}main{max-width:none;padding:0}h2{break-after:avoid}
+ table{font-size:8.5pt}.mono{font-size:7.5pt}.chip{font-size:8pt}
+ .pair figure{flex:1 1 0}table.matrix th:first-child{width:150px}.chip{white-space:normal}}
+"""
+
+
+def _e(value):
+    """Escaped text; None reads as n/a."""
+    return html.escape("n/a" if value is None else str(value), quote=True)
+
+
+def _breakable(value):
+    """Escaped, with a break opportunity after each underscore: long query ids stay inside their column on paper."""
+    return _e(value).replace("_", "_<wbr>")
+
+
+def _num(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _ms(value):
+    """Milliseconds with about three significant figures (0.209, 1.55, 45.3, 8,356)."""
+    if not _num(value):
+        return "n/a"
+    size = abs(value)
+    if size >= 100:
+        return f"{value:,.0f}"
+    if size >= 10:
+        return f"{value:.1f}"
+    if size >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def _qps(value):
+    if not _num(value):
+        return "n/a"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+
+
+def _delta_ms(value):
+    return f"{value:+.3f}" if _num(value) else "n/a"
+
+
+def _p_value(value):
+    """The gate rounds p to five places: 0.0 means below 0.000005."""
+    if not _num(value):
+        return "n/a"
+    return "< 0.00001" if value == 0 else f"{value:.5f}".rstrip("0").rstrip(".")
+
+
+def _pct(value):
+    return f"{value:+.1f}%" if _num(value) else "n/a"
+
+
+def _ratio_pct(value):
+    """A cache-hit ratio as a percentage, with enough digits to tell 99.58% from 99.998%."""
+    if not _num(value):
+        return "n/a (no blocks touched)"
+    return f"{value * 100:.3f}%" if value >= 0.99 else f"{value * 100:.1f}%"
+
+
+def _bytes(value):
+    if not _num(value):
+        return "n/a"
+    size, unit = float(value), "bytes"
+    for next_unit in ("KiB", "MiB", "GiB", "TiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, next_unit
+    return f"{int(value):,} bytes" if unit == "bytes" else f"{size:.1f} {unit} ({int(value):,} bytes)"
+
+
+def _basename(path):
+    return str(path).replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def _chip(verdict, short=False):
+    label = _VERDICT_SHORT.get(verdict, verdict) if short else verdict
+    return f'<span class="chip {_VERDICT_CLASS.get(verdict, "v-other")}">{_e(label)}</span>'
+
+
+def _stage_colours(stages):
+    colours, index = {}, 0
+    for stage in stages:
+        if stage == "baseline":
+            colours[stage] = _BASELINE_COLOUR
+        else:
+            colours[stage] = _PALETTE[index % len(_PALETTE)]
+            index += 1
+    return colours
+
+
+def _stage_label(stage, reverted):
+    if stage.endswith("_after_restart"):
+        return f"{stage} (re-measured after a restart)"
+    if stage in reverted:
+        return f"{stage} (reverted: gate failed)"
+    return stage
+
+
+def _reverted_stages(report):
+    return {o.get("id") for o in report.get("optimizations") or []
+            if str(o.get("status", "")).startswith("reverted: gate")}
+
+
+def _stage_means(report):
+    return {s.get("stage"): s for s in report.get("stages") or []}
+
+
+def _overall(report):
+    """Mean latency and QPS, baseline against the last stage measured (named, and flagged when it was reverted)."""
+    stages = report.get("stages") or []
+    if not stages:
+        return "No benchmark ran."
+    first, last = stages[0], stages[-1]
+    if len(stages) == 1 or first.get("stage") != "baseline":
+        return f'Mean latency at {first.get("stage")}: {_ms(first.get("mean_ms"))} ms; QPS {_qps(first.get("qps"))}'
+    reverted = " (reverted)" if last.get("stage") in _reverted_stages(report) else ""
+    return (f'Mean latency: baseline {_ms(first.get("mean_ms"))} ms -> {last.get("stage")}{reverted} '
+            f'{_ms(last.get("mean_ms"))} ms ({_pct(last.get("mean_ms_vs_baseline_pct"))}); '
+            f'QPS {_qps(first.get("qps"))} -> {_qps(last.get("qps"))} ({_pct(last.get("qps_vs_baseline_pct"))})')
+
+
+def _results_statement(report):
+    """Whether every query returned the same rows at every stage (the benchmark's result fingerprints)."""
+    queries = report.get("queries") or []
+    if not queries:
+        return ""
+    differing = [q.get("query") for q in queries
+                 if len({(f or {}).get("fingerprint") for f in (q.get("stages") or {}).values()}) > 1]
+    if differing:
+        return "Result fingerprints differ between stages for: " + ", ".join(str(q) for q in differing) + "."
+    return "Every query returned the same result at every stage (identical result fingerprints)."
+
+
+def _verdict_counts(gate):
+    """[(count, verdict, label)] of the verdicts the gate gave, from its own summary."""
+    summary = gate.get("summary") or {}
+    counts = []
+    for key, verdict in _SUMMARY_VERDICTS:
+        if summary.get(key):
+            label = verdict.replace(",", "")
+            if verdict == "regressed" and (gate.get("settings") or {}).get("judge_latency") is False:
+                label = "regressed (latency not judged)"
+            counts.append((summary[key], verdict, label))
+    changed = sum(1 for q in gate.get("queries") or [] if q.get("fingerprint_changed"))
+    if changed:
+        counts.append((changed, "result changed", "result changed"))
+    return counts
+
+
+def _gate_counts(gate):
+    """'10 queries: 4 faster, 2 no significant difference, ...'"""
+    parts = [f"{count} {label}" for count, _, label in _verdict_counts(gate)]
+    return f'{len(gate.get("queries") or [])} queries: ' + (", ".join(parts) or "no verdict")
+
+
+def _gate_statement(gate):
+    """One honest sentence about what the gate found: no gain is claimed where there is none."""
+    queries = gate.get("queries") or []
+    total = len(queries)
+    summary = gate.get("summary") or {}
+    faster = summary.get("faster") or 0
+    nsd = summary.get("no_significant_difference") or 0
+    sentences = []
+    if total and nsd == total:
+        sentences.append("No significant difference on any query: the benchmark could not tell this stage "
+                         "from the one before it, so no gain is claimed.")
+    elif total and faster == 0:
+        sentences.append("No query got significantly faster; no gain is claimed.")
+    elif nsd:
+        sentences.append(f"No significant difference on {nsd} of {total} queries (no gain claimed for them).")
+    if (gate.get("settings") or {}).get("judge_latency") is False:
+        sentences.append("Latency was measured but not judged: only a changed result could fail this gate.")
+    return " ".join(sentences)
+
+
+# ---------------------------------------------------------------- charts (inline SVG)
+
+def _legend(stages, colours, reverted):
+    items = "".join(f'<span><span class="sw" style="background:{colours[s]}"></span>'
+                    f'{_e(_stage_label(s, reverted))}</span>' for s in stages)
+    return f'<div class="legend">{items}</div>'
+
+
+def _latency_chart(report, stages, colours, reverted):
+    """Grouped horizontal bars, one group per query, one bar per stage, on a log axis."""
+    queries = report.get("queries") or []
+    values = [q["stages"][s]["p50_ms"] for q in queries for s in stages
+              if _num((q.get("stages") or {}).get(s, {}).get("p50_ms")) and q["stages"][s]["p50_ms"] > 0]
+    if not values:
+        return "<p>No latency was measured.</p>"
+    # from the decade below the fastest query to the first 1, 2 or 5 x 10^n above the slowest
+    low_exp = math.floor(math.log10(min(values)))
+    high = next(f * 10 ** e for e in range(low_exp, low_exp + 20) for f in (1, 2, 5)
+                if f * 10 ** e >= max(values) and e + math.log10(f) > low_exp)
+    low_log, high_log = low_exp, math.log10(high)
+    width, label_w, right_w, top, bottom = 1040, 250, 56, 34, 52
+    plot_w = width - label_w - right_w
+    bar_h, bar_gap, pad = 9, 2, 8
+    group_h = len(stages) * (bar_h + bar_gap) - bar_gap + 2 * pad
+    height = top + len(queries) * group_h + bottom
+
+    def x_of(value):
+        return label_w + (math.log10(value) - low_log) / (high_log - low_log) * plot_w
+
+    out = [f'<svg class="chart latency" viewBox="0 0 {width} {height}" role="img" '
+           f'aria-label="Median latency per query per stage, logarithmic scale">']
+    for index in range(len(queries)):
+        if index % 2:
+            out.append(f'<rect x="0" y="{top + index * group_h}" width="{width}" height="{group_h}" fill="#f5f6f8"/>')
+    for exp in range(low_exp, math.ceil(high_log) + 1):
+        for factor in (1, 2, 5):
+            value = factor * 10 ** exp
+            if value > high * 1.0001:
+                break
+            x = x_of(value)
+            major = factor == 1
+            out.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{height - bottom + 4}" '
+                       f'stroke="{"#9aa1ab" if major else "#dde0e5"}" stroke-width="{1 if major else 0.7}"/>')
+            if major or high_log - low_log <= 4:
+                text = f"{value:g}" if exp < 0 else f"{value:,}"
+                weight = ' font-weight="bold"' if major else ""
+                for y in (top - 10, height - bottom + 18):
+                    out.append(f'<text x="{x:.1f}" y="{y}" font-size="11" text-anchor="middle" '
+                               f'fill="{"#333" if major else "#888"}"{weight}>{_e(text)}</text>')
+    for index, query in enumerate(queries):
+        y0 = top + index * group_h
+        per_stage = query.get("stages") or {}
+        first = per_stage.get(stages[0], {}) if stages else {}
+        out.append(f'<text x="8" y="{y0 + group_h / 2 - 2:.1f}" font-size="12.5" fill="#1d1d1f">'
+                   f'{_e(query.get("query"))}</text>')
+        rows = first.get("rows")
+        if _num(rows):
+            out.append(f'<text x="8" y="{y0 + group_h / 2 + 13:.1f}" font-size="11" fill="#777">'
+                       f'{rows:,} row{"" if rows == 1 else "s"}</text>')
+        for row, stage in enumerate(stages):
+            y = y0 + pad + row * (bar_h + bar_gap)
+            figures = per_stage.get(stage) or {}
+            value = figures.get("p50_ms")
+            if not _num(value) or value <= 0:
+                out.append(f'<text x="{label_w + 4}" y="{y + bar_h - 1}" font-size="10" fill="#777">n/a</text>')
+                continue
+            end = x_of(value)
+            style = ' fill-opacity="0.45" stroke="#b3261e" stroke-dasharray="3 2"' if stage in reverted else ""
+            tip = f'{query.get("query")} at {stage}: p50 {_ms(value)} ms, p95 {_ms(figures.get("p95_ms"))} ms'
+            out.append(f'<rect class="bar" data-query="{_e(query.get("query"))}" data-stage="{_e(stage)}" '
+                       f'x="{label_w}" y="{y}" width="{max(end - label_w, 1.5):.1f}" height="{bar_h}" '
+                       f'fill="{colours[stage]}"{style}><title>{_e(tip)}</title></rect>')
+            out.append(f'<text x="{end + 4:.1f}" y="{y + bar_h - 1}" font-size="10" fill="#333">'
+                       f'{_e(_ms(value))}</text>')
+    out.append(f'<line x1="{label_w}" y1="{top - 4}" x2="{label_w}" y2="{height - bottom + 4}" stroke="#555"/>')
+    out.append(f'<text x="{label_w + plot_w / 2:.0f}" y="{height - 10}" font-size="12" text-anchor="middle" '
+               'fill="#333">'
+               'p50 latency in ms, LOGARITHMIC scale: each bold gridline is 10 times the one before</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _stage_chart(stage_rows, colours, reverted, key, css_class, label, maximum, ticks, tick_text, value_text):
+    """Horizontal bars, one per stage, on a linear axis from zero to maximum (the last tick)."""
+    width, label_w, right_w, top, bottom = 520, 150, 120, 22, 40
+    plot_w = width - label_w - right_w
+    bar_h, gap = 18, 8
+    height = top + len(stage_rows) * (bar_h + gap) - gap + bottom
+    out = [f'<svg class="chart {css_class}" viewBox="0 0 {width} {height}" role="img" aria-label="{_e(label)}">']
+    for tick in ticks:
+        x = label_w + tick / maximum * plot_w
+        out.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{height - bottom + 4}" stroke="#dde0e5"/>')
+        out.append(f'<text x="{x:.1f}" y="{height - bottom + 18}" font-size="11" text-anchor="middle" fill="#555">'
+                   f'{_e(tick_text(tick))}</text>')
+    for row, stage_row in enumerate(stage_rows):
+        stage = stage_row.get("stage")
+        y = top + row * (bar_h + gap)
+        name = stage if len(stage) <= 20 else stage[:19] + "…"
+        out.append(f'<text x="{label_w - 6}" y="{y + 13}" font-size="12" text-anchor="end" fill="#1d1d1f">'
+                   f'{_e(name)}</text>')
+        value = stage_row.get(key)
+        if _num(value):
+            style = ' fill-opacity="0.45" stroke="#b3261e" stroke-dasharray="3 2"' if stage in reverted else ""
+            bar_w = max(value / maximum * plot_w, 1.5)
+            out.append(f'<rect class="{css_class}-bar" data-stage="{_e(stage)}" x="{label_w}" y="{y}" '
+                       f'width="{bar_w:.1f}" '
+                       f'height="{bar_h}" fill="{colours[stage]}"{style}><title>{_e(stage)}: '
+                       f'{_e(value_text(stage_row))}</title></rect>')
+            text_x = label_w + bar_w + 5
+        else:
+            text_x = label_w + 5
+        out.append(f'<text x="{text_x:.1f}" y="{y + 13}" font-size="11" fill="#333">{_e(value_text(stage_row))}</text>')
+    out.append(f'<line x1="{label_w}" y1="{top - 4}" x2="{label_w}" y2="{height - bottom + 4}" stroke="#555"/>')
+    out.append(f'<text x="{label_w + plot_w / 2:.0f}" y="{height - 6}" font-size="12" text-anchor="middle" '
+               f'fill="#333">{_e(label)}</text></svg>')
+    return "".join(out)
+
+
+def _nice_ticks(maximum):
+    """Round ticks from zero to above maximum (about five of them)."""
+    if maximum <= 0:
+        return [0, 1]
+    step = 10 ** math.floor(math.log10(maximum / 5))
+    for factor in (1, 2, 2.5, 5, 10):
+        if maximum / (step * factor) <= 6:
+            step *= factor
+            break
+    count = math.ceil(maximum / step)
+    return [round(i * step, 10) for i in range(count + 1)]
+
+
+# ---------------------------------------------------------------- sections
+
+def _header(report):
+    database = report.get("database") or {}
+    outcome = str(report.get("outcome", ""))
+    outcome_class = ("o-bad" if outcome.startswith("stopped") else
+                     "o-ok" if outcome.startswith("completed") else "o-info")
+    settings = report.get("benchmark_settings") or {}
+    benchmark = ("not run" if not report.get("stages") or settings.get("iterations") is None else
+                 f'{settings.get("iterations")} timed executions per query after {settings.get("warmup")} '
+                 f'warm-up runs, {settings.get("concurrency")} concurrent client(s)')
+    run = [
+        ("Run id", f'<span class="mono">{_e(report.get("run_id"))}</span>'),
+        ("Environment", _e(report.get("environment"))),
+        ("Kind", _e(report.get("kind", "rollout"))
+         + (" (check mode: nothing was changed)" if report.get("check_mode") else "")),
+        ("Benchmark", _e(benchmark)),
+        ("Report written", _e(report.get("written_at"))),
+    ]
+    server = [
+        ("Database", _e(database.get("name"))),
+        ("PostgreSQL", _e(database.get("server_version"))),
+        ("PostGIS", _e(database.get("postgis_version"))),
+        ("Features", _e(f'{database["features"]:,}' if _num(database.get("features")) else None)),
+        ("Database size", _e(_bytes(database.get("bytes")))),
+    ]
+    tables = "".join('<table class="facts">' + "".join(f"<tr><th>{name}</th><td>{value}</td></tr>"
+                                                       for name, value in facts) + "</table>"
+                     for facts in (run, server))
+    return (f'<header><h1>Stage 4 {_e(report.get("kind", "rollout"))} report: {_e(report.get("environment"))}, '
+            f'{_e(database.get("name"))}</h1>'
+            f'<div class="outcome {outcome_class}" id="outcome">Outcome: {_e(outcome)}</div>'
+            f'<p class="key" id="key-figures">{_e(_overall(report)).replace("-&gt;", "&rarr;")}<br>'
+            f'{_e(_results_statement(report))}</p>'
+            f'<div class="facts-pair" id="facts">{tables}</div></header>')
+
+
+def _count_chips(gate):
+    """The gate's verdict counts as coloured chips."""
+    return " ".join(f'<span class="chip {_VERDICT_CLASS[verdict]}">{_e(count)} {_e(label)}</span>'
+                    for count, verdict, label in _verdict_counts(gate))
+
+
+def _gate_verdict(gate):
+    return '<span class="pass">PASSED</span>' if gate.get("passed") else '<span class="fail">FAILED</span>'
+
+
+def _optimizations_section(report):
+    means = _stage_means(report)
+    rows = []
+    for opt in report.get("optimizations") or []:
+        gate = opt.get("gate")
+        if gate:
+            reference = gate.get("reference")
+            before = (means.get(reference) or {}).get("mean_ms")
+            after = (means.get(opt.get("id")) or {}).get("mean_ms")
+            mean = f"{_e(_ms(before))} &rarr; {_e(_ms(after))} ms" if _num(before) and _num(after) else "n/a"
+            statement = _gate_statement(gate)
+            gate_cell = (f'{_gate_verdict(gate)} vs {_e(reference)} <span class="small muted">'
+                         f'({len(gate.get("queries") or [])} queries)</span>'
+                         f'<div class="chips">{_count_chips(gate)}</div>'
+                         + (f'<div class="small">{_e(statement)}</div>' if statement else "")
+                         + ("" if gate.get("passed") else f'<div class="small fail">{_e(gate.get("reason"))}</div>'))
+        else:
+            mean = "n/a"
+            gate_cell = '<span class="muted">not measured in this run</span>'
+        rows.append(f'<tr class="opt-row" data-opt="{_e(opt.get("id"))}">'
+                    f'<td class="nowrap"><b>{_e(opt.get("id"))}</b></td><td>{_e(opt.get("title"))}</td>'
+                    f'<td>{_e(opt.get("status"))}</td><td>{gate_cell}</td><td class="n">{mean}</td></tr>')
+    if not rows:
+        return '<section id="optimizations"><h2>Optimizations</h2><p>No optimization in this run.</p></section>'
+    return ('<section id="optimizations"><h2>Optimizations</h2><table><thead><tr><th>Step</th>'
+            '<th style="width:30%">What</th><th>Status</th><th style="width:36%">Gate (verdicts per query)</th>'
+            '<th class="n">Mean latency<br>before &rarr; after</th>'
+            f'</tr></thead><tbody>{"".join(rows)}</tbody></table></section>')
+
+
+def _benchmark_section(report):
+    stage_rows = report.get("stages") or []
+    if not stage_rows:
+        return ('<section id="benchmark"><h2>Benchmark</h2><p id="no-benchmark">No benchmark ran in this run, '
+                'so there is no latency, QPS or cache-hit figure to show.</p></section>')
+    stages = [s.get("stage") for s in stage_rows]
+    colours = _stage_colours(stages)
+    reverted = _reverted_stages(report)
+    settings = report.get("benchmark_settings") or {}
+
+    def versus(stage, value):
+        return "&mdash;" if stage == "baseline" else _e(_pct(value))
+
+    def qps_text(stage_row):
+        change = "" if stage_row.get("stage") == "baseline" else f' ({_pct(stage_row.get("qps_vs_baseline_pct"))})'
+        return f'{_qps(stage_row.get("qps"))} QPS{change}'
+
+    qps_ticks = _nice_ticks(max([s.get("qps") for s in stage_rows if _num(s.get("qps"))] or [0]))
+    qps_chart = _stage_chart(stage_rows, colours, reverted, "qps", "qps", "queries per second (linear, from zero)",
+                             qps_ticks[-1], qps_ticks, lambda t: f"{t:,.0f}" if t >= 10 else f"{t:g}", qps_text)
+    cache_chart = _stage_chart(stage_rows, colours, reverted, "cache_hit_ratio", "cache",
+                               "shared-buffer cache-hit ratio (linear, 0 to 100%)", 1.0, [0, 0.25, 0.5, 0.75, 1.0],
+                               lambda t: f"{t * 100:.0f}%", lambda s: _ratio_pct(s.get("cache_hit_ratio")))
+    table_rows = "".join(
+        f'<tr><td><span class="sw" style="background:{colours[s.get("stage")]}"></span>'
+        f'{_e(_stage_label(s.get("stage"), reverted))}</td><td class="n">{_e(_ms(s.get("mean_ms")))}</td>'
+        f'<td class="n">{versus(s.get("stage"), s.get("mean_ms_vs_baseline_pct"))}</td>'
+        f'<td class="n">{_e(_qps(s.get("qps")))}</td>'
+        f'<td class="n">{versus(s.get("stage"), s.get("qps_vs_baseline_pct"))}</td>'
+        f'<td class="n">{_e(_ratio_pct(s.get("cache_hit_ratio")))}</td>'
+        f'<td class="n">{_e(s.get("executions"))}</td></tr>'
+        for s in stage_rows)
+    return (
+        '<section id="benchmark"><h2>Benchmark by stage</h2>'
+        f'<p>{_e(settings.get("iterations"))} timed executions per query after {_e(settings.get("warmup"))} '
+        f'warm-up runs, {_e(settings.get("concurrency"))} concurrent client(s). The stages were measured one after '
+        'the other, each right after its change, so cache state and other load on the server move the figures a '
+        'little: the gate, not a single bar, decides whether a difference is real.</p>'
+        '<table id="stages"><thead><tr><th>Stage</th><th class="n">Mean latency (ms)</th><th class="n">vs baseline</th>'
+        '<th class="n">QPS</th><th class="n">vs baseline</th><th class="n">Cache-hit ratio</th>'
+        f'<th class="n">Executions</th></tr></thead><tbody>{table_rows}</tbody></table>'
+        '<figure id="latency-chart"><figcaption><b>Median (p50) latency per query and stage, logarithmic scale.</b> '
+        'Shorter is faster; from one bold gridline to the next is ten times slower.</figcaption>'
+        f'{_legend(stages, colours, reverted)}{_latency_chart(report, stages, colours, reverted)}</figure>'
+        '<div class="pair"><figure id="qps-chart"><figcaption><b>Throughput per stage</b>, all queries '
+        f'(longer is better)</figcaption>{qps_chart}</figure>'
+        '<figure id="cache-chart"><figcaption><b>Cache-hit ratio per stage</b> (longer is better)</figcaption>'
+        f'{cache_chart}</figure></div></section>')
+
+
+def _gated(report):
+    return [o for o in report.get("optimizations") or [] if o.get("gate")]
+
+
+def _gates_section(report):
+    gated = _gated(report)
+    if not gated:
+        return ('<section id="gates"><h2>Gate decisions</h2><p>No gate ran in this run: no optimization was applied '
+                'and measured.</p></section>')
+    settings = gated[0]["gate"].get("settings") or {}
+    confidence = settings.get("confidence")
+    explain = (
+        '<div class="note">For each query the latency samples of a stage are compared with those of the last '
+        'accepted stage (named under each column head) by a one-sided Mann-Whitney U test at '
+        f'{_e(round(confidence * 100, 1) if _num(confidence) else None)}% confidence. A slower query fails the gate '
+        f'only when its median also rose by more than {_e(settings.get("max_slowdown_ms"))} ms <b>and</b> '
+        f'{_e(settings.get("max_slowdown_pct"))}%; otherwise it is &ldquo;slower, within tolerance&rdquo; (in tol.). '
+        'A changed result fingerprint always fails. <b>&ldquo;No significant difference&rdquo; (no sig. diff.) means '
+        'the benchmark could not tell the two stages apart: no gain is claimed for it.</b> Each cell gives the '
+        'verdict, the change of the median and the two medians in ms.</div>')
+    query_ids = []
+    for opt in gated:
+        for q in opt["gate"].get("queries") or []:
+            if q.get("query") not in query_ids:
+                query_ids.append(q.get("query"))
+    head = "".join(f'<th>{_e(o.get("id"))}<br><span class="small muted">vs {_e(o["gate"].get("reference"))}</span>'
+                   '</th>' for o in gated)
+    matrix_rows = []
+    for query_id in query_ids:
+        cells = []
+        for opt in gated:
+            q = next((q for q in opt["gate"].get("queries") or [] if q.get("query") == query_id), None)
+            if q is None:
+                cells.append('<td class="muted">n/a</td>')
+                continue
+            figures = (f'<br><b>{_e(_pct(q.get("delta_pct")))}</b> <span class="muted">'
+                       f'{_e(_ms(q.get("reference_p50_ms")))}&rarr;{_e(_ms(q.get("p50_ms")))}</span>'
+                       if _num(q.get("delta_pct")) else "")
+            cells.append(f'<td class="gate-cell" data-opt="{_e(opt.get("id"))}" data-query="{_e(query_id)}">'
+                         f'{_chip(q.get("verdict"), short=True)}{figures}</td>')
+        matrix_rows.append(f'<tr class="matrix-row"><td>{_breakable(query_id)}</td>{"".join(cells)}</tr>')
+    gate_row = "".join(f'<td>{_gate_verdict(o["gate"])}</td>' for o in gated)
+    return ('<section id="gates"><h2>Gate decisions per optimization and query</h2>'
+            f'{explain}<table id="gate-matrix" class="matrix"><thead><tr><th>Query</th>{head}</tr></thead>'
+            f'<tbody>{"".join(matrix_rows)}<tr class="gate-total"><th>Gate</th>{gate_row}</tr></tbody></table>'
+            '<p class="small muted">Each optimization\'s figures in full (p-values, result fingerprints) are in the '
+            'appendix.</p></section>')
+
+
+def _gate_details_section(report):
+    details = []
+    for opt in _gated(report):
+        gate = opt["gate"]
+        rows = "".join(
+            f'<tr class="gate-row" data-opt="{_e(opt.get("id"))}"><td>{_breakable(q.get("query"))}</td>'
+            f'<td class="n">{_e(_ms(q.get("reference_p50_ms")))}</td><td class="n">{_e(_ms(q.get("p50_ms")))}</td>'
+            f'<td class="n">{_e(_delta_ms(q.get("delta_ms")))}</td><td class="n">{_e(_pct(q.get("delta_pct")))}</td>'
+            f'<td class="n">{_e(_p_value(q.get("p_value")))}</td>'
+            f'<td>{"<b>changed</b>" if q.get("fingerprint_changed") else "unchanged"}</td>'
+            f'<td>{_chip(q.get("verdict"))}</td></tr>'
+            for q in gate.get("queries") or [])
+        statement = _gate_statement(gate)
+        details.append(
+            f'<div class="gate-detail" id="gate-{_e(opt.get("id"))}">'
+            f'<h3>{_e(opt.get("id"))}: {_e(opt.get("title"))}</h3>'
+            f'<p>Gate {_gate_verdict(gate)} against <b>{_e(gate.get("reference"))}</b>: {_e(gate.get("reason"))}. '
+            f'Status: {_e(opt.get("status"))}. Verdicts on {_e(_gate_counts(gate))}.'
+            + (f' <b>{_e(statement)}</b>' if statement else "") + '</p>'
+            f'<table class="compact"><thead><tr><th>Query</th><th class="n">{_e(gate.get("reference"))} p50 (ms)</th>'
+            f'<th class="n">{_e(opt.get("id"))} p50 (ms)</th><th class="n">&Delta; ms</th><th class="n">&Delta; %</th>'
+            '<th class="n">p (slower)</th><th>Result</th><th>Verdict</th></tr></thead>'
+            f'<tbody>{rows}</tbody></table></div>')
+    if not details:
+        return ""
+    return ('<section id="gate-details"><h2>Appendix: gate figures per optimization</h2><p class="small">p is the '
+            'one-sided p-value for &ldquo;slower&rdquo; (the gate rounds it to five places). &ldquo;Result&rdquo; '
+            f'compares the fingerprint of the rows each query returned.</p>{"".join(details)}</section>')
+
+
+def _backup_section(report):
+    backup = report.get("backup")
+    if not backup:
+        reason = ("check mode changes nothing" if report.get("check_mode")
+                  else "nothing was pending, so nothing was changed")
+        return f'<section id="backup"><h2>Backup</h2><p>No backup was taken: {_e(reason)}.</p></section>'
+    file_path = str(backup.get("file", ""))
+    rows = [
+        ("File", f'<span class="mono">{_e(_basename(file_path))}</span><br>'
+                 f'<span class="small muted">{_e(file_path)}</span>'),
+        ("Size", _e(_bytes(backup.get("bytes")))),
+        ("SHA-256", f'<span class="mono" id="backup-sha256">{_e(backup.get("sha256"))}</span>'),
+        ("TOC entries", f'{_e(backup.get("toc_entries"))} (listed by pg_restore --list: the archive is readable)'),
+    ]
+    body = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in rows)
+    return ('<section id="backup"><h2>Backup taken before any change</h2><p>pg_dump custom format; the SHA-256 is '
+            f'also written next to the file.</p><table class="facts">{body}</table></section>')
+
+
+def _timeline_section(report):
+    timeline = report.get("timeline") or []
+    if not timeline:
+        return '<section id="timeline"><h2>Timeline</h2><p>No audit entry was recorded.</p></section>'
+    rows = []
+    for entry in timeline:
+        gate = entry.get("gate")
+        evidence = [f'gate {_gate_verdict(gate)}: {_e(gate.get("reason"))}'] if gate else []
+        for script, key in (("deploy.sql", "sql_sha256"), ("revert.sql", "revert_sha256")):
+            if entry.get(key):
+                evidence.append(f'<span class="small muted">{script}</span> <span class="mono">{_e(entry[key])}</span>')
+        time = str(entry.get("time", ""))
+        rows.append(f'<tr class="timeline-row"><td class="nowrap">{_e(time[:10])} {_e(time[11:19])}</td>'
+                    f'<td>{_e(entry.get("step"))}</td><td>{_e(entry.get("outcome"))}</td>'
+                    f'<td>{"<br>".join(evidence)}</td></tr>')
+    return ('<section id="timeline"><h2>Timeline</h2><p>Every step of this run as recorded in '
+            '<span class="mono">audit.jsonl</span>: each SQL change with the SHA-256 of the script it ran, each gate '
+            'with its decision.</p><table class="compact"><thead><tr><th>Time (UTC)</th><th>Step</th><th>Outcome</th>'
+            f'<th>SQL file SHA-256 / gate decision</th></tr></thead><tbody>{"".join(rows)}</tbody></table></section>')
+
+
+def _signoff_section(report):
+    kind = report.get("kind", "rollout")
+    alternative = ('re-apply the rollout (<span class="mono">ansible-playbook stage4.yml</span>)' if kind == "rollback"
+                   else 'roll back (<span class="mono">ansible-playbook playbooks/rollback.yml</span>)')
+    return ('<section class="signoff" id="signoff"><h2>Sign-off</h2>'
+            '<table><tbody><tr><th style="width:190px">Reviewed by (DBA)</th><td></td></tr>'
+            '<tr><th>Date</th><td></td></tr>'
+            '<tr><th>Decision</th>'
+            f'<td>&#9744; accept the {_e(kind)} &nbsp;&nbsp; &#9744; {alternative}</td></tr>'
+            '<tr><th>Signature</th><td></td></tr></tbody></table></section>')
+
+
+def stage4_report_html(report):
+    """The whole page as one string."""
+    title = f'Stage 4 {report.get("kind", "rollout")} report: {report.get("environment")} {report.get("run_id")}'
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>'
+        + _header(report) + _optimizations_section(report) + _benchmark_section(report) + _gates_section(report)
+        + _backup_section(report) + _timeline_section(report) + _gate_details_section(report) + _signoff_section(report)
+        + '<footer>Written by the stage4_report role from this run\'s report.json (same folder: report.md, '
+        'metrics_&lt;stage&gt;.json, audit.jsonl). Every figure comes from the gis_benchmark module; this page runs no '
+        'script and loads nothing from the network.</footer></main></body></html>\n')
+
+
+# ---------------------------------------------------------------- timeline and console summary
+
+def stage4_report_timeline(audit_text, run_id=None):
+    """audit.jsonl (one JSON object a line) as [{time, step, outcome, sql_sha256, revert_sha256, gate}]."""
+    timeline = []
+    for number, line in enumerate(str(audit_text or "").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError as error:
+            raise ValueError(f"audit.jsonl line {number} is not JSON: {error}") from error
+        if run_id and entry.get("run_id") != run_id:
+            continue
+        files = entry.get("sql_files") or {}
+        step = str(entry.get("step", ""))
+        details = entry.get("details") or {}
+        outcome = entry.get("outcome")
+        gate = {"optimization": step[len("gate_"):], "passed": outcome == "passed", "reason": details.get("reason"),
+                "summary": details.get("summary")}
+        timeline.append({
+            "time": entry.get("time"),
+            "step": step,
+            "outcome": outcome,
+            "sql_sha256": (files.get("deploy") or {}).get("sha256"),
+            # a revert runs revert.sql, not deploy.sql: name the script that ran
+            "revert_sha256": ((files.get("revert") or {}).get("sha256")
+                              if outcome in ("reverted", "would_revert") else None),
+            "gate": gate if step.startswith("gate_") else None,
+        })
+    return timeline
+
+
+def stage4_report_summary(report, output_dir):
+    """The end-of-run lines: outcome, one line per optimization, baseline vs last stage, where the files are."""
+    lines = [f'Stage 4 {report.get("kind", "rollout")} on {report.get("environment")}, run {report.get("run_id")}: '
+             f'{report.get("outcome")}']
+    means = _stage_means(report)
+    optimizations = report.get("optimizations") or []
+    id_width = max([len(str(o.get("id"))) for o in optimizations] or [0])
+    status_width = max([len(str(o.get("status"))) for o in optimizations] or [0])
+    for opt in optimizations:
+        gate = opt.get("gate")
+        line = f'{str(opt.get("id")):<{id_width}}  {str(opt.get("status")):<{status_width}}  '
+        if gate:
+            before = (means.get(gate.get("reference")) or {}).get("mean_ms")
+            after = (means.get(opt.get("id")) or {}).get("mean_ms")
+            if _num(before) and _num(after) and after > 0:
+                # speed as a factor of the reference stage's: above 1 is faster, below 1 slower
+                line += (f'mean {_ms(before)} -> {_ms(after)} ms vs {gate.get("reference")} '
+                         f'(speed x{before / after:.2f}), ')
+            line += _gate_counts(gate)
+            if not gate.get("passed"):
+                line += f'; gate failed: {gate.get("reason")}'
+        else:
+            line += "not measured in this run"
+        lines.append(line.rstrip())
+    lines.append(_overall(report))
+    directory = str(output_dir).rstrip("/")
+    lines += [f"HTML:     {directory}/report.html", f"Markdown: {directory}/report.md",
+              f"JSON:     {directory}/report.json", f"Audit:    {directory}/audit.jsonl"]
+    return lines
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "stage4_report_html": stage4_report_html,
+            "stage4_report_timeline": stage4_report_timeline,
+            "stage4_report_summary": stage4_report_summary,
+        }
