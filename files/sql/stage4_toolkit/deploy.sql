@@ -325,10 +325,13 @@ END $$;
 -- A new partition of p_parent that is safe in a Supabase public schema: RLS enabled with no
 -- policy of its own and no grants to the API roles, so naming the partition directly never
 -- bypasses the parent's policies. Rows reached through the parent keep the parent's policies.
-CREATE OR REPLACE FUNCTION stage4.create_secured_partition(p_parent regclass, p_name text, p_bound text)
+-- p_schema: where the partition lives (default: the parent's schema).
+DROP FUNCTION IF EXISTS stage4.create_secured_partition(regclass, text, text);  -- now with p_schema
+CREATE OR REPLACE FUNCTION stage4.create_secured_partition(p_parent regclass, p_name text, p_bound text,
+                                                           p_schema text DEFAULT NULL)
 RETURNS regclass LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    schema_name text := (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = p_parent);
+    schema_name text := coalesce(p_schema, (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = p_parent));
     partition regclass;
     api_role text;
 BEGIN
@@ -344,25 +347,85 @@ BEGIN
     RETURN partition;
 END $$;
 
--- Recreates p_table with a new layout and carries over everything describe_table() lists.
+-- A rebuild builds the new table as a "shadow" under the same name in schema stage4_online, so
+-- that its primary key, constraints and indexes get their final names while the original still
+-- holds them in its own schema; swap_shadow() then moves it into place. Partitions are created
+-- directly in the original's schema (their names are new there), where they get that schema's
+-- default privileges as any partition does.
 --   p_partition_by  NULL for a plain table, else e.g. 'RANGE (data_referencia)'
---   p_primary_key   columns of the new primary key (a partitioned key must include the partition key)
 --   p_partitions    [{"name": ..., "bound": "FOR VALUES FROM (...) TO (...)" | "DEFAULT"}]
---   p_reloptions    storage parameters of a plain table (NULL: none)
--- Runs inside the caller's transaction under an ACCESS EXCLUSIVE lock: either all of it
--- happens or none of it.
-CREATE OR REPLACE FUNCTION stage4.rebuild_table(
-    p_table regclass,
-    p_partition_by text,
-    p_primary_key text[],
-    p_partitions jsonb DEFAULT '[]',
-    p_reloptions text[] DEFAULT NULL)
-RETURNS jsonb LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- Same columns, defaults, identity, generated columns, storage, compression and CHECK
+-- constraints; no rows, no keys, no indexes, no triggers yet.
+CREATE OR REPLACE FUNCTION stage4.create_shadow(p_table regclass, p_partition_by text, p_partitions jsonb)
+RETURNS regclass LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    before jsonb;
-    schema_name text;
-    table_name text;
-    work_name text;
+    rel pg_class%ROWTYPE;
+    shadow regclass;
+    item jsonb;
+BEGIN
+    SELECT * INTO rel FROM pg_class WHERE oid = p_table;
+    IF to_regnamespace('stage4_online') IS NULL THEN
+        CREATE SCHEMA stage4_online;
+        REVOKE ALL ON SCHEMA stage4_online FROM PUBLIC;
+        COMMENT ON SCHEMA stage4_online IS 'Stage 4: tables being rebuilt (shadows, delta logs); empty between rebuilds.';
+    END IF;
+    EXECUTE format('CREATE TABLE stage4_online.%I (LIKE %s INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING GENERATED '
+                   'INCLUDING STORAGE INCLUDING COMPRESSION INCLUDING CONSTRAINTS)%s',
+                   rel.relname, p_table,
+                   CASE WHEN p_partition_by IS NULL THEN '' ELSE ' PARTITION BY ' || p_partition_by END);
+    shadow := format('stage4_online.%I', rel.relname)::regclass;
+    FOR item IN SELECT jsonb_array_elements(p_partitions) LOOP
+        PERFORM stage4.create_secured_partition(shadow, item->>'name', item->>'bound', rel.relnamespace::regnamespace::text);
+    END LOOP;
+    RETURN shadow;
+END $$;
+
+-- Primary key (p_primary_key's columns, the original's name), the other constraints and the
+-- indexes (same names and comments) on a shadow holding its rows: built in bulk, once.
+CREATE OR REPLACE FUNCTION stage4.complete_shadow(p_shadow regclass, p_before jsonb, p_primary_key text[])
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    item jsonb;
+BEGIN
+    IF p_before->'primary_key' IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I PRIMARY KEY (%s)', p_shadow,
+                       p_before->'primary_key'->>'name',
+                       (SELECT string_agg(quote_ident(c), ', ') FROM unnest(p_primary_key) c));
+        IF p_before->'primary_key'->>'comment' IS NOT NULL THEN
+            EXECUTE format('COMMENT ON CONSTRAINT %I ON %s IS %L', p_before->'primary_key'->>'name', p_shadow,
+                           p_before->'primary_key'->>'comment');
+        END IF;
+    END IF;
+    FOR item IN SELECT jsonb_array_elements(p_before->'constraints') LOOP
+        IF item->>'type' <> 'c' THEN
+            EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', p_shadow, item->>'name', item->>'definition');
+        END IF;
+        IF item->>'comment' IS NOT NULL THEN
+            EXECUTE format('COMMENT ON CONSTRAINT %I ON %s IS %L', item->>'name', p_shadow, item->>'comment');
+        END IF;
+    END LOOP;
+    -- pg_get_indexdef() names the original table: point the definition at the shadow.
+    FOR item IN SELECT jsonb_array_elements(p_before->'indexes') LOOP
+        EXECUTE replace(item->>'definition', format(' ON %s USING ', p_before->>'relation'),
+                        format(' ON %s USING ', p_shadow));
+        IF item->>'comment' IS NOT NULL THEN
+            EXECUTE format('COMMENT ON INDEX stage4_online.%I IS %L', item->>'name', item->>'comment');
+        END IF;
+    END LOOP;
+END $$;
+
+-- Replaces p_table by its completed shadow, in the caller's transaction (which must hold an
+-- ACCESS EXCLUSIVE lock on p_table): drops what depends on the old table (deepest first) and the
+-- table itself, moves the shadow into place, then puts back the identity's position and
+-- everything else p_before (describe_table() of the old table) lists: triggers, RLS and
+-- policies, storage parameters (p_reloptions), owner, grants, comments, publications, and the
+-- dependent views and functions. Catalog work only: no row is read or written.
+CREATE OR REPLACE FUNCTION stage4.swap_shadow(p_table regclass, p_shadow regclass, p_before jsonb,
+                                              p_reloptions text[] DEFAULT NULL)
+RETURNS regclass LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    before jsonb := p_before;
+    schema_name text := p_before->>'schema';
     work_table regclass;
     item jsonb;
     stmt text;
@@ -370,75 +433,35 @@ DECLARE
     identity_seq text;
     previous_check text;
 BEGIN
-    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', p_table);
-    before := stage4.describe_table(p_table, false);
-    schema_name := before->>'schema';
-    table_name := before->>'name';
-    work_name := left(table_name, 50) || '_stage4_new';
-
     IF jsonb_array_length(before->'referenced_by') > 0 THEN
         RAISE EXCEPTION 'stage4: % is referenced by foreign keys %; they would not survive a rebuild',
             p_table, before->'referenced_by';
     END IF;
-
-    -- 1. The new table: same columns, defaults, identity, generated columns, storage,
-    --    compression and CHECK constraints.
-    EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING GENERATED '
-                   'INCLUDING STORAGE INCLUDING COMPRESSION INCLUDING CONSTRAINTS)%s',
-                   schema_name, work_name, p_table,
-                   CASE WHEN p_partition_by IS NULL THEN '' ELSE ' PARTITION BY ' || p_partition_by END);
-    work_table := format('%I.%I', schema_name, work_name)::regclass;
-    FOR item IN SELECT jsonb_array_elements(p_partitions) LOOP
-        PERFORM stage4.create_secured_partition(work_table, item->>'name', item->>'bound');
-    END LOOP;
-
-    -- 2. The rows, ids included (no trigger exists yet on the new table to touch them).
-    EXECUTE format('INSERT INTO %s OVERRIDING SYSTEM VALUE SELECT * FROM %s', work_table, p_table);
     IF before->'identity' IS NOT NULL THEN
         SELECT s.seqrelid::regclass::text INTO identity_seq
         FROM pg_depend d JOIN pg_sequence s ON s.seqrelid = d.objid
-        WHERE d.refobjid = work_table AND d.classid = 'pg_class'::regclass AND d.deptype = 'i';
+        WHERE d.refobjid = p_shadow AND d.classid = 'pg_class'::regclass AND d.deptype = 'i';
         PERFORM setval(identity_seq, (before->'identity'->>'last_value')::bigint, (before->'identity'->>'is_called')::boolean);
     END IF;
 
-    -- 3. Drop what depends on the old table (deepest first), then the old table itself.
+    -- 1. Drop what depends on the old table (deepest first), then the old table itself.
     --    Anything else that depends on it makes this DROP fail and the whole change roll back.
     FOR item IN SELECT value FROM jsonb_array_elements(before->'dependents') ORDER BY (value->>'depth')::int DESC LOOP
         EXECUTE format('DROP %s %s', upper(item->>'kind'), item->>'identity');
     END LOOP;
     EXECUTE format('DROP TABLE %s', p_table);
-    EXECUTE format('ALTER TABLE %s RENAME TO %I', work_table, table_name);
-    work_table := format('%I.%I', schema_name, table_name)::regclass;
+    -- The table's indexes, constraints and identity sequence move with it.
+    EXECUTE format('ALTER TABLE %s SET SCHEMA %s', p_shadow, schema_name);
+    work_table := format('%s.%I', schema_name, before->>'name')::regclass;
     IF identity_seq IS NOT NULL THEN
-        EXECUTE format('ALTER SEQUENCE %s RENAME TO %I', identity_seq,
-                       (parse_ident(before->'identity'->>'sequence'))[2]);
+        identity_seq := format('%s.%I', schema_name, (parse_ident(identity_seq))[2]);
+        IF identity_seq <> before->'identity'->>'sequence' THEN
+            EXECUTE format('ALTER SEQUENCE %s RENAME TO %I', identity_seq, (parse_ident(before->'identity'->>'sequence'))[2]);
+        END IF;
         identity_seq := before->'identity'->>'sequence';
     END IF;
 
-    -- 4. Keys, indexes, triggers, security, comments, ownership.
-    IF before->'primary_key' IS NOT NULL THEN
-        EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I PRIMARY KEY (%s)', work_table,
-                       before->'primary_key'->>'name',
-                       (SELECT string_agg(quote_ident(c), ', ') FROM unnest(p_primary_key) c));
-        IF before->'primary_key'->>'comment' IS NOT NULL THEN
-            EXECUTE format('COMMENT ON CONSTRAINT %I ON %s IS %L', before->'primary_key'->>'name', work_table,
-                           before->'primary_key'->>'comment');
-        END IF;
-    END IF;
-    FOR item IN SELECT jsonb_array_elements(before->'constraints') LOOP
-        IF item->>'type' <> 'c' THEN
-            EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s', work_table, item->>'name', item->>'definition');
-        END IF;
-        IF item->>'comment' IS NOT NULL THEN
-            EXECUTE format('COMMENT ON CONSTRAINT %I ON %s IS %L', item->>'name', work_table, item->>'comment');
-        END IF;
-    END LOOP;
-    FOR item IN SELECT jsonb_array_elements(before->'indexes') LOOP
-        EXECUTE item->>'definition';
-        IF item->>'comment' IS NOT NULL THEN
-            EXECUTE format('COMMENT ON INDEX %I.%I IS %L', schema_name, item->>'name', item->>'comment');
-        END IF;
-    END LOOP;
+    -- 2. Triggers, security, comments, ownership.
     FOR item IN SELECT jsonb_array_elements(before->'triggers') LOOP
         EXECUTE item->>'definition';
         IF item->>'enabled' <> 'O' THEN
@@ -491,7 +514,7 @@ BEGIN
         EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s', item #>> '{}', work_table);
     END LOOP;
 
-    -- 5. Dependent views and functions, shallowest first, with their own grants and comments.
+    -- 3. Dependent views and functions, shallowest first, with their own grants and comments.
     --    Bodies are not re-validated (as pg_dump restores them): a function may rely on the
     --    caller's search_path, which this function pins to pg_catalog.
     previous_check := set_config('check_function_bodies', 'off', true);
@@ -514,11 +537,56 @@ BEGIN
         END IF;
         PERFORM stage4.reset_acl(stmt, item->'acl');
     END LOOP;
-
     PERFORM set_config('check_function_bodies', previous_check, true);
+    RETURN work_table;
+END $$;
 
-    EXECUTE format('ANALYZE %s', work_table);
-    RETURN stage4.describe_table(work_table, false);
+-- Drops schema stage4_online once no rebuild uses it, so that nothing is left between rebuilds.
+CREATE OR REPLACE FUNCTION stage4.drop_online_schema_if_empty()
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF to_regnamespace('stage4_online') IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = 'stage4_online'::regnamespace)
+       AND NOT EXISTS (SELECT 1 FROM pg_proc WHERE pronamespace = 'stage4_online'::regnamespace) THEN
+        DROP SCHEMA stage4_online;
+    END IF;
+END $$;
+
+-- Recreates p_table with a new layout and carries over everything describe_table() lists.
+--   p_partition_by  NULL for a plain table, else e.g. 'RANGE (data_referencia)'
+--   p_primary_key   columns of the new primary key (a partitioned key must include the partition key)
+--   p_partitions    [{"name": ..., "bound": "FOR VALUES FROM (...) TO (...)" | "DEFAULT"}]
+--   p_reloptions    storage parameters of a plain table (NULL: none)
+-- Runs inside the caller's transaction under an ACCESS EXCLUSIVE lock for the whole copy:
+-- either all of it happens or none of it. prepare_online_rebuild() + finish_online_rebuild()
+-- do the same with the copy outside the lock.
+CREATE OR REPLACE FUNCTION stage4.rebuild_table(
+    p_table regclass,
+    p_partition_by text,
+    p_primary_key text[],
+    p_partitions jsonb DEFAULT '[]',
+    p_reloptions text[] DEFAULT NULL)
+RETURNS jsonb LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    before jsonb;
+    shadow regclass;
+    rebuilt regclass;
+BEGIN
+    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', p_table);
+    before := stage4.describe_table(p_table, false);
+    IF jsonb_array_length(before->'referenced_by') > 0 THEN
+        RAISE EXCEPTION 'stage4: % is referenced by foreign keys %; they would not survive a rebuild',
+            p_table, before->'referenced_by';
+    END IF;
+    shadow := stage4.create_shadow(p_table, p_partition_by, p_partitions);
+    -- The rows, ids included (no trigger exists yet on the new table to touch them), then the
+    -- keys and indexes in bulk.
+    EXECUTE format('INSERT INTO %s OVERRIDING SYSTEM VALUE SELECT * FROM %s', shadow, p_table);
+    PERFORM stage4.complete_shadow(shadow, before, p_primary_key);
+    rebuilt := stage4.swap_shadow(p_table, shadow, before, p_reloptions);
+    PERFORM stage4.drop_online_schema_if_empty();
+    EXECUTE format('ANALYZE %s', rebuilt);
+    RETURN stage4.describe_table(rebuilt, false);
 END $$;
 
 -- Raises unless p_table still carries everything p_snapshot recorded and exactly the rows
@@ -609,6 +677,340 @@ RETURNS jsonb LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
            ORDER BY y), '[]')
     FROM generate_series(p_from, p_to) y
 $$;
+
+-- The layout of a table partitioned by year on p_column, for rebuild_table() and the online
+-- rebuild: RANGE (p_column), one partition per year from the oldest row's (or the current) year
+-- through p_through_year plus DEFAULT, and a primary key extended by p_column.
+CREATE OR REPLACE FUNCTION stage4.yearly_layout(p_table regclass, p_column name, p_through_year int)
+RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    table_name text := (SELECT relname FROM pg_class WHERE oid = p_table);
+    primary_key text[];
+    first_year int;
+BEGIN
+    primary_key := ARRAY(SELECT a.attname::text
+                         FROM pg_constraint c, unnest(c.conkey) WITH ORDINALITY k(attnum, ord)
+                         JOIN pg_attribute a ON a.attrelid = p_table AND a.attnum = k.attnum
+                         WHERE c.conrelid = p_table AND c.contype = 'p' ORDER BY k.ord);
+    IF NOT p_column = ANY (primary_key) THEN
+        primary_key := primary_key || p_column::text;
+    END IF;
+    EXECUTE format('SELECT extract(year FROM min(%I))::int FROM %s', p_column, p_table) INTO first_year;
+    RETURN jsonb_build_object(
+        'partition_by', format('RANGE (%I)', p_column),
+        'primary_key', to_jsonb(primary_key),
+        'partitions', stage4.yearly_partitions(table_name, coalesce(first_year, extract(year FROM current_date)::int),
+                                               p_through_year)
+                      || jsonb_build_array(jsonb_build_object('name', table_name || '_default', 'bound', 'DEFAULT')));
+END $$;
+
+-- Online rebuild: the same result as rebuild_table() without holding the table for the copy.
+--   prepare_online_rebuild()  (a procedure, CALLed outside any transaction block) builds the new
+--       table as a shadow and copies the rows in batches, each batch its own short transaction,
+--       while a trigger logs the key of every row the application writes meanwhile; then it
+--       builds the shadow's keys and indexes and replays the logged keys until few are left.
+--       Every step commits, so a run that is killed resumes where it stopped.
+--   finish_online_rebuild()  (in the deploy transaction, under ACCESS EXCLUSIVE) replays the keys
+--       logged since, swaps the shadow in and drops what the rebuild used: no row is copied again.
+--   abort_online_rebuild()   removes everything a prepare left: trigger, shadow, log.
+-- One row per table being rebuilt; the row lock (FOR UPDATE) serialises every step on it.
+CREATE TABLE IF NOT EXISTS stage4.online_rebuilds (
+    relation    text        PRIMARY KEY,
+    layout      jsonb       NOT NULL,  -- partition_by, primary_key, partitions (as rebuild_table() takes them)
+    shadow      text        NOT NULL,  -- the new table, in schema stage4_online
+    delta       text        NOT NULL,  -- the keys written since capture started
+    capture     text        NOT NULL,  -- the trigger function that logs them
+    key_columns text[]      NOT NULL,  -- the original's primary key: copy order and logged key
+    phase       text        NOT NULL CHECK (phase IN ('capture', 'copy', 'index', 'catch_up')),
+    upper_key   jsonb,                 -- the last key when capture started: later rows come through the log
+    last_key    jsonb,                 -- the last key copied
+    copied      bigint      NOT NULL DEFAULT 0,
+    started_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- The online rebuild of p_table, locked for this transaction; raises when there is none.
+CREATE OR REPLACE FUNCTION stage4.lock_online_rebuild(p_table regclass)
+RETURNS stage4.online_rebuilds LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    state stage4.online_rebuilds;
+BEGIN
+    SELECT * INTO state FROM stage4.online_rebuilds WHERE relation = p_table::text FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'stage4: no online rebuild of % in progress', p_table;
+    END IF;
+    RETURN state;
+END $$;
+
+-- "(t.a, t.b)" for the key columns, or their values in p_key as typed literals of p_table's columns.
+CREATE OR REPLACE FUNCTION stage4.key_row(p_table regclass, p_columns text[], p_alias text, p_key jsonb DEFAULT NULL)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT '(' || string_agg(CASE WHEN p_key IS NULL THEN format('%I.%I', p_alias, c)
+                                  ELSE format('%L::%s', p_key->>c, format_type(a.atttypid, a.atttypmod)) END,
+                             ', ' ORDER BY k.ord) || ')'
+    FROM unnest(p_columns) WITH ORDINALITY k(c, ord)
+    JOIN pg_attribute a ON a.attrelid = p_table AND a.attname = k.c
+$$;
+
+-- Step 1: the shadow, the log of written keys and the function that fills it (not yet attached).
+CREATE OR REPLACE FUNCTION stage4.start_online_rebuild(p_table regclass, p_layout jsonb)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    before jsonb;
+    state stage4.online_rebuilds;
+    key_columns text[];
+    shadow regclass;
+    delta text;
+    capture text;
+    columns text;
+BEGIN
+    SELECT * INTO state FROM stage4.online_rebuilds WHERE relation = p_table::text FOR UPDATE;
+    IF FOUND THEN
+        IF state.layout IS DISTINCT FROM p_layout THEN
+            RAISE EXCEPTION 'stage4: % is being rebuilt online into another layout (%); abort that rebuild first',
+                p_table, state.layout;
+        END IF;
+        RETURN;
+    END IF;
+    before := stage4.describe_table(p_table, false);
+    IF before->'primary_key' IS NULL THEN
+        RAISE EXCEPTION 'stage4: % has no primary key, which an online rebuild needs to copy in batches and replay writes',
+            p_table;
+    END IF;
+    IF jsonb_array_length(before->'referenced_by') > 0 THEN
+        RAISE EXCEPTION 'stage4: % is referenced by foreign keys %; they would not survive a rebuild',
+            p_table, before->'referenced_by';
+    END IF;
+    key_columns := ARRAY(SELECT jsonb_array_elements_text(before->'primary_key'->'columns'));
+    columns := (SELECT string_agg(quote_ident(c), ', ') FROM unnest(key_columns) c);
+    shadow := stage4.create_shadow(p_table, p_layout->>'partition_by', p_layout->'partitions');
+    delta := format('stage4_online.%I', (before->>'name') || '_delta');
+    EXECUTE format('CREATE TABLE %s AS SELECT %s FROM %s WITH NO DATA', delta, columns, p_table);
+    EXECUTE format('ALTER TABLE %s ADD COLUMN seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY', delta);
+    -- SECURITY DEFINER: the application's roles write the log without any right on it.
+    capture := format('stage4_online.%I()', (before->>'name') || '_capture');
+    EXECUTE format($fmt$
+        CREATE FUNCTION %1$s RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+        BEGIN
+            IF TG_OP = 'TRUNCATE' THEN
+                RAISE EXCEPTION 'stage4: %%.%% is being rebuilt online; TRUNCATE it after the rebuild', TG_TABLE_SCHEMA, TG_TABLE_NAME;
+            END IF;
+            IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND %3$s IS DISTINCT FROM %4$s) THEN
+                INSERT INTO %2$s (%5$s) VALUES %3$s;
+            END IF;
+            IF TG_OP <> 'DELETE' THEN
+                INSERT INTO %2$s (%5$s) VALUES %4$s;
+            END IF;
+            RETURN NULL;
+        END $body$$fmt$,
+        capture, delta, stage4.key_row(p_table, key_columns, 'old'), stage4.key_row(p_table, key_columns, 'new'), columns);
+    EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', capture);
+    INSERT INTO stage4.online_rebuilds (relation, layout, shadow, delta, capture, key_columns, phase)
+    VALUES (p_table::text, p_layout, shadow::text, delta, capture, key_columns, 'capture');
+END $fn$;
+
+-- Step 2: the trigger that logs every key written from now on. CREATE TRIGGER waits for the
+-- writers in flight (the caller's lock_timeout bounds that wait), so every write either is
+-- visible to the copy that follows or is logged.
+CREATE OR REPLACE FUNCTION stage4.start_capture(p_table regclass)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    state stage4.online_rebuilds := stage4.lock_online_rebuild(p_table);
+    first_upper_key jsonb;
+BEGIN
+    IF state.phase <> 'capture' THEN
+        RETURN;
+    END IF;
+    EXECUTE format('CREATE TRIGGER stage4_online_capture AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION %s',
+                   p_table, state.capture);
+    EXECUTE format('CREATE TRIGGER stage4_online_no_truncate BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s',
+                   p_table, state.capture);
+    -- ALWAYS: writes applied in replica mode (logical replication) are logged too.
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER stage4_online_capture, ENABLE ALWAYS TRIGGER stage4_online_no_truncate',
+                   p_table);
+    EXECUTE format('SELECT to_jsonb(k) FROM (SELECT %s FROM %s ORDER BY %s LIMIT 1) k',
+                   (SELECT string_agg(quote_ident(c), ', ') FROM unnest(state.key_columns) c), p_table,
+                   (SELECT string_agg(quote_ident(c) || ' DESC', ', ') FROM unnest(state.key_columns) c))
+        INTO first_upper_key;
+    UPDATE stage4.online_rebuilds SET phase = 'copy', upper_key = first_upper_key
+    WHERE relation = state.relation;
+END $$;
+
+-- Step 3: copies the next p_rows rows (in key order, up to the last key when capture started)
+-- into the shadow; returns false once the copy is complete.
+CREATE OR REPLACE FUNCTION stage4.copy_batch(p_table regclass, p_rows int)
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    state stage4.online_rebuilds := stage4.lock_online_rebuild(p_table);
+    key_t text := stage4.key_row(p_table, state.key_columns, 't');
+    batch_rows bigint;
+    batch_last_key jsonb;
+BEGIN
+    IF state.phase <> 'copy' THEN
+        RETURN false;
+    END IF;
+    IF state.upper_key IS NOT NULL THEN
+        EXECUTE format('WITH batch AS (SELECT * FROM %1$s t WHERE %2$s <= %3$s%4$s ORDER BY %5$s LIMIT %6$s), '
+                       '     copied AS (INSERT INTO %7$s OVERRIDING SYSTEM VALUE SELECT * FROM batch) '
+                       'SELECT count(*), (SELECT to_jsonb(k) FROM (SELECT %8$s FROM batch ORDER BY %9$s LIMIT 1) k) FROM batch',
+                       p_table, key_t, stage4.key_row(p_table, state.key_columns, NULL, state.upper_key),
+                       CASE WHEN state.last_key IS NULL THEN ''
+                            ELSE format(' AND %s > %s', key_t, stage4.key_row(p_table, state.key_columns, NULL, state.last_key)) END,
+                       (SELECT string_agg(format('t.%I', c), ', ') FROM unnest(state.key_columns) c),
+                       p_rows, state.shadow,
+                       (SELECT string_agg(quote_ident(c), ', ') FROM unnest(state.key_columns) c),
+                       (SELECT string_agg(quote_ident(c) || ' DESC', ', ') FROM unnest(state.key_columns) c))
+            INTO batch_rows, batch_last_key;
+    END IF;
+    UPDATE stage4.online_rebuilds r
+    SET copied = r.copied + coalesce(batch_rows, 0),
+        last_key = coalesce(batch_last_key, r.last_key),
+        phase = CASE WHEN coalesce(batch_rows, 0) < p_rows THEN 'index' ELSE 'copy' END
+    WHERE relation = state.relation;
+    RETURN coalesce(batch_rows, 0) = p_rows;
+END $$;
+
+-- Step 4: the shadow's primary key, constraints and indexes, built in bulk once the rows are in.
+CREATE OR REPLACE FUNCTION stage4.index_shadow(p_table regclass)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    state stage4.online_rebuilds := stage4.lock_online_rebuild(p_table);
+BEGIN
+    IF state.phase <> 'index' THEN
+        RETURN;
+    END IF;
+    PERFORM stage4.complete_shadow(state.shadow::regclass, stage4.describe_table(p_table, false),
+                                   ARRAY(SELECT jsonb_array_elements_text(state.layout->'primary_key')));
+    UPDATE stage4.online_rebuilds SET phase = 'catch_up' WHERE relation = state.relation;
+END $$;
+
+-- Step 5: replays up to p_limit logged writes (all when NULL), oldest first: the shadow's rows of
+-- those keys are replaced by the original's current rows. Returns how many log entries it used.
+-- The log entries are taken before the rows are read, so a write committed in between is still
+-- logged for the next replay.
+CREATE OR REPLACE FUNCTION stage4.apply_delta(p_table regclass, p_limit int)
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    state stage4.online_rebuilds := stage4.lock_online_rebuild(p_table);
+    columns text := (SELECT string_agg(quote_ident(c), ', ') FROM unnest(state.key_columns) c);
+    taken bigint;
+    keys jsonb;
+BEGIN
+    IF state.phase <> 'catch_up' THEN
+        RAISE EXCEPTION 'stage4: the shadow of % is not complete yet (phase %)', p_table, state.phase;
+    END IF;
+    EXECUTE format('WITH taken AS (DELETE FROM %1$s WHERE seq IN (SELECT seq FROM %1$s ORDER BY seq%2$s) RETURNING %3$s) '
+                   'SELECT count(*), jsonb_agg(DISTINCT to_jsonb(taken)) FROM taken',
+                   state.delta, CASE WHEN p_limit IS NULL THEN '' ELSE ' LIMIT ' || p_limit END, columns)
+        INTO taken, keys;
+    IF taken > 0 THEN
+        EXECUTE format('DELETE FROM %s s USING jsonb_populate_recordset(NULL::%s, $1) k WHERE %s = %s',
+                       state.shadow, p_table, stage4.key_row(p_table, state.key_columns, 's'),
+                       stage4.key_row(p_table, state.key_columns, 'k'))
+            USING keys;
+        EXECUTE format('INSERT INTO %s OVERRIDING SYSTEM VALUE SELECT t.* FROM %s t '
+                       'WHERE %s IN (SELECT %s FROM jsonb_populate_recordset(NULL::%s, $1) k)',
+                       state.shadow, p_table, stage4.key_row(p_table, state.key_columns, 't'),
+                       (SELECT string_agg(format('k.%I', c), ', ') FROM unnest(state.key_columns) c), p_table)
+            USING keys;
+    END IF;
+    RETURN taken;
+END $$;
+
+CREATE OR REPLACE FUNCTION stage4.analyze_shadow(p_table regclass)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    EXECUTE format('ANALYZE %s', (stage4.lock_online_rebuild(p_table)).shadow);
+END $$;
+
+-- Steps 1 to 5 (and statistics), each in its own transactions; CALL it outside a transaction
+-- block. A procedure with a SET clause cannot COMMIT, hence the schema-qualified names and the
+-- settings made per transaction. p_lock_timeout bounds every lock wait; once the trigger is in
+-- place nothing here locks out the application.
+CREATE OR REPLACE PROCEDURE stage4.prepare_online_rebuild(
+    p_table regclass, p_layout jsonb, p_batch_rows int DEFAULT 10000, p_lock_timeout text DEFAULT '2s')
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_catalog.set_config('lock_timeout', p_lock_timeout, true);
+    PERFORM stage4.start_online_rebuild(p_table, p_layout);
+    COMMIT;
+    PERFORM pg_catalog.set_config('lock_timeout', p_lock_timeout, true);
+    PERFORM stage4.start_capture(p_table);
+    COMMIT;
+    LOOP
+        PERFORM pg_catalog.set_config('lock_timeout', p_lock_timeout, true);
+        EXIT WHEN NOT stage4.copy_batch(p_table, p_batch_rows);
+        COMMIT;
+    END LOOP;
+    COMMIT;
+    PERFORM pg_catalog.set_config('lock_timeout', p_lock_timeout, true);
+    PERFORM stage4.index_shadow(p_table);
+    COMMIT;
+    -- Replay until a batch is not full: the cutover then replays less than one batch.
+    LOOP
+        PERFORM pg_catalog.set_config('lock_timeout', p_lock_timeout, true);
+        EXIT WHEN stage4.apply_delta(p_table, p_batch_rows) < p_batch_rows;
+        COMMIT;
+    END LOOP;
+    COMMIT;
+    PERFORM pg_catalog.set_config('lock_timeout', p_lock_timeout, true);
+    PERFORM stage4.analyze_shadow(p_table);
+    COMMIT;
+END $$;
+
+-- The cutover, in the caller's transaction: locks p_table (ACCESS EXCLUSIVE, within the caller's
+-- lock_timeout), replays the writes logged since the prepare, saves p_change's snapshot of the
+-- table and swaps the shadow in. Without a prepared rebuild it does the whole rebuild here
+-- (rebuild_table(), the copy under the lock), so the change also runs as one transaction (a
+-- Supabase migration).
+CREATE OR REPLACE FUNCTION stage4.finish_online_rebuild(p_change text, p_table regclass, p_layout jsonb)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    state stage4.online_rebuilds;
+    before jsonb;
+BEGIN
+    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', p_table);
+    SELECT * INTO state FROM stage4.online_rebuilds WHERE relation = p_table::text FOR UPDATE;
+    IF NOT FOUND THEN
+        before := stage4.save_snapshot(p_change, p_table);
+        PERFORM stage4.rebuild_table(p_table, p_layout->>'partition_by',
+                                     ARRAY(SELECT jsonb_array_elements_text(p_layout->'primary_key')), p_layout->'partitions');
+        RETURN;
+    END IF;
+    IF state.layout IS DISTINCT FROM p_layout THEN
+        RAISE EXCEPTION 'stage4: % was prepared for the layout %, it now needs %; prepare it again', p_table, state.layout, p_layout;
+    END IF;
+    IF state.phase <> 'catch_up' THEN
+        RAISE EXCEPTION 'stage4: the online rebuild of % was not prepared to the end (phase %)', p_table, state.phase;
+    END IF;
+    EXECUTE format('DROP TRIGGER stage4_online_capture ON %1$s; DROP TRIGGER stage4_online_no_truncate ON %1$s', p_table);
+    PERFORM stage4.apply_delta(p_table, NULL);
+    before := stage4.save_snapshot(p_change, p_table);
+    PERFORM stage4.swap_shadow(p_table, state.shadow::regclass, before);
+    EXECUTE format('DROP TABLE %s', state.delta);
+    EXECUTE format('DROP FUNCTION %s', state.capture);
+    DELETE FROM stage4.online_rebuilds WHERE relation = state.relation;
+    PERFORM stage4.drop_online_schema_if_empty();
+END $$;
+
+-- Removes what a prepare left for p_table (trigger, shadow and its partitions, log); returns
+-- whether there was anything. The table itself is untouched: its rows never left it.
+CREATE OR REPLACE FUNCTION stage4.abort_online_rebuild(p_table regclass)
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    state stage4.online_rebuilds;
+BEGIN
+    SELECT * INTO state FROM stage4.online_rebuilds WHERE relation = p_table::text FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('DROP TRIGGER IF EXISTS stage4_online_capture ON %1$s; DROP TRIGGER IF EXISTS stage4_online_no_truncate ON %1$s',
+                   p_table);
+    EXECUTE format('DROP TABLE IF EXISTS %s, %s', state.shadow, state.delta);
+    EXECUTE format('DROP FUNCTION IF EXISTS %s', state.capture);
+    DELETE FROM stage4.online_rebuilds WHERE relation = state.relation;
+    PERFORM stage4.drop_online_schema_if_empty();
+    RETURN true;
+END $$;
 
 -- The application's API contract still answers: the view and the five RPC functions run.
 -- (Their results are compared by the benchmark's fingerprints; this catches breakage early,

@@ -8,10 +8,14 @@ BEGIN
                       'snapshot', 'reset_acl', 'create_secured_partition', 'rebuild_table', 'assert_table_preserved',
                       'assert_partitions_secured', 'assert_no_api_readable_matviews', 'yearly_partitions',
                       'assert_api_answers', 'save_function_snapshots', 'restore_function_snapshots',
-                      'assert_partitioned_by_year', 'assert_can_materialize', 'storage_layout']) f
+                      'assert_partitioned_by_year', 'assert_can_materialize', 'storage_layout', 'create_shadow',
+                      'complete_shadow', 'swap_shadow', 'drop_online_schema_if_empty', 'yearly_layout',
+                      'lock_online_rebuild', 'key_row', 'start_online_rebuild', 'start_capture', 'copy_batch',
+                      'index_shadow', 'apply_delta', 'analyze_shadow', 'prepare_online_rebuild',
+                      'finish_online_rebuild', 'abort_online_rebuild']) f
     WHERE NOT EXISTS (SELECT 1 FROM pg_proc WHERE proname = f AND pronamespace = 'stage4'::regnamespace);
     IF missing IS NOT NULL THEN
         RAISE EXCEPTION 'stage4_toolkit: missing functions: %', missing;
     END IF;
-    PERFORM 'stage4.table_snapshots'::regclass, 'stage4.function_snapshots'::regclass;
+    PERFORM 'stage4.table_snapshots'::regclass, 'stage4.function_snapshots'::regclass, 'stage4.online_rebuilds'::regclass;
 END $$;
