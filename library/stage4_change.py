@@ -22,8 +22,18 @@ description:
   - Every deploy and revert is also appended to C(<ledger_schema>.ledger_events).
   - DDL should wait for its lock only briefly (the scripts set C(lock_timeout)); when the lock is not granted
     the whole transaction is retried with exponential backoff.
-  - In check mode nothing is changed; the result says what would happen, and with C(--diff) shows the SQL that
-    would run. With I(dry_run_precheck), check mode also runs C(precheck.sql) in a read-only transaction that is
+  - A change may also have C(prepare.sql) and C(cleanup.sql), for work too long to do in the deploy transaction
+    (copying a live table). Before that transaction, precheck runs (rolled back), the change is marked prepared in
+    C(<ledger_schema>.prepared), and C(prepare.sql) runs in autocommit, outside any transaction block, as one
+    statement (a C(DO) block or C(CALL)), so it can C(COMMIT) as it goes. It must be idempotent and resumable;
+    after an interruption the next run runs it again. It is retried like a transaction when a lock is not granted.
+    The change counts as applied only when the deploy transaction commits, which also clears the prepared mark.
+  - C(cleanup.sql) removes what C(prepare.sql) left. It runs, in a transaction with the prepared mark's removal,
+    when prepare or the deploy transaction fails; before C(revert.sql) in the revert transaction when the change
+    is marked prepared; and alone (action C(cleaned_up)) when a change that was prepared but never applied is
+    reverted.
+  - In check mode nothing is changed; the result says what would happen (whether an interrupted prepare would be
+    resumed), and with C(--diff) shows the SQL that would run, prepare included. With I(dry_run_precheck), check mode also runs C(precheck.sql) in a read-only transaction that is
     rolled back, so a dry run reports a refusal before the real run.
 version_added: "1.0.0"
 author: stage4 authors
@@ -109,7 +119,7 @@ requirements:
   - psycopg2
 notes:
   - Statements that cannot run in a transaction block (C(VACUUM), C(CREATE INDEX CONCURRENTLY)) do not belong
-    in these scripts.
+    in the scripts that run in a transaction (all but C(prepare.sql)).
 """
 
 EXAMPLES = r"""
@@ -141,7 +151,8 @@ action:
   returned: always
   type: str
   sample: deployed
-  # deployed, redeployed, reverted, unchanged, would_deploy, would_redeploy, would_revert
+  # deployed, redeployed, reverted, cleaned_up, unchanged, would_deploy, would_redeploy, would_revert,
+  # would_clean_up
 change:
   description: Name of the change.
   returned: always
@@ -153,18 +164,30 @@ files:
   type: dict
   sample: {"deploy": {"path": "files/sql/opt1/deploy.sql", "sha256": "9f2c..."}}
 executed:
-  description: The scripts executed, in order.
+  description: The scripts executed, in order (with a prepare, precheck runs before it and again in the deploy
+    transaction).
   returned: always
   type: list
   elements: str
-  sample: ["precheck", "deploy", "verify"]
+  sample: ["precheck", "prepare", "precheck", "deploy", "verify"]
+prepared:
+  description: What happened to C(prepare.sql) - C(started), C(resumed) (an earlier run was interrupted), or
+    C(none) (no prepare.sql, or no deploy). In check mode, what would happen.
+  returned: always
+  type: str
+  sample: started
+prepare_s:
+  description: Seconds C(prepare.sql) ran (in the run that succeeded).
+  returned: always
+  type: float
+  sample: 25.9
 attempts:
   description: Transactions tried (more than one when a lock was not granted in time).
   returned: always
   type: int
   sample: 1
 duration_s:
-  description: Seconds spent in the successful transaction.
+  description: Seconds spent in the successful transaction (the deploy, the cutover of a prepared change).
   returned: always
   type: float
   sample: 0.84
@@ -207,11 +230,11 @@ try:
 except ImportError:  # connect() reports it
     pass
 
-SCRIPTS = ("precheck", "deploy", "verify", "revert", "verify_reverted")
+SCRIPTS = ("precheck", "prepare", "deploy", "verify", "revert", "verify_reverted", "cleanup")
 REQUIRED_SCRIPTS = ("deploy", "verify", "revert")
 RUN_ON = {"deploy": ("precheck", "deploy", "verify"), "redeploy": ("deploy", "verify"),
-          "revert": ("revert", "verify_reverted")}
-DONE = {"deploy": "deployed", "redeploy": "redeployed", "revert": "reverted"}
+          "revert": ("revert", "verify_reverted"), "cleanup": ("cleanup",)}
+DONE = {"deploy": "deployed", "redeploy": "redeployed", "revert": "reverted", "cleanup": "cleaned_up"}
 
 LEDGER_DDL = """
 CREATE SCHEMA IF NOT EXISTS {schema};
@@ -223,6 +246,13 @@ CREATE TABLE IF NOT EXISTS {schema}.ledger (
     run_id      text NOT NULL,
     files       jsonb NOT NULL,
     variables   jsonb NOT NULL
+);
+-- Changes whose prepare.sql ran (or is running) and whose deploy has not committed yet.
+CREATE TABLE IF NOT EXISTS {schema}.prepared (
+    change      text PRIMARY KEY,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    run_id      text NOT NULL,
+    files       jsonb NOT NULL
 );
 CREATE TABLE IF NOT EXISTS {schema}.ledger_events (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -251,6 +281,8 @@ def read_change(sql_root, change):
             scripts[name] = {"path": path, "sha256": hashlib.sha256(data).hexdigest(),
                              "text": data.decode("utf-8")}
     missing = [name for name in REQUIRED_SCRIPTS if name not in scripts]
+    if "prepare" in scripts and "cleanup" not in scripts:
+        missing.append("cleanup")
     if missing:
         raise ValueError("change {0} lacks {1}".format(change, ", ".join(n + ".sql" for n in missing)))
     return scripts
@@ -260,7 +292,7 @@ def public_files(scripts):
     return {name: {"path": item["path"], "sha256": item["sha256"]} for name, item in scripts.items()}
 
 
-def plan(state, ledger_row, scripts, later_changes, repeatable=False):
+def plan(state, ledger_row, scripts, later_changes, repeatable=False, prepared=False):
     """Decides what to do from the ledger: returns (action, error)."""
     if state == "applied":
         if ledger_row is None:
@@ -274,7 +306,7 @@ def plan(state, ledger_row, scripts, later_changes, repeatable=False):
                               ledger_row["change"], recorded, scripts["deploy"]["sha256"]))
         return "unchanged", None
     if ledger_row is None:
-        return "unchanged", None
+        return ("cleanup", None) if prepared and "cleanup" in scripts else ("unchanged", None)
     if later_changes:
         return None, "revert {0} first: applied after {1}".format(", ".join(later_changes), ledger_row["change"])
     return "revert", None
@@ -304,6 +336,22 @@ class Ledger:
             found = cur.fetchone()
         return None if found is None else {"change": found[0], "seq": found[1], "files": found[2]}
 
+    def is_prepared(self, change):
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(format('%%I.prepared', %s::text)) IS NOT NULL", (self.schema_name,))
+            if not cur.fetchone()[0]:
+                return False
+            cur.execute(sql.SQL("SELECT count(*) FROM {0}.prepared WHERE change = %s").format(self.schema), (change,))
+            return cur.fetchone()[0] > 0
+
+    def mark_prepared(self, cur, change, run_id, files):
+        """Recorded (and committed) before prepare.sql runs, so a later run knows what to resume or clean up."""
+        cur.execute(sql.SQL("INSERT INTO {0}.prepared (change, run_id, files) VALUES (%s, %s, %s) "
+                            "ON CONFLICT (change) DO NOTHING").format(self.schema),
+                    (change, run_id, json.dumps(files)))
+        cur.execute(sql.SQL("INSERT INTO {0}.ledger_events (change, action, run_id, files) VALUES (%s, %s, %s, %s)")
+                    .format(self.schema), (change, "prepare", run_id, json.dumps(files)))
+
     def applied_after(self, seq):
         with self.conn.cursor() as cur:
             cur.execute(sql.SQL("SELECT change FROM {0}.ledger WHERE seq > %s ORDER BY seq").format(self.schema),
@@ -318,8 +366,9 @@ class Ledger:
             cur.execute(sql.SQL("UPDATE {0}.ledger SET files = %s, variables = %s, run_id = %s, applied_at = now() "
                                 "WHERE change = %s").format(self.schema),
                         (json.dumps(files), json.dumps(variables), run_id, change))
-        else:
+        elif action == "revert":
             cur.execute(sql.SQL("DELETE FROM {0}.ledger WHERE change = %s").format(self.schema), (change,))
+        cur.execute(sql.SQL("DELETE FROM {0}.prepared WHERE change = %s").format(self.schema), (change,))
         cur.execute(sql.SQL("INSERT INTO {0}.ledger_events (change, action, run_id, files) VALUES (%s, %s, %s, %s)")
                     .format(self.schema), (change, action, run_id, json.dumps(files)))
 
@@ -330,11 +379,20 @@ class ScriptFailed(Exception):
         self.error = error
 
 
-def sql_diff(change, action, row, scripts):
+def transaction_scripts(action, scripts, prepared):
+    """The scripts of the transaction of `action`; a revert first cleans up what a prepare left."""
+    names = list(RUN_ON[action])
+    if action == "revert" and prepared:
+        names.insert(0, "cleanup")
+    return [n for n in names if n in scripts]
+
+
+def sql_diff(change, action, row, scripts, names, prepared):
     """Ansible's diff of a change: the ledger state before, the scripts that run after."""
-    names = [n for n in RUN_ON[action] if n in scripts]
     before = ("applied with deploy.sql {0}".format(row["files"].get("deploy", {}).get("sha256"))
               if row else "not applied")
+    if prepared:
+        before += ", prepared (interrupted or failed earlier)"
     body = "".join("-- ===== {0}.sql  sha256 {1}\n{2}\n".format(n, scripts[n]["sha256"], scripts[n]["text"].rstrip("\n"))
                    for n in names)
     return {"before_header": "{0}: {1}".format(change, before), "before": "",
@@ -359,19 +417,79 @@ def dry_run_precheck(conn, params, scripts):
         conn.rollback()
 
 
-def run_transaction(conn, ledger, action, params, scripts):
-    """Runs the scripts of `action` and the ledger update in one transaction; returns the scripts run."""
-    names = [n for n in RUN_ON[action] if n in scripts]
+def run_scripts(cur, names, params, scripts, local=True):
+    """Sets the change's variables (for the transaction, or the session when not local) and runs the scripts."""
+    for key, value in sorted(params["variables"].items()):
+        cur.execute("SELECT set_config(%s, %s, %s)", ("stage4." + key, str(value), local))
+    for name in names:
+        try:
+            cur.execute(scripts[name]["text"])
+        except psycopg2.Error as error:
+            raise ScriptFailed(name, error) from error
+
+
+def rollback(conn):
+    """Rolls back unless the connection is gone (a terminated backend), which rolled it back already."""
+    if not conn.closed:
+        conn.rollback()
+
+
+def run_transaction(conn, ledger, action, params, scripts, names):
+    """Runs `names` and the ledger update of `action` in one transaction, committed."""
+    conn.autocommit = False
+    try:
+        with conn.cursor() as cur:
+            run_scripts(cur, names, params, scripts)
+            ledger.record(cur, action, params["change"], params["run_id"], public_files(scripts), params["variables"])
+        conn.commit()
+    except BaseException:
+        rollback(conn)
+        raise
+
+
+def run_precheck(conn, params, scripts):
+    """precheck.sql before a prepare, in a transaction rolled back: refuses before anything is built."""
+    conn.autocommit = False
+    try:
+        with conn.cursor() as cur:
+            run_scripts(cur, ["precheck"], params, scripts)
+    finally:
+        rollback(conn)
+
+
+def run_prepare(conn, ledger, params, scripts):
+    """Marks the change prepared (committed), then runs prepare.sql in autocommit."""
+    conn.autocommit = False
     with conn.cursor() as cur:
-        for key, value in sorted(params["variables"].items()):
-            cur.execute("SELECT set_config(%s, %s, true)", ("stage4." + key, str(value)))
-        for name in names:
-            try:
-                cur.execute(scripts[name]["text"])
-            except psycopg2.Error as error:
-                raise ScriptFailed(name, error) from error
-        ledger.record(cur, action, params["change"], params["run_id"], public_files(scripts), params["variables"])
-    return names
+        ledger.mark_prepared(cur, params["change"], params["run_id"], public_files(scripts))
+    conn.commit()
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        run_scripts(cur, ["prepare"], params, scripts, local=False)
+
+
+def with_lock_retries(conn, params, step):
+    """Runs step() again, with exponential backoff, while it fails because a lock was not granted in time.
+    Returns the attempts; raises the last ScriptFailed."""
+    delay = params["lock_retry_delay"]
+    for attempt in range(1, params["lock_retries"] + 2):
+        try:
+            step()
+            return attempt
+        except ScriptFailed as failure:
+            failure.attempts = attempt
+            lock_busy = isinstance(failure.error, pg_errors.LockNotAvailable)
+            if not lock_busy or conn.closed or attempt > params["lock_retries"]:
+                raise
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+def failure_message(change, failure):
+    lock_busy = isinstance(failure.error, pg_errors.LockNotAvailable)
+    return "change {0}: {1}; rolled back, nothing changed{2}".format(
+        change, failure, " (lock not granted after {0} attempts)".format(failure.attempts) if lock_busy else "")
 
 
 def main():
@@ -398,19 +516,24 @@ def main():
     except (OSError, ValueError, UnicodeDecodeError) as error:
         module.fail_json(msg=str(error))
     result = dict(change=params["change"], files=public_files(scripts), executed=[], attempts=0,
-                  duration_s=0.0, notices=[], precheck="not run")
+                  duration_s=0.0, notices=[], precheck="not run", prepared="none", prepare_s=0.0)
 
     conn = connect(module, application_name="stage4_change", autocommit=True)
     ledger = Ledger(conn, params["ledger_schema"])
     row = ledger.row(params["change"])
+    prepared = ledger.is_prepared(params["change"])
     later = ledger.applied_after(row["seq"]) if row and params["state"] == "reverted" else []
-    action, error = plan(params["state"], row, scripts, later, params["repeatable"])
+    action, error = plan(params["state"], row, scripts, later, params["repeatable"], prepared)
     if error:
         module.fail_json(msg="change {0}: {1}".format(params["change"], error), **result)
     if action == "unchanged":
         module.exit_json(changed=False, action="unchanged", applied=row is not None, **result)
+    uses_prepare = action in ("deploy", "redeploy") and "prepare" in scripts
+    result["prepared"] = ("resumed" if prepared else "started") if uses_prepare else "none"
+    names = transaction_scripts(action, scripts, prepared)
     if module._diff:
-        result["diff"] = sql_diff(params["change"], action, row, scripts)
+        before_transaction = [n for n in ("precheck", "prepare") if uses_prepare and n in scripts]
+        result["diff"] = sql_diff(params["change"], action, row, scripts, before_transaction + names, prepared)
     if module.check_mode:
         if params["dry_run_precheck"] and action == "deploy":
             refusal = dry_run_precheck(conn, params, scripts)
@@ -418,33 +541,51 @@ def main():
                 module.fail_json(msg="change {0}: dry run: precheck.sql refuses: {1}; nothing was changed".format(
                     params["change"], refusal), **result)
             result["precheck"] = "passed"
-        module.exit_json(changed=True, action="would_" + action, applied=action != "revert", **result)
+        module.exit_json(changed=True, action="would_" + action.replace("cleanup", "clean_up"),
+                         applied=action in ("deploy", "redeploy"), **result)
 
-    if action == "deploy":
-        ledger.ensure()
-    conn.autocommit = False
-    delay = params["lock_retry_delay"]
-    for attempt in range(1, params["lock_retries"] + 2):
-        result["attempts"] = attempt
-        started = time.monotonic()
-        try:
-            result["executed"] = run_transaction(conn, ledger, action, params, scripts)
-            conn.commit()
-            break
-        except ScriptFailed as failure:
-            conn.rollback()
-            lock_busy = isinstance(failure.error, pg_errors.LockNotAvailable)
-            if not lock_busy or attempt > params["lock_retries"]:
-                result["notices"] = [n.strip() for n in conn.notices]
-                module.fail_json(msg="change {0}: {1}; rolled back, nothing changed{2}".format(
-                    params["change"], failure, " (lock not granted after {0} attempts)".format(attempt)
-                    if lock_busy else ""), **result)
-            time.sleep(delay)
-            delay *= 2
-    result["duration_s"] = round(time.monotonic() - started, 3)
+    ledger.ensure()
+    try:
+        if uses_prepare:
+            if "precheck" in names:
+                with_lock_retries(conn, params, lambda: run_precheck(conn, params, scripts))
+                result["executed"].append("precheck")
+            started = time.monotonic()
+            with_lock_retries(conn, params, lambda: run_prepare(conn, ledger, params, scripts))
+            result["prepare_s"] = round(time.monotonic() - started, 3)
+            result["executed"].append("prepare")
+
+        def transaction():
+            result["attempts"] += 1
+            transaction.started = time.monotonic()
+            run_transaction(conn, ledger, action, params, scripts, names)
+        with_lock_retries(conn, params, transaction)
+        result["duration_s"] = round(time.monotonic() - transaction.started, 3)
+        result["executed"] += names
+    except ScriptFailed as failure:
+        result["notices"] = [] if conn.closed else [n.strip() for n in conn.notices]
+        message = failure_message(params["change"], failure)
+        if uses_prepare:
+            message += "; " + clean_up_after_failure(module, params, scripts)
+        module.fail_json(msg=message, **result)
     result["notices"] = [n.strip() for n in conn.notices]
     conn.close()
-    module.exit_json(changed=True, action=DONE[action], applied=action != "revert", **result)
+    module.exit_json(changed=True, action=DONE[action], applied=action in ("deploy", "redeploy"), **result)
+
+
+def clean_up_after_failure(module, params, scripts):
+    """Runs cleanup.sql after a failed prepare or deploy (on a new connection: the old one may be gone)."""
+    conn = connect(module, application_name="stage4_change", autocommit=True)
+    ledger = Ledger(conn, params["ledger_schema"])
+    try:
+        if not ledger.is_prepared(params["change"]):
+            return "nothing was prepared"
+        with_lock_retries(conn, params, lambda: run_transaction(conn, ledger, "cleanup", params, scripts, ["cleanup"]))
+        return "what prepare.sql built was removed (cleanup.sql)"
+    except ScriptFailed as failure:
+        return "cleanup.sql failed too ({0}): run the change again to resume, or revert it to clean up".format(failure)
+    finally:
+        conn.close()
 
 
 if __name__ == "__main__":
