@@ -2,26 +2,19 @@
 -- data_referencia, one partition per year from the oldest row's year through
 -- stage4.partition_through_year (default 2028), plus DEFAULT for anything outside.
 --
--- Everything the table carries is carried over by stage4.rebuild_table(); the primary key
--- becomes (its columns + data_referencia), as PostgreSQL requires on a partitioned table.
--- One transaction under ACCESS EXCLUSIVE: readers and writers wait for the copy (about 30 s
--- per million rows on 2 cores), and lock_timeout keeps the wait for the lock itself short.
-SET LOCAL lock_timeout = '2s';
-SET LOCAL statement_timeout = '30min';
+-- Everything the table carries is carried over (stage4.swap_shadow()); the primary key becomes
+-- (its columns + data_referencia), as PostgreSQL requires on a partitioned table.
+-- The cutover: prepare.sql has copied the rows into the new table while the application kept
+-- writing; here, under ACCESS EXCLUSIVE, only the writes logged since are replayed and the new
+-- table takes the old one's place. Without a prepare (a Supabase migration runs this file alone)
+-- the whole copy happens here, under the lock. lock_timeout keeps the wait for the lock short
+-- (the transaction is retried); statement_timeout bounds the time the lock is held.
+SELECT set_config('lock_timeout', coalesce(nullif(current_setting('stage4.lock_timeout', true), ''), '2s'), true),
+       set_config('statement_timeout', coalesce(nullif(current_setting('stage4.statement_timeout', true), ''), '5min'), true);
 LOCK TABLE public.geometrias IN ACCESS EXCLUSIVE MODE;
 
-DO $$
-DECLARE
-    snap jsonb := stage4.save_snapshot('opt1_temporal_partitioning', 'public.geometrias');
-    through_year int := coalesce(nullif(current_setting('stage4.partition_through_year', true), ''), '2028')::int;
-    first_year int;
-BEGIN
-    SELECT coalesce(extract(year FROM min(data_referencia))::int, extract(year FROM current_date)::int)
-      INTO first_year FROM public.geometrias;
-    PERFORM stage4.rebuild_table(
-        'public.geometrias',
-        'RANGE (data_referencia)',
-        ARRAY(SELECT jsonb_array_elements_text(snap->'primary_key'->'columns')) || ARRAY['data_referencia'],
-        stage4.yearly_partitions('geometrias', first_year, through_year)
-          || '[{"name": "geometrias_default", "bound": "DEFAULT"}]');
-END $$;
+SELECT stage4.finish_online_rebuild(
+    'opt1_temporal_partitioning',
+    'public.geometrias',
+    stage4.yearly_layout('public.geometrias', 'data_referencia',
+                         coalesce(nullif(current_setting('stage4.partition_through_year', true), ''), '2028')::int));

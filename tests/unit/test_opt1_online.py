@@ -1,0 +1,272 @@
+"""OPT1 online: prepare.sql copies the live table in batches while the application writes, the deploy
+transaction only replays the logged writes and swaps the tables. Through library/stage4_change.py
+against a real cluster holding the reference fixture at 20,000 features; every test gets its own
+copy of that database (with the toolkit installed).
+"""
+import datetime
+import json
+import os
+import random
+import subprocess
+import threading
+import time
+
+import pytest
+from ansible.module_utils.testing import patch_module_args
+
+import pgcluster
+import stage4_change
+
+FEATURES = 20000
+TEMPLATE = "opt1_online_template"
+OPT1 = "opt1_temporal_partitioning"
+# Small batches: many short transactions, so that the writer and the kills meet the copy mid-way.
+VARIABLES = {"partition_through_year": "2028", "batch_rows": "2000", "lock_timeout": "2s"}
+CHECKSUM = "SELECT count(*), stage4.table_checksum('public.geometrias') FROM public.geometrias"
+
+
+def run(capsys, args, check_mode=False, diff=False):
+    capsys.readouterr()
+    if check_mode:
+        args = dict(args, _ansible_check_mode=True)
+    if diff:
+        args = dict(args, _ansible_diff=True)
+    with patch_module_args(args), pytest.raises(SystemExit):
+        stage4_change.main()
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with pgcluster.running_cluster() as running:
+        running.build_reference_db(TEMPLATE, features=FEATURES)
+        conn = running.connect(TEMPLATE)
+        pgcluster.run_change(conn, "stage4_toolkit")
+        conn.close()
+        yield running
+
+
+@pytest.fixture
+def db(cluster, request):
+    name = "t_" + request.node.name[:50]
+    conn = cluster.connect()
+    with conn.cursor() as cur:
+        cur.execute('DROP DATABASE IF EXISTS "%s"' % name)
+        cur.execute('CREATE DATABASE "%s" TEMPLATE "%s"' % (name, TEMPLATE))
+    conn.close()
+    return name
+
+
+def opt1_args(cluster, db, **extra):
+    return dict(dict(cluster.login_args(db), sql_root=pgcluster.SQL_ROOT, change=OPT1, variables=VARIABLES,
+                     lock_retry_delay=0.5), **extra)
+
+
+def fetch(cluster, db, sql, params=None):
+    conn = cluster.connect(db)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def schema_dump(cluster, db):
+    done = subprocess.run(["pg_dump", "--schema-only", "-N", "stage4", "-h", cluster.host, "-p", str(cluster.port),
+                           "-U", cluster.user, db], check=True, capture_output=True, text=True,
+                          env=dict(os.environ, PGPASSWORD=cluster.password))
+    return [line for line in done.stdout.splitlines() if not line.startswith(("\\restrict", "\\unrestrict"))]
+
+
+def leftovers(cluster, db):
+    """What a prepare leaves behind: the capture triggers, the stage4_online schema, rebuild state, prepared mark."""
+    return fetch(cluster, db, """
+        SELECT (SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.geometrias'::regclass AND tgname LIKE 'stage4_online%%'),
+               to_regnamespace('stage4_online') IS NOT NULL,
+               (SELECT count(*) FROM stage4.online_rebuilds),
+               (SELECT count(*) FROM pg_class WHERE relname ~ '^geometrias_(p[0-9]{4}|default)$')""")[0]
+
+
+class Writer(threading.Thread):
+    """The application: inserts, updates (some moving a row to another year) and deletes through
+    public.geometrias, one autocommit statement at a time, remembering every committed write and
+    how long each statement took."""
+
+    def __init__(self, cluster, db):
+        super().__init__(daemon=True)
+        self.conn = cluster.connect(db)
+        self.stop = threading.Event()
+        self.expected = {}  # id -> (nome, data_referencia), None once deleted
+        self.longest = 0.0
+        self.statements = 0
+        self.errors = []
+
+    def run(self):
+        rnd = random.Random(4)
+        with self.conn.cursor() as cur:
+            while not self.stop.is_set():
+                n = self.statements
+                day = datetime.date(2019, 1, 1) + datetime.timedelta(days=rnd.randrange(8 * 365))
+                name = "writer %d" % n
+                target = rnd.randrange(1, FEATURES + 1)
+                op = rnd.random()
+                started = time.monotonic()
+                try:
+                    if op < 0.4:
+                        cur.execute("INSERT INTO public.geometrias (nome, categoria, geom, data_referencia) "
+                                    "SELECT %s, categoria, geom, %s FROM public.geometrias WHERE id = 1 RETURNING id",
+                                    (name, day))
+                        self.expected[cur.fetchone()[0]] = (name, day)
+                    elif op < 0.8:
+                        cur.execute("UPDATE public.geometrias SET nome = %s, data_referencia = %s WHERE id = %s "
+                                    "RETURNING id", (name, day, target))
+                        if cur.fetchone():
+                            self.expected[target] = (name, day)
+                    else:
+                        cur.execute("DELETE FROM public.geometrias WHERE id = %s AND id <> 1", (target,))
+                        if target != 1:
+                            self.expected[target] = None
+                except Exception as error:  # noqa: BLE001  (any failed write is a finding)
+                    self.errors.append(repr(error))
+                self.longest = max(self.longest, time.monotonic() - started)
+                self.statements += 1
+        self.conn.close()
+
+
+def test_writes_during_prepare_and_cutover_are_kept_and_wait_little(cluster, db, capsys):
+    writer = Writer(cluster, db)
+    writer.start()
+    time.sleep(0.5)
+    applied = run(capsys, opt1_args(cluster, db))
+    time.sleep(0.5)
+    writer.stop.set()
+    writer.join(30)
+    assert applied["action"] == "deployed", applied.get("msg")
+    assert applied["executed"] == ["precheck", "prepare", "precheck", "deploy", "verify"]
+    assert applied["prepared"] == "started"
+    print("\nOPT1 online at %d features: prepare %.2f s, cutover transaction %.2f s, writer: %d statements, "
+          "longest %.3f s" % (FEATURES, applied["prepare_s"], applied["duration_s"], writer.statements, writer.longest))
+    assert not writer.errors
+    assert writer.statements > 100
+    # Every committed write is there with its content, and deleted rows are gone.
+    rows = dict((r[0], (r[1], r[2])) for r in fetch(
+        cluster, db, "SELECT id, nome, data_referencia FROM public.geometrias WHERE id = ANY (%s)",
+        (list(writer.expected),)))
+    lost = {i: want for i, want in writer.expected.items() if rows.get(i) != want}
+    assert not lost
+    assert fetch(cluster, db, "SELECT relkind FROM pg_class WHERE oid = 'public.geometrias'::regclass")[0][0] == "p"
+    assert leftovers(cluster, db) == (0, False, 0, 11)
+    assert writer.longest < 2.0
+
+
+def terminate_prepare_mid_copy(cluster, db):
+    """Waits until the copy has committed a few batches, then terminates the backend running it."""
+    for _ in range(600):
+        found = fetch(cluster, db, "SELECT r.copied, (SELECT pid FROM pg_stat_activity WHERE query LIKE '%%prepare_online_rebuild%%' "
+                                   "AND pid <> pg_backend_pid() AND state = 'active' LIMIT 1) "
+                                   "FROM stage4.online_rebuilds r WHERE r.phase = 'copy' AND r.copied >= 4000")
+        if found and found[0][1]:
+            fetch(cluster, db, "SELECT pg_terminate_backend(%s)", (found[0][1],))
+            return found[0][0]
+        time.sleep(0.05)
+    raise AssertionError("the copy never got under way")
+
+
+def interrupted_prepare(cluster, db):
+    """A run killed during the copy: the module had marked the change prepared, its backend dies mid-copy.
+    Returns how many rows were copied."""
+    conn = cluster.connect(db)
+    with conn.cursor() as cur:
+        cur.execute(stage4_change.LEDGER_DDL.replace("{schema}", "stage4"))
+        cur.execute("INSERT INTO stage4.prepared (change, run_id, files) VALUES (%s, 'killed', '{}')", (OPT1,))
+        for key, value in VARIABLES.items():
+            cur.execute("SELECT set_config(%s, %s, false)", ("stage4." + key, value))
+    with open(os.path.join(pgcluster.SQL_ROOT, OPT1, "prepare.sql"), encoding="utf-8") as handle:
+        prepare = handle.read()
+
+    def prepare_until_killed():
+        try:
+            with conn.cursor() as cur:
+                cur.execute(prepare)
+        except Exception:  # noqa: BLE001  (terminated on purpose)
+            pass
+    thread = threading.Thread(target=prepare_until_killed, daemon=True)
+    thread.start()
+    copied = terminate_prepare_mid_copy(cluster, db)
+    thread.join(30)
+    assert fetch(cluster, db, "SELECT phase FROM stage4.online_rebuilds")[0][0] == "copy"
+    return copied
+
+
+def test_a_killed_prepare_is_resumed_and_converges(cluster, db, capsys):
+    before = fetch(cluster, db, CHECKSUM)[0]
+    copied = interrupted_prepare(cluster, db)
+    assert 0 < copied < FEATURES
+    would = run(capsys, opt1_args(cluster, db), check_mode=True, diff=True)
+    assert would["action"] == "would_deploy" and would["prepared"] == "resumed"
+    assert "-- ===== prepare.sql" in would["diff"]["after"]
+    applied = run(capsys, opt1_args(cluster, db))
+    assert applied["action"] == "deployed" and applied["prepared"] == "resumed", applied.get("msg")
+    assert fetch(cluster, db, CHECKSUM)[0] == before
+    assert leftovers(cluster, db) == (0, False, 0, 11)
+
+
+def test_a_prepare_terminated_under_the_module_is_cleaned_up_then_run_again(cluster, db, capsys):
+    before = fetch(cluster, db, CHECKSUM)[0]
+    results = []
+    thread = threading.Thread(target=lambda: results.append(run(capsys, opt1_args(cluster, db))), daemon=True)
+    thread.start()
+    terminate_prepare_mid_copy(cluster, db)
+    thread.join(60)
+    failed = results[0]
+    assert failed["failed"] and "prepare.sql failed" in failed["msg"]
+    assert "what prepare.sql built was removed (cleanup.sql)" in failed["msg"]
+    assert leftovers(cluster, db) == (0, False, 0, 0)
+    applied = run(capsys, opt1_args(cluster, db))
+    assert applied["action"] == "deployed" and applied["prepared"] == "started", applied.get("msg")
+    assert fetch(cluster, db, CHECKSUM)[0] == before
+
+
+def test_revert_after_an_interrupted_prepare_restores_the_original_exactly(cluster, db, capsys):
+    dump = schema_dump(cluster, db)
+    before = fetch(cluster, db, CHECKSUM)[0]
+    interrupted_prepare(cluster, db)
+    assert leftovers(cluster, db)[:3] == (2, True, 1)
+    assert schema_dump(cluster, db) != dump
+    would = run(capsys, opt1_args(cluster, db, state="reverted"), check_mode=True)
+    assert would["action"] == "would_clean_up" and not would["applied"]
+    cleaned = run(capsys, opt1_args(cluster, db, state="reverted"))
+    assert cleaned["action"] == "cleaned_up" and cleaned["executed"] == ["cleanup"], cleaned.get("msg")
+    assert not run(capsys, opt1_args(cluster, db, state="reverted"))["changed"]
+    assert leftovers(cluster, db) == (0, False, 0, 0)
+    assert fetch(cluster, db, CHECKSUM)[0] == before
+    assert schema_dump(cluster, db) == dump
+
+
+def test_a_cutover_that_never_gets_its_lock_fails_cleanly(cluster, db, capsys):
+    """Another session holds public.geometrias longer than every retry: the run fails with nothing
+    applied. Dropping the capture trigger needs that lock too, so the cleanup says it could not run;
+    once the lock is free, reverting the change removes what the prepare built."""
+    blocker = cluster.connect(db, autocommit=False)
+
+    def hold_lock_after_prepare():
+        for _ in range(600):
+            if fetch(cluster, db, "SELECT count(*) FROM stage4.online_rebuilds WHERE phase = 'catch_up'")[0][0]:
+                break
+            time.sleep(0.05)
+        with blocker.cursor() as cur:
+            cur.execute("LOCK TABLE public.geometrias IN ACCESS SHARE MODE")
+    holder = threading.Thread(target=hold_lock_after_prepare, daemon=True)
+    holder.start()
+    failed = run(capsys, opt1_args(cluster, db, lock_retries=1, variables=dict(VARIABLES, lock_timeout="200ms")))
+    blocker.rollback()
+    blocker.close()
+    assert failed["failed"] and "deploy.sql failed: canceling statement due to lock timeout" in failed["msg"]
+    assert "lock not granted after 2 attempts" in failed["msg"]
+    assert "cleanup.sql failed too" in failed["msg"] and "revert it to clean up" in failed["msg"]
+    assert fetch(cluster, db, "SELECT relkind FROM pg_class WHERE oid = 'public.geometrias'::regclass")[0][0] == "r"
+    assert fetch(cluster, db, "SELECT count(*) FROM stage4.ledger WHERE change = %s", (OPT1,))[0][0] == 0
+    cleaned = run(capsys, opt1_args(cluster, db, state="reverted"))
+    assert cleaned["action"] == "cleaned_up", cleaned.get("msg")
+    assert leftovers(cluster, db) == (0, False, 0, 0)
