@@ -64,6 +64,14 @@ options:
         first pending change only.
     type: bool
     default: false
+  gated:
+    description:
+      - The change is judged after it is deployed (Stage 4's gate). Its ledger row keeps C(accepted_at) empty
+        until the caller sets it once the gate passed; a row left empty means a run died between the deploy and
+        the verdict, and the next run reverts the change and applies it again through the gate.
+      - Without it, a deploy is accepted at once.
+    type: bool
+    default: false
   ledger_schema:
     description: Schema of the ledger tables, created when missing.
     type: str
@@ -233,6 +241,9 @@ CREATE TABLE IF NOT EXISTS {schema}.ledger_events (
     run_id      text NOT NULL,
     files       jsonb NOT NULL
 );
+-- When the change was accepted: at deploy, or, for a gated change, when its gate passed. A ledger
+-- made before this column existed held only accepted changes, hence the default.
+ALTER TABLE {schema}.ledger ADD COLUMN IF NOT EXISTS accepted_at timestamptz DEFAULT now();
 REVOKE ALL ON SCHEMA {schema} FROM PUBLIC;
 """
 
@@ -310,14 +321,16 @@ class Ledger:
                         (seq,))
             return [r[0] for r in cur.fetchall()]
 
-    def record(self, cur, action, change, run_id, files, variables):
+    def record(self, cur, action, change, run_id, files, variables, gated=False):
+        accepted = None if gated else "now"
         if action == "deploy":
-            cur.execute(sql.SQL("INSERT INTO {0}.ledger (change, run_id, files, variables) VALUES (%s, %s, %s, %s)")
-                        .format(self.schema), (change, run_id, json.dumps(files), json.dumps(variables)))
+            cur.execute(sql.SQL("INSERT INTO {0}.ledger (change, run_id, files, variables, accepted_at) "
+                                "VALUES (%s, %s, %s, %s, %s::timestamptz)").format(self.schema),
+                        (change, run_id, json.dumps(files), json.dumps(variables), accepted))
         elif action == "redeploy":
-            cur.execute(sql.SQL("UPDATE {0}.ledger SET files = %s, variables = %s, run_id = %s, applied_at = now() "
-                                "WHERE change = %s").format(self.schema),
-                        (json.dumps(files), json.dumps(variables), run_id, change))
+            cur.execute(sql.SQL("UPDATE {0}.ledger SET files = %s, variables = %s, run_id = %s, applied_at = now(), "
+                                "accepted_at = %s::timestamptz WHERE change = %s").format(self.schema),
+                        (json.dumps(files), json.dumps(variables), run_id, accepted, change))
         else:
             cur.execute(sql.SQL("DELETE FROM {0}.ledger WHERE change = %s").format(self.schema), (change,))
         cur.execute(sql.SQL("INSERT INTO {0}.ledger_events (change, action, run_id, files) VALUES (%s, %s, %s, %s)")
@@ -370,7 +383,8 @@ def run_transaction(conn, ledger, action, params, scripts):
                 cur.execute(scripts[name]["text"])
             except psycopg2.Error as error:
                 raise ScriptFailed(name, error) from error
-        ledger.record(cur, action, params["change"], params["run_id"], public_files(scripts), params["variables"])
+        ledger.record(cur, action, params["change"], params["run_id"], public_files(scripts), params["variables"],
+                      params["gated"])
     return names
 
 
@@ -383,6 +397,7 @@ def main():
         variables=dict(type="dict", default={}),
         run_id=dict(type="str", default=""),
         dry_run_precheck=dict(type="bool", default=False),
+        gated=dict(type="bool", default=False),
         ledger_schema=dict(type="str", default="stage4"),
         lock_retries=dict(type="int", default=5),
         lock_retry_delay=dict(type="float", default=2.0),
