@@ -16,11 +16,12 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR := 0
 LOCAL_DB_ENV = DB_HOST=127.0.0.1 DB_PORT=$(LOCALDB_PORT) DB_NAME=BIBLIOTECA DB_USER=postgres DB_PASSWORD="$$(cat .localdb/password)"
 
-.PHONY: help setup system-packages demo localdb fixture test unit lint molecule bench clean
+.PHONY: help setup system-packages demo localdb fixture test unit lint faults-fast faults molecule bench clean
 
 help:
 	@echo "make demo    - set up, create the local BIBLIOTECA ($(FEATURES) features) and run stage4.yml -i local"
-	@echo "make test    - unit tests, ansible-lint and every molecule scenario"
+	@echo "make test    - unit tests, ansible-lint, the fast fault cases and every molecule scenario"
+	@echo "make faults  - the whole fault suite (bad input, backup failures, two runs, kill -9 at every step)"
 	@echo "make bench   - Stage 4 on BENCH_FEATURES=$(BENCH_FEATURES) features in its own cluster (reports/bench)"
 	@echo "make clean   - stop and delete the local cluster, reports and backups"
 
@@ -64,10 +65,17 @@ lint: setup
 	$(BIN)/ansible-doc -M library gis_benchmark >/dev/null
 	$(BIN)/ansible-doc -M library stage4_change >/dev/null
 
+# The fault suite: the fast cases run in `make test`; `make faults` adds a kill -9 at every step.
+faults-fast: setup
+	$(BIN)/pytest -q tests/faults -m "not every_step"
+
+faults: setup
+	$(BIN)/pytest -q tests/faults
+
 molecule: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/molecule test --all
 
-test: unit lint molecule
+test: unit lint faults-fast molecule
 
 # A benchmark, not a test: its own cluster and database, BENCH_FEATURES features (about 4 minutes
 # to build a million), and the gate reports latency without stopping the run so that every stage

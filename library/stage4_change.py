@@ -74,6 +74,14 @@ options:
         first pending change only.
     type: bool
     default: false
+  gated:
+    description:
+      - The change is judged after it is deployed (Stage 4's gate). Its ledger row keeps C(accepted_at) empty
+        until the caller sets it once the gate passed; a row left empty means a run died between the deploy and
+        the verdict, and the next run reverts the change and applies it again through the gate.
+      - Without it, a deploy is accepted at once.
+    type: bool
+    default: false
   ledger_schema:
     description: Schema of the ledger tables, created when missing.
     type: str
@@ -263,6 +271,9 @@ CREATE TABLE IF NOT EXISTS {schema}.ledger_events (
     run_id      text NOT NULL,
     files       jsonb NOT NULL
 );
+-- When the change was accepted: at deploy, or, for a gated change, when its gate passed. A ledger
+-- made before this column existed held only accepted changes, hence the default.
+ALTER TABLE {schema}.ledger ADD COLUMN IF NOT EXISTS accepted_at timestamptz DEFAULT now();
 REVOKE ALL ON SCHEMA {schema} FROM PUBLIC;
 """
 
@@ -358,14 +369,16 @@ class Ledger:
                         (seq,))
             return [r[0] for r in cur.fetchall()]
 
-    def record(self, cur, action, change, run_id, files, variables):
+    def record(self, cur, action, change, run_id, files, variables, gated=False):
+        accepted = None if gated else "now"
         if action == "deploy":
-            cur.execute(sql.SQL("INSERT INTO {0}.ledger (change, run_id, files, variables) VALUES (%s, %s, %s, %s)")
-                        .format(self.schema), (change, run_id, json.dumps(files), json.dumps(variables)))
+            cur.execute(sql.SQL("INSERT INTO {0}.ledger (change, run_id, files, variables, accepted_at) "
+                                "VALUES (%s, %s, %s, %s, %s::timestamptz)").format(self.schema),
+                        (change, run_id, json.dumps(files), json.dumps(variables), accepted))
         elif action == "redeploy":
-            cur.execute(sql.SQL("UPDATE {0}.ledger SET files = %s, variables = %s, run_id = %s, applied_at = now() "
-                                "WHERE change = %s").format(self.schema),
-                        (json.dumps(files), json.dumps(variables), run_id, change))
+            cur.execute(sql.SQL("UPDATE {0}.ledger SET files = %s, variables = %s, run_id = %s, applied_at = now(), "
+                                "accepted_at = %s::timestamptz WHERE change = %s").format(self.schema),
+                        (json.dumps(files), json.dumps(variables), run_id, accepted, change))
         elif action == "revert":
             cur.execute(sql.SQL("DELETE FROM {0}.ledger WHERE change = %s").format(self.schema), (change,))
         cur.execute(sql.SQL("DELETE FROM {0}.prepared WHERE change = %s").format(self.schema), (change,))
@@ -440,7 +453,8 @@ def run_transaction(conn, ledger, action, params, scripts, names):
     try:
         with conn.cursor() as cur:
             run_scripts(cur, names, params, scripts)
-            ledger.record(cur, action, params["change"], params["run_id"], public_files(scripts), params["variables"])
+            ledger.record(cur, action, params["change"], params["run_id"], public_files(scripts), params["variables"],
+                          params["gated"])
         conn.commit()
     except BaseException:
         rollback(conn)
@@ -501,6 +515,7 @@ def main():
         variables=dict(type="dict", default={}),
         run_id=dict(type="str", default=""),
         dry_run_precheck=dict(type="bool", default=False),
+        gated=dict(type="bool", default=False),
         ledger_schema=dict(type="str", default="stage4"),
         lock_retries=dict(type="int", default=5),
         lock_retry_delay=dict(type="float", default=2.0),

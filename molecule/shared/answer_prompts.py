@@ -2,20 +2,23 @@
 
     answer_prompts.py --log run.log --answer yes --answer no -- ansible-playbook stage4.yml ...
 
-ansible.builtin.pause only waits for an answer on a terminal, and it discards what was typed
-before the prompt, so each answer is written only once its prompt has been printed. Exits with
-the command's exit code; the log holds everything the command printed.
+ansible.builtin.pause only waits for an answer on a terminal, and it flushes what was typed before
+it starts reading, which can be just after its prompt is printed (the terminal echoes what it then
+discards). So an answer is typed whenever the terminal has been quiet for a moment after its
+prompt, until the play goes on to its next task. Exits with the command's exit code; the log holds everything the command printed.
 """
 import argparse
 import fcntl
 import os
 import pty
 import re
+import select
 import subprocess
 import sys
 import termios
 
 PROMPT = re.compile(rb"Type yes to apply \S+; anything else stops the run here\s*:")
+QUIET_S = 1.0  # the prompt is printed, pause is reading: time to type
 
 
 def own_terminal():
@@ -38,8 +41,14 @@ def main():
     os.close(terminal)
     answers = list(args.answer)
     output = bytearray()
-    answered_up_to = 0
+    searched_up_to = 0
+    typing = None  # the answer typed at the current prompt, until pause echoes it
     while True:
+        ready, _, _ = select.select([controller], [], [], QUIET_S)
+        if not ready:
+            if typing is not None:  # quiet: pause is waiting for input (again, if it flushed it)
+                os.write(controller, typing + b"\r")
+            continue
         try:
             chunk = os.read(controller, 65536)
         except OSError:  # the command closed the terminal
@@ -47,11 +56,13 @@ def main():
         if not chunk:
             break
         output += chunk
-        prompt = PROMPT.search(output, answered_up_to)
+        if typing is not None and b"TASK [" in output[searched_up_to:]:
+            typing = None  # the play went on: pause has the answer
+        prompt = PROMPT.search(output, searched_up_to)
         if prompt:
-            answered_up_to = prompt.end()
+            searched_up_to = prompt.end()
             # No answer left: an empty line, which the playbook treats as a decline.
-            os.write(controller, (answers.pop(0) if answers else "").encode() + b"\r")
+            typing = (answers.pop(0) if answers else "").encode()
     returncode = process.wait()
     with open(args.log, "wb") as handle:
         handle.write(bytes(output))
