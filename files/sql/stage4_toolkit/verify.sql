@@ -8,10 +8,13 @@ BEGIN
                       'snapshot', 'reset_acl', 'create_secured_partition', 'rebuild_table', 'assert_table_preserved',
                       'assert_partitions_secured', 'assert_no_api_readable_matviews', 'yearly_partitions',
                       'assert_api_answers', 'save_function_snapshots', 'restore_function_snapshots',
-                      'assert_partitioned_by_year', 'assert_can_materialize', 'storage_layout']) f
+                      'assert_partitioned_by_year', 'assert_can_materialize', 'storage_layout',
+                      'read_policies', 'assert_known_read_policies', 'accept_read_policies', 'forget_read_policies']) f
     WHERE NOT EXISTS (SELECT 1 FROM pg_proc WHERE proname = f AND pronamespace = 'stage4'::regnamespace);
     IF missing IS NOT NULL THEN
         RAISE EXCEPTION 'stage4_toolkit: missing functions: %', missing;
     END IF;
-    PERFORM 'stage4.table_snapshots'::regclass, 'stage4.function_snapshots'::regclass;
+    PERFORM 'stage4.table_snapshots'::regclass, 'stage4.function_snapshots'::regclass,
+            'stage4.accepted_read_policies'::regclass, 'stage4.read_policies_fingerprint'::regclass,
+            'stage4.visibilidade'::regclass;
 END $$;
