@@ -192,6 +192,14 @@ def test_opt5_precheck_refuses_unknown_policies(cluster, before):  # pylint: dis
         apply_change(cluster, "opt5_dashboard_matviews", variables=OPT5_VARIABLES, extra_sql=extra)
 
 
+def test_opt3_precheck_refuses_unknown_policies(cluster, before):  # pylint: disable=unused-argument
+    """OPT3's helper filters by the same known policies as OPT5 (stage4.assert_known_read_policies)."""
+    extra = ("CREATE POLICY so_2024 ON public.geometrias AS RESTRICTIVE FOR SELECT TO anon "
+             "USING (data_referencia >= '2024-01-01')")
+    with pytest.raises(psycopg2.errors.RaiseException, match="OPT3: the RLS policies of public.geometrias are not the known ones"):
+        apply_change(cluster, "opt3_search_matview", extra_sql=extra)
+
+
 def test_opt5_precheck_refuses_a_schedule_pg_cron_1_4_cannot_read(cluster, before):  # pylint: disable=unused-argument
     with pytest.raises(psycopg2.errors.RaiseException, match="not a 5-field cron schedule"):
         apply_change(cluster, "opt5_dashboard_matviews", variables={"refresh_schedule": "30 seconds"})
@@ -280,6 +288,15 @@ def test_functions_fall_back_to_the_table_when_policies_change(opt5, cluster, co
         via_function = as_role(conn, "anon", None, "SELECT ano, categoria, n FROM public.resumo_anual()")
         assert via_function == direct
         assert min(year for year, _, _ in via_function) == 2024
+        # OPT3 too: the search runs its original query, its helper and the dashboard views answer nothing.
+        search = ("SELECT s.id FROM public.search_geometrias('parque', NULL, 500) s ORDER BY s.id")
+        original = ("SELECT g.id FROM public.geometrias g WHERE to_tsvector('portuguese', g.nome || ' ' || "
+                    "coalesce(g.descricao, '')) @@ websearch_to_tsquery('portuguese', 'parque') ORDER BY g.id")
+        assert as_role(conn, "anon", None, search) == as_role(conn, "anon", None, original)
+        assert as_role(conn, "anon", None, search) and as_role(conn, "anon", None, search) != as_role(conn, None, None, search)
+        assert as_role(conn, "anon", None, "SELECT stage4_search_api.papel_exato(), stage4_dashboard_api.papel_exato(), "
+                                           "(SELECT count(*) FROM stage4_search_api.candidatos('parque', NULL)), "
+                                           "(SELECT count(*) FROM stage4_dashboard_api.resumo_categoria_ano)") == [(None, None, 0, 0)]
     finally:
         fetch(admin, "DROP POLICY so_2024 ON public.geometrias; SELECT 1")
         admin.close()

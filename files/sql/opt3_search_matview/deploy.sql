@@ -9,22 +9,39 @@
 --                                      can be refreshed CONCURRENTLY, GIN on tsv, GiST on bbox.
 --   stage4_search_api.candidatos(q, bbox)
 --                                      SECURITY DEFINER helper returning only (id, data_referencia,
---                                      rank) of the rows whose text matches q and whose bbox overlaps.
+--                                      rank) of the rows whose text matches q and whose bbox overlaps,
+--                                      among those the caller may read (stage4.visibilidade).
+--   stage4_search_api.papel_exato()    the role the helper answers exactly for, NULL when it cannot.
 --   public.search_geometrias()         same signature, owner, grants, comment, volatility, SECURITY
---                                      INVOKER and pinned search_path; new body: candidates from the
---                                      helper, JOINED BACK to public.geometrias as the caller.
+--                                      INVOKER and pinned search_path; new body (plpgsql): candidates
+--                                      from the helper, JOINED BACK to public.geometrias as the
+--                                      caller; the original query when papel_exato() is not
+--                                      current_user.
 --
 -- Why this split. Materialized views have no row level security, so none may be readable by anon or
 -- authenticated (stage4.assert_no_api_readable_matviews()), and stage4_search has no USAGE for them
 -- or PUBLIC. A SECURITY INVOKER function cannot read the view for them, so the helper reads it as
 -- the view's owner, but hands back only keys and ranks; the public function stays SECURITY INVOKER
 -- and fetches the rows from public.geometrias as the caller, so the table's RLS policies still
--- decide, row by row, what each role receives (private rows of others are dropped by the join).
--- The helper needs a schema the caller can USE, hence the second schema stage4_search_api (USAGE
--- and EXECUTE for anon, authenticated, service_role only). It must never be listed in PostgREST's
--- exposed schemas (db-schemas): called directly, it would reveal which ids of private rows match a
--- word (never their content). verify.sql refuses a pgrst.db_schemas role setting that lists it.
--- The helper returns every match, without LIMIT: a cut before RLS filters would drop visible rows.
+-- decide, row by row, what each role receives. The helper needs a schema the caller can USE, hence
+-- the second schema stage4_search_api (USAGE and EXECUTE for anon, authenticated, service_role
+-- only), which must never be listed in PostgREST's exposed schemas (db-schemas; verify.sql refuses
+-- a pgrst.db_schemas role setting that lists it).
+--
+-- The helper filters too. Anyone who may execute it can call it directly (psql, another function),
+-- so it must not return keys of rows the caller may not read: which private rows exist, their
+-- dates, the words they contain and where they lie. It keeps a match only when the toolkit's
+-- stage4.visibilidade (the same rules OPT5's dashboard views apply) lets the session's role (SET
+-- ROLE's role, else the session user: current_user inside the helper is its owner) read that row,
+-- judged on publico/owner_id read from public.geometrias now (never stale; the helper reads the
+-- table with its owner's rights, the filter standing in for RLS). That holds for the known read
+-- policies only: precheck.sql refuses others (stage4.assert_known_read_policies, as OPT5's does),
+-- and when they change later, row_security is off or the role may not SELECT the table, the helper
+-- returns nothing and papel_exato() is NULL, so search_geometrias() runs its original query;
+-- so it does when current_user is not the session's role (called inside another SECURITY DEFINER
+-- function): RLS judges current_user, which the helper cannot see. Either way every answer is the
+-- original one. The helper returns every visible match, without LIMIT; the public function takes
+-- the first max_results of them and fetches only those rows.
 --
 -- Same results. ts_rank() of the stored tsvector equals ts_rank() of the recomputed expression, and
 -- ST_Envelope(geom) && box equals geom && box (both compare the same float bounding box), so the
@@ -36,8 +53,9 @@
 -- apply OPT5 after OPT3, or schedule REFRESH MATERIALIZED VIEW CONCURRENTLY
 -- stage4_search.geometrias_busca yourself) rows inserted since are not found, rows whose
 -- text or geometry changed are matched and ranked by their old text/bbox, deleted rows disappear at
--- once (the join finds nothing). Visibility is never stale: publico/owner_id are read from the table
--- by the join, so a row made private disappears immediately for the callers who lost it.
+-- once (the helper's lookup finds nothing). Visibility is never stale: publico/owner_id are read from the table
+-- (by the helper's lookup and by the join), so a row made private disappears immediately for the
+-- callers who lost it.
 --
 -- Revert restores the function from the definition, owner, ACL and comment captured here into
 -- stage4.function_snapshots. ACCESS SHARE on public.geometrias only (reads and writes go on while
@@ -49,6 +67,10 @@ SET LOCAL search_path = pg_catalog, pg_temp;
 
 -- The functions this change replaces, as they were: revert.sql and verify*.sql read them back.
 SELECT stage4.save_function_snapshots('opt3_search_matview', ARRAY['public.search_geometrias(text, extensions.geometry, integer)'::regprocedure]);
+
+-- The read policies are the known ones (precheck.sql refused others): stage4.visibilidade may apply
+-- them while they stay so.
+SELECT stage4.accept_read_policies('opt3_search_matview', 'OPT3');
 
 -- The materialized view, private: nobody but its owner may use the schema.
 CREATE SCHEMA stage4_search;
@@ -84,46 +106,106 @@ COMMENT ON SCHEMA stage4_search_api IS
 REVOKE ALL ON SCHEMA stage4_search_api FROM PUBLIC;
 GRANT USAGE ON SCHEMA stage4_search_api TO anon, authenticated, service_role;
 
--- Parameters are p_-prefixed: in a SQL function a column of the same name would win.
+-- A match is kept when its row still exists and the caller may read it (stage4.visibilidade). The
+-- lookup runs for every role, also those that read every row: a row deleted since the last refresh
+-- must not take a place in search_geometrias()' LIMIT. plpgsql rather than sql: a SQL
+-- function that cannot be inlined (SECURITY DEFINER) is planned again at every call, and planning
+-- the lookup into every partition of public.geometrias costs more than running it; plpgsql keeps
+-- the plan for the session. Parameters are p_-prefixed and every column qualified: parameters and
+-- output columns are plpgsql variables.
 CREATE FUNCTION stage4_search_api.candidatos(p_q text, p_bbox extensions.geometry)
 RETURNS TABLE (id bigint, data_referencia date, rank real)
-LANGUAGE sql
+LANGUAGE plpgsql
 STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, extensions, pg_temp
 AS $$
-    SELECT b.id, b.data_referencia, ts_rank(b.tsv, query)
-    FROM stage4_search.geometrias_busca AS b,
-         websearch_to_tsquery('portuguese', p_q) AS query
-    WHERE b.tsv @@ query
-      AND (p_bbox IS NULL OR b.bbox && p_bbox)
+BEGIN
+    RETURN QUERY
+        SELECT b.id, b.data_referencia, ts_rank(b.tsv, query)
+        FROM stage4_search.geometrias_busca AS b
+        CROSS JOIN websearch_to_tsquery('portuguese', p_q) AS query
+        CROSS JOIN stage4.visibilidade AS v
+        WHERE b.tsv @@ query
+          AND (p_bbox IS NULL OR b.bbox && p_bbox)
+          AND v.exata
+          AND EXISTS (SELECT 1 FROM public.geometrias AS g
+                      WHERE g.id = b.id AND g.data_referencia = b.data_referencia
+                        AND (v.todas OR (g.publico AND v.publicas) OR g.owner_id = v.uid));
+END
 $$;
 COMMENT ON FUNCTION stage4_search_api.candidatos(text, extensions.geometry) IS
     'OPT3: keys and ts_rank of every feature matching the Portuguese web search p_q whose bounding box overlaps p_bbox '
-    '(NULL: anywhere). Reads the materialized view as its owner; returns no row content: public.search_geometrias() '
-    'joins the keys back to public.geometrias as the caller, so RLS decides.';
+    '(NULL: anywhere) that the session''s role may read (stage4.visibilidade; nothing when its rules are not the ones in force). '
+    'Reads the materialized view and the table as its owner; returns no row content: public.search_geometrias() '
+    'joins the keys back to public.geometrias as the caller, so RLS decides too.';
 REVOKE ALL ON FUNCTION stage4_search_api.candidatos(text, extensions.geometry) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION stage4_search_api.candidatos(text, extensions.geometry) TO anon, authenticated, service_role;
 
+-- The role candidatos() answers exactly for, NULL when it cannot (the same accessor as OPT5's, over
+-- the toolkit's view): search_geometrias() uses the helper only when it is current_user, the role
+-- RLS would judge. It reveals only the caller's own role name. plpgsql: its plan is kept for the
+-- session.
+CREATE FUNCTION stage4_search_api.papel_exato()
+RETURNS name
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN (SELECT v.papel FROM stage4.visibilidade AS v WHERE v.exata);
+END
+$$;
+COMMENT ON FUNCTION stage4_search_api.papel_exato() IS
+    'OPT3: the role (SET ROLE, else session user) for which candidatos() returns exactly the matches it may read, NULL when '
+    'it cannot (read policies changed since OPT3, row_security off, no SELECT on public.geometrias); unless it is '
+    'current_user, public.search_geometrias() runs its original query.';
+REVOKE ALL ON FUNCTION stage4_search_api.papel_exato() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION stage4_search_api.papel_exato() TO anon, authenticated, service_role;
+
 -- Same signature, defaults, volatility, SECURITY INVOKER and search_path; CREATE OR REPLACE keeps
--- the owner, the grants and the comment.
+-- the owner, the grants and the comment. LANGUAGE plpgsql instead of sql, as OPT5's functions: it
+-- chooses between two queries, keeps its plans for the session and evaluates papel_exato() once.
+-- The ELSE branch is the original query, verbatim. In the first branch the helper returns exactly
+-- the existing rows the caller may read, so the LIMIT applies to its keys (same order: rank, then
+-- id) and only those rows are fetched; the join back, as the caller under RLS, could only drop a
+-- row, never add one.
 CREATE OR REPLACE FUNCTION public.search_geometrias(
     q text,
     bbox extensions.geometry DEFAULT NULL,
     max_results int DEFAULT 50
 )
 RETURNS SETOF public.geometrias
-LANGUAGE sql
+LANGUAGE plpgsql
 STABLE
 SECURITY INVOKER
 SET search_path = public, extensions, pg_temp
 AS $$
+BEGIN
     -- OPT3: candidates from the search materialized view (stage4_search_api.candidatos), joined
     -- back to the table as the caller, so RLS decides which rows come back. The view is as fresh
     -- as its last refresh (pg_cron job stage4_refresh_geometrias_busca).
-    SELECT g.*
-    FROM stage4_search_api.candidatos(q, bbox) AS c
-    JOIN public.geometrias AS g ON g.id = c.id AND g.data_referencia = c.data_referencia
-    ORDER BY c.rank DESC, g.id
-    LIMIT max_results
+    IF stage4_search_api.papel_exato() = current_user THEN
+        RETURN QUERY
+            SELECT g.*
+            FROM (SELECT k.id, k.data_referencia, k.rank
+                  FROM stage4_search_api.candidatos(q, bbox) AS k
+                  ORDER BY k.rank DESC, k.id
+                  LIMIT max_results) AS c
+            JOIN public.geometrias AS g ON g.id = c.id AND g.data_referencia = c.data_referencia
+            ORDER BY c.rank DESC, g.id;
+    ELSE
+        RETURN QUERY
+            SELECT g.*
+            FROM public.geometrias AS g
+            WHERE to_tsvector('portuguese', g.nome || ' ' || coalesce(g.descricao, ''))
+                      @@ websearch_to_tsquery('portuguese', q)
+              AND (bbox IS NULL OR g.geom && bbox)
+            ORDER BY ts_rank(to_tsvector('portuguese', g.nome || ' ' || coalesce(g.descricao, '')),
+                             websearch_to_tsquery('portuguese', q)) DESC,
+                     g.id
+            LIMIT max_results;
+    END IF;
+END
 $$;

@@ -1,5 +1,6 @@
 -- OPT3 precheck: refuses, before anything changes, a database where the rewritten
--- public.search_geometrias() could not return exactly what the current one returns.
+-- public.search_geometrias() could not return exactly what the current one returns, or where its
+-- helper could not tell which rows each caller may read (RLS policies other than the known ones).
 --
 -- OPT1 is not required: the materialized view is keyed by (id, data_referencia), which is unique
 -- both on the plain table (primary key id) and on OPT1's partitioned one (id, data_referencia).
@@ -56,9 +57,9 @@ BEGIN
             missing;
     END IF;
 
-    -- The columns the materialized view reads.
+    -- The columns the materialized view and the helper's visibility filter read.
     SELECT string_agg(col, ', ') INTO missing
-    FROM unnest(ARRAY['id', 'data_referencia', 'nome', 'descricao', 'geom']) col
+    FROM unnest(ARRAY['id', 'data_referencia', 'nome', 'descricao', 'geom', 'publico', 'owner_id']) col
     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
                       WHERE a.attrelid = t AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped);
     IF missing IS NOT NULL THEN
@@ -74,6 +75,9 @@ BEGIN
                           WHERE a.attname NOT IN ('id', 'data_referencia'))) THEN
         RAISE EXCEPTION 'OPT3: no unique index of public.geometrias lies within (id, data_referencia)';
     END IF;
+    -- The helper evaluates the read policies itself (it must not return keys of rows the caller may
+    -- not read): they must be exactly the ones the toolkit knows, as for OPT5.
+    PERFORM stage4.assert_known_read_policies('OPT3');
     PERFORM stage4.assert_can_materialize('OPT3');
     IF to_regnamespace('stage4_search') IS NOT NULL OR to_regnamespace('stage4_search_api') IS NOT NULL THEN
         RAISE EXCEPTION 'OPT3: schema stage4_search or stage4_search_api already exists, but the ledger does not say OPT3 created it';

@@ -1,8 +1,8 @@
 -- OPT3 revert: public.search_geometrias() back to its captured definition, owner, grants and
--- comment (stage4.function_snapshots), then the helper, the materialized view and both schemas
--- dropped. No CASCADE: anything else that came to depend on them makes the revert fail and roll
--- back instead of vanishing silently (OPT5's refresh job of the view is removed by OPT5's revert,
--- which the ledger runs first).
+-- comment (stage4.function_snapshots), its accepted read policies forgotten, then the helpers, the
+-- materialized view and both schemas dropped. No CASCADE: anything else that came to depend on
+-- them makes the revert fail and roll back instead of vanishing silently (OPT5's refresh job of
+-- the view is removed by OPT5's revert, which the ledger runs first).
 SET LOCAL lock_timeout = '2s';
 SET LOCAL statement_timeout = '5min';
 SET LOCAL search_path = pg_catalog, pg_temp;
@@ -14,6 +14,9 @@ BEGIN
     END IF;
 END $$;
 
+SELECT stage4.forget_read_policies('opt3_search_matview');
+
+DROP FUNCTION stage4_search_api.papel_exato();
 DROP FUNCTION stage4_search_api.candidatos(text, extensions.geometry);
 DROP SCHEMA stage4_search_api;
 DROP MATERIALIZED VIEW stage4_search.geometrias_busca;

@@ -1,6 +1,7 @@
--- OPT3 verify: the view is complete and private, the helper is locked down, the public function
--- kept its contract, and it returns exactly what the original returned, row for row and in the same
--- order, for the deployer, anon, an authenticated owner and service_role.
+-- OPT3 verify: the view is complete and private, the helpers are locked down, the helper returns
+-- no key its caller may not read (and every one it may), the public function kept its contract, and
+-- it returns exactly what the original returned, row for row and in the same order, for the
+-- deployer, anon, an authenticated owner and service_role, and through its fallback branch.
 SET LOCAL search_path = pg_catalog, pg_temp;
 
 DO $$
@@ -49,18 +50,27 @@ BEGIN
         RAISE EXCEPTION 'OPT3: a pgrst.db_schemas role setting exposes stage4_search or stage4_search_api through PostgREST';
     END IF;
 
-    -- The helper: SECURITY DEFINER owned by the view's owner, pinned search_path, EXECUTE for the
-    -- API roles only.
-    SELECT * INTO helper FROM pg_proc WHERE oid = 'stage4_search_api.candidatos(text, extensions.geometry)'::regprocedure;
-    IF NOT helper.prosecdef OR helper.proowner <> view_owner
-       OR NOT EXISTS (SELECT 1 FROM unnest(helper.proconfig) c WHERE c LIKE 'search\_path=%') THEN
-        RAISE EXCEPTION 'OPT3: stage4_search_api.candidatos() must be SECURITY DEFINER, owned by the view''s owner, with a pinned search_path';
-    END IF;
-    IF EXISTS (SELECT 1 FROM aclexplode(helper.proacl) a WHERE a.grantee = 0)
-       OR NOT has_function_privilege('anon', helper.oid, 'EXECUTE')
-       OR NOT has_function_privilege('authenticated', helper.oid, 'EXECUTE')
-       OR NOT has_function_privilege('service_role', helper.oid, 'EXECUTE') THEN
-        RAISE EXCEPTION 'OPT3: EXECUTE on stage4_search_api.candidatos() must go to anon, authenticated and service_role, not PUBLIC';
+    -- The helpers: SECURITY DEFINER owned by the view's owner, pinned search_path, EXECUTE for the
+    -- API roles only; they answer for the deployer right after deploy.
+    FOR helper IN SELECT * FROM pg_proc
+                  WHERE oid IN ('stage4_search_api.candidatos(text, extensions.geometry)'::regprocedure,
+                                'stage4_search_api.papel_exato()'::regprocedure) LOOP
+        IF NOT helper.prosecdef OR helper.proowner <> view_owner
+           OR NOT EXISTS (SELECT 1 FROM unnest(helper.proconfig) c WHERE c LIKE 'search\_path=%') THEN
+            RAISE EXCEPTION 'OPT3: %() must be SECURITY DEFINER, owned by the view''s owner, with a pinned search_path',
+                helper.oid::regproc;
+        END IF;
+        IF EXISTS (SELECT 1 FROM aclexplode(helper.proacl) a WHERE a.grantee = 0)
+           OR NOT has_function_privilege('anon', helper.oid, 'EXECUTE')
+           OR NOT has_function_privilege('authenticated', helper.oid, 'EXECUTE')
+           OR NOT has_function_privilege('service_role', helper.oid, 'EXECUTE') THEN
+            RAISE EXCEPTION 'OPT3: EXECUTE on %() must go to anon, authenticated and service_role, not PUBLIC',
+                helper.oid::regproc;
+        END IF;
+    END LOOP;
+    IF stage4_search_api.papel_exato() IS DISTINCT FROM current_user THEN
+        RAISE EXCEPTION 'OPT3: stage4_search_api.papel_exato() is %, not % right after deploy',
+            stage4_search_api.papel_exato(), current_user;
     END IF;
 
     -- The public function kept its contract.
@@ -77,8 +87,75 @@ BEGIN
     PERFORM stage4.assert_api_answers();
 END $$;
 
+-- The helper called directly returns exactly the keys of the matching rows the caller reads from
+-- public.geometrias under RLS: none more (a leak: which private rows exist, their dates, words and
+-- place), none fewer. The searches come from the data, so that private rows of someone else match:
+-- the whole name of the first private row of three owners, and 'parque' inside a box around the
+-- first private row. They are selective and the matches are found as the deployer (for RLS-bound
+-- roles no index serves a text search: @@ is not leakproof), then looked up by key as each caller,
+-- so the check stays cheap on a large table. Callers: the deployer, anon, the owner with the most
+-- private rows, a subject owning no row, service_role. (Without private rows there is nothing to
+-- leak; the public ones are still compared.)
+DO $$
+DECLARE
+    owner_uid uuid;
+    searches text[];
+    box extensions.geometry;
+    q text;
+    who text;
+    match_ids bigint[];
+    match_dates date[];
+    got bigint;
+    leaked bigint;
+    expected bigint;
+BEGIN
+    SELECT g.owner_id INTO owner_uid FROM public.geometrias g
+    WHERE NOT g.publico AND g.owner_id IS NOT NULL
+    GROUP BY g.owner_id ORDER BY count(*) DESC, g.owner_id LIMIT 1;
+    SELECT array_agg(f.nome ORDER BY f.owner_id) INTO searches
+    FROM (SELECT DISTINCT ON (g.owner_id) g.owner_id, g.nome FROM public.geometrias g
+          WHERE NOT g.publico ORDER BY g.owner_id, g.id LIMIT 3) f;
+    SELECT extensions.st_expand(extensions.st_envelope(g.geom), 0.05) INTO box
+    FROM public.geometrias g WHERE NOT g.publico ORDER BY g.id LIMIT 1;
+
+    FOREACH q IN ARRAY coalesce(searches, '{}') || ARRAY['parque'] LOOP
+        IF q <> 'parque' THEN
+            box := NULL;
+        END IF;
+        SELECT coalesce(array_agg(g.id), '{}'), coalesce(array_agg(g.data_referencia), '{}') INTO match_ids, match_dates
+        FROM public.geometrias g
+        WHERE to_tsvector('portuguese', g.nome || ' ' || coalesce(g.descricao, '')) @@ websearch_to_tsquery('portuguese', q)
+          AND (box IS NULL OR g.geom OPERATOR(extensions.&&) box);
+        FOREACH who IN ARRAY ARRAY['', 'anon', 'authenticated', 'nobody', 'service_role'] LOOP
+            IF who <> '' THEN
+                EXECUTE format('SET ROLE %I', CASE who WHEN 'nobody' THEN 'authenticated' ELSE who END);
+            END IF;
+            PERFORM set_config('request.jwt.claims',
+                               CASE who WHEN 'authenticated' THEN json_build_object('sub', owner_uid)::text
+                                        WHEN 'nobody' THEN json_build_object('sub', '00000000-0000-0000-0000-000000000000')::text
+                                        ELSE '' END, true);
+            SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM public.geometrias g
+                                                                WHERE g.id = c.id AND g.data_referencia = c.data_referencia))
+              INTO got, leaked
+            FROM stage4_search_api.candidatos(q, box) c;
+            SELECT count(*) INTO expected
+            FROM unnest(match_ids, match_dates) m(id, data_referencia)
+            WHERE EXISTS (SELECT 1 FROM public.geometrias g WHERE g.id = m.id AND g.data_referencia = m.data_referencia);
+            IF leaked > 0 OR got <> expected THEN
+                RAISE EXCEPTION 'OPT3: stage4_search_api.candidatos(%, %) called by % returns % keys, % of them of rows it may not read; it may read % of the % matching rows',
+                    quote_literal(q), CASE WHEN box IS NULL THEN 'NULL' ELSE 'a box' END,
+                    coalesce(nullif(who, ''), current_user::text), got, leaked, expected, cardinality(match_ids);
+            END IF;
+            RESET ROLE;
+        END LOOP;
+    END LOOP;
+    PERFORM set_config('request.jwt.claims', '', true);
+END $$;
+
 -- Same rows, same order, for each role, against the original definition (recreated from the
--- snapshot under another name for the comparison, then dropped).
+-- snapshot under another name for the comparison, then dropped). Also through the fallback branch:
+-- called by anon inside a SECURITY DEFINER function owned by the deployer (RLS judges the owner, as
+-- the original did; the helper could only answer for anon), and with row_security off.
 DO $$
 DECLARE
     original text := (SELECT definition FROM stage4.function_snapshots
@@ -89,19 +166,40 @@ DECLARE
     args text;
     got jsonb;
     expected jsonb;
+    new_fn text;
+    original_fn text;
 BEGIN
     EXECUTE regexp_replace(original, '^CREATE OR REPLACE FUNCTION public\.search_geometrias\(',
                            'CREATE FUNCTION stage4_search_api.stage4_original_search_geometrias(');
     GRANT EXECUTE ON FUNCTION stage4_search_api.stage4_original_search_geometrias(text, extensions.geometry, integer)
         TO anon, authenticated, service_role;
+    FOREACH new_fn IN ARRAY ARRAY['public.search_geometrias', 'stage4_search_api.stage4_original_search_geometrias'] LOOP
+        EXECUTE format('CREATE FUNCTION %s(q text, bbox extensions.geometry DEFAULT NULL, max_results int DEFAULT 50) '
+                       'RETURNS SETOF public.geometrias LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp '
+                       'AS %L',
+                       CASE WHEN new_fn LIKE 'public.%' THEN 'stage4_search_api.stage4_definer_search_geometrias'
+                            ELSE 'stage4_search_api.stage4_definer_original_search_geometrias' END,
+                       format('SELECT * FROM %s(q, bbox, max_results)', new_fn));
+    END LOOP;
+    GRANT EXECUTE ON FUNCTION stage4_search_api.stage4_definer_search_geometrias(text, extensions.geometry, integer),
+                              stage4_search_api.stage4_definer_original_search_geometrias(text, extensions.geometry, integer)
+        TO anon;
     -- The owner with the most private rows plays the authenticated user.
     SELECT g.owner_id INTO owner_uid FROM public.geometrias g
     WHERE NOT g.publico AND g.owner_id IS NOT NULL
     GROUP BY g.owner_id ORDER BY count(*) DESC, g.owner_id LIMIT 1;
 
-    FOREACH who IN ARRAY ARRAY['', 'anon', 'authenticated', 'service_role'] LOOP
-        IF who <> '' THEN
+    FOREACH who IN ARRAY ARRAY['', 'anon', 'authenticated', 'service_role', 'anon in a SECURITY DEFINER function', 'row_security off'] LOOP
+        new_fn := 'public.search_geometrias';
+        original_fn := 'stage4_search_api.stage4_original_search_geometrias';
+        IF who IN ('anon', 'authenticated', 'service_role') THEN
             EXECUTE format('SET ROLE %I', who);
+        ELSIF who = 'anon in a SECURITY DEFINER function' THEN
+            SET ROLE anon;
+            new_fn := 'stage4_search_api.stage4_definer_search_geometrias';
+            original_fn := 'stage4_search_api.stage4_definer_original_search_geometrias';
+        ELSIF who = 'row_security off' THEN
+            PERFORM set_config('row_security', 'off', true);
         END IF;
         PERFORM set_config('request.jwt.claims',
                            CASE WHEN who = 'authenticated' THEN json_build_object('sub', owner_uid)::text ELSE '' END, true);
@@ -115,19 +213,22 @@ BEGIN
             $a$'xyzzy inexistente'$a$]
         LOOP
             EXECUTE format('SELECT coalesce(jsonb_agg(to_jsonb(s) ORDER BY s.ordinality), ''[]'') FROM %s(%s) WITH ORDINALITY s',
-                           'public.search_geometrias', args) INTO got;
+                           new_fn, args) INTO got;
             EXECUTE format('SELECT coalesce(jsonb_agg(to_jsonb(s) ORDER BY s.ordinality), ''[]'') FROM %s(%s) WITH ORDINALITY s',
-                           'stage4_search_api.stage4_original_search_geometrias', args) INTO expected;
+                           original_fn, args) INTO expected;
             IF got IS DISTINCT FROM expected THEN
                 RAISE EXCEPTION 'OPT3: search_geometrias(%) as % returns % rows (ids %), the original % (ids %)',
-                    args, coalesce(nullif(who, ''), current_user), jsonb_array_length(got),
+                    args, coalesce(nullif(who, ''), current_user::text), jsonb_array_length(got),
                     (SELECT string_agg(e->>'id', ',') FROM jsonb_array_elements(got) e),
                     jsonb_array_length(expected),
                     (SELECT string_agg(e->>'id', ',') FROM jsonb_array_elements(expected) e);
             END IF;
         END LOOP;
         RESET ROLE;
+        PERFORM set_config('row_security', 'on', true);
     END LOOP;
     PERFORM set_config('request.jwt.claims', '', true);
-    DROP FUNCTION stage4_search_api.stage4_original_search_geometrias(text, extensions.geometry, integer);
+    DROP FUNCTION stage4_search_api.stage4_definer_search_geometrias(text, extensions.geometry, integer),
+                  stage4_search_api.stage4_definer_original_search_geometrias(text, extensions.geometry, integer),
+                  stage4_search_api.stage4_original_search_geometrias(text, extensions.geometry, integer);
 END $$;

@@ -19,6 +19,9 @@ BEGIN
            WHERE p.oid = f) IS DISTINCT FROM snap.acl THEN
         RAISE EXCEPTION 'OPT3 revert: owner, grants or comment of public.search_geometrias() differ from the captured ones';
     END IF;
+    IF EXISTS (SELECT 1 FROM stage4.accepted_read_policies WHERE change = 'opt3_search_matview') THEN
+        RAISE EXCEPTION 'OPT3 revert: its accepted read policies are left in stage4.accepted_read_policies';
+    END IF;
     IF to_regnamespace('stage4_search') IS NOT NULL OR to_regnamespace('stage4_search_api') IS NOT NULL THEN
         RAISE EXCEPTION 'OPT3 revert: schema stage4_search or stage4_search_api is left behind';
     END IF;

@@ -10,12 +10,12 @@
 --                                          would double the refresh work for nothing).
 --   stage4_dashboard.extensao_categoria    count and ST_Extent() corners per (categoria, publico,
 --                                          owner_id); serves extensao_por_categoria().
---   stage4_dashboard.visibilidade          what the current caller may see under the known policies.
---   stage4_dashboard_api.<same names>      security_barrier views: the groups the caller may see.
---   stage4_dashboard_api.materializado_aplicavel()
---                                          false when the views cannot answer exactly (policies changed
---                                          since this deploy, row_security off, no SELECT on the table):
---                                          the functions then run their original query instead.
+--   stage4_dashboard_api.<same names>      security_barrier views: the groups the caller may see
+--                                          (stage4.visibilidade, the toolkit's rules, shared with OPT3).
+--   stage4_dashboard_api.papel_exato()     the role the views answer exactly for, NULL when they cannot
+--                                          (policies changed since this deploy, row_security off, no
+--                                          SELECT on the table): unless it is current_user, the
+--                                          functions run their original query instead.
 --   pg_cron jobs stage4_refresh_<view>      one per view (OPT3's stage4_search.geometrias_busca too when
 --                                          it exists), each a minute after the previous one.
 --
@@ -27,13 +27,15 @@
 -- materialized view has no RLS and none may be readable by anon/authenticated
 -- (stage4.assert_no_api_readable_matviews()); stage4_dashboard has no USAGE for them. The functions
 -- read the API views instead: owned by the materialized views' owner, so they read the views with
--- its rights, but their WHERE evaluates current_user (a view does not change it, unlike a SECURITY
--- DEFINER function, which could only trust arguments a direct caller could forge) with the same
--- rules PostgreSQL applies: RLS off, superuser, BYPASSRLS, or owner without FORCE -> every group;
--- member of anon/authenticated -> public groups; member of authenticated -> groups whose owner_id is
--- auth.uid(). So even read directly, they show a caller only aggregates of rows it may read. That
--- holds for the known policies only: precheck.sql refuses others, and materializado_aplicavel()
--- sends the functions back to the table (exactly the original query) if the policies change later.
+-- its rights, but keep only the groups the toolkit's stage4.visibilidade lets the session's role
+-- (SET ROLE's role, else the session user) read, by the rules PostgreSQL applies: RLS off,
+-- superuser, BYPASSRLS, or owner without FORCE -> every group; member of anon/authenticated ->
+-- public groups; member of authenticated -> groups whose owner_id is auth.uid(). So even read
+-- directly, they show a caller only aggregates of rows it may read. That holds for the known
+-- policies only: precheck.sql refuses others, and when they change later (or row_security is off,
+-- or the role may not SELECT the table) the views show nothing and papel_exato() sends the
+-- functions back to the table (exactly the original query); so it does when current_user is not
+-- the session's role (inside another SECURITY DEFINER function), since RLS judges current_user.
 --
 -- Same results right after a refresh: counts are exact; extents are min/max of the same
 -- per-geometry boxes, rebuilt with the same box2d -> geometry cast; area sums are float sums in
@@ -105,24 +107,9 @@ CREATE UNIQUE INDEX extensao_categoria_chave ON stage4_dashboard.extensao_catego
 
 ANALYZE stage4_dashboard.resumo_categoria_ano, stage4_dashboard.extensao_categoria;
 
--- What the current caller may read of public.geometrias under the known policies, computed the way
--- PostgreSQL decides it (check_enable_rls, policy roles by privileges of role). current_user is the
--- caller: views do not switch user. OFFSET 0 keeps it a subquery, evaluated once per query instead
--- of once per row of the views that join it.
-CREATE VIEW stage4_dashboard.visibilidade AS
-    SELECT (NOT c.relrowsecurity
-            OR r.rolsuper
-            OR r.rolbypassrls
-            OR (NOT c.relforcerowsecurity AND pg_has_role(c.relowner, 'USAGE'))) AS todas,
-           (pg_has_role('anon', 'USAGE') OR pg_has_role('authenticated', 'USAGE')) AS publicas,
-           CASE WHEN pg_has_role('authenticated', 'USAGE') THEN auth.uid() END AS uid
-    FROM pg_class AS c
-    JOIN pg_roles AS r ON r.rolname = current_user
-    WHERE c.oid = 'public.geometrias'::regclass
-    OFFSET 0;
-COMMENT ON VIEW stage4_dashboard.visibilidade IS
-    'OPT5: which rows of public.geometrias the current user may read under its known policies: all, public ones, own ones (uid).';
-REVOKE ALL ON stage4_dashboard.visibilidade FROM PUBLIC, anon, authenticated, service_role;
+-- The read policies are the known ones (precheck.sql refused others): stage4.visibilidade may apply
+-- them while they stay so.
+SELECT stage4.accept_read_policies('opt5_dashboard_matviews', 'OPT5');
 
 -- The API side: usable by the roles that may call the functions, never exposed by PostgREST.
 CREATE SCHEMA stage4_dashboard_api;
@@ -135,57 +122,46 @@ GRANT USAGE ON SCHEMA stage4_dashboard_api TO anon, authenticated, service_role;
 CREATE VIEW stage4_dashboard_api.resumo_categoria_ano WITH (security_barrier = true) AS
     SELECT m.ano_inicio, m.categoria, m.n, m.total_area_m2
     FROM stage4_dashboard.resumo_categoria_ano AS m
-    CROSS JOIN stage4_dashboard.visibilidade AS v
-    WHERE v.todas OR (m.publico AND v.publicas) OR m.owner_id = v.uid;
+    CROSS JOIN stage4.visibilidade AS v
+    WHERE v.exata AND (v.todas OR (m.publico AND v.publicas) OR m.owner_id = v.uid);
 COMMENT ON VIEW stage4_dashboard_api.resumo_categoria_ano IS
-    'OPT5: the groups of stage4_dashboard.resumo_categoria_ano whose rows the current user may read (known policies of public.geometrias).';
+    'OPT5: the groups of stage4_dashboard.resumo_categoria_ano whose rows the session''s role may read (stage4.visibilidade: known policies of public.geometrias).';
 
 CREATE VIEW stage4_dashboard_api.extensao_categoria WITH (security_barrier = true) AS
     SELECT m.categoria, m.n, m.x_min, m.y_min, m.x_max, m.y_max
     FROM stage4_dashboard.extensao_categoria AS m
-    CROSS JOIN stage4_dashboard.visibilidade AS v
-    WHERE v.todas OR (m.publico AND v.publicas) OR m.owner_id = v.uid;
+    CROSS JOIN stage4.visibilidade AS v
+    WHERE v.exata AND (v.todas OR (m.publico AND v.publicas) OR m.owner_id = v.uid);
 COMMENT ON VIEW stage4_dashboard_api.extensao_categoria IS
-    'OPT5: the groups of stage4_dashboard.extensao_categoria whose rows the current user may read (known policies of public.geometrias).';
+    'OPT5: the groups of stage4_dashboard.extensao_categoria whose rows the session''s role may read (stage4.visibilidade: known policies of public.geometrias).';
 
 REVOKE ALL ON stage4_dashboard_api.resumo_categoria_ano, stage4_dashboard_api.extensao_categoria
     FROM PUBLIC, anon, authenticated, service_role;
 GRANT SELECT ON stage4_dashboard_api.resumo_categoria_ano, stage4_dashboard_api.extensao_categoria
     TO anon, authenticated, service_role;
 
--- True when the views answer exactly what the original query would: the caller may SELECT the
--- table (otherwise the original query raises "permission denied", and must go on doing so),
--- row_security is on (off, it raises for RLS-bound callers), and the read policies of
--- public.geometrias are byte for byte the ones precheck.sql accepted (fingerprint of their catalog
--- rows taken now, no deparsing at call time; any later CREATE/ALTER/DROP POLICY changes it).
--- plpgsql: its plan is kept for the session.
-DO $do$
+-- The role the views answer exactly for (stage4.visibilidade: the session's role, when row_security
+-- is on, it may SELECT the table and the read policies are the accepted ones), NULL otherwise. The
+-- functions use the views only when it is current_user, the role RLS would judge. SECURITY DEFINER
+-- to read the toolkit's view; it reveals only the caller's own role name. plpgsql: its plan is kept
+-- for the session.
+CREATE FUNCTION stage4_dashboard_api.papel_exato()
+RETURNS name
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
-    EXECUTE format($f$
-        CREATE FUNCTION stage4_dashboard_api.materializado_aplicavel()
-        RETURNS boolean
-        LANGUAGE plpgsql
-        STABLE
-        SET search_path = pg_catalog, pg_temp
-        AS $body$
-        BEGIN
-            RETURN current_setting('row_security') = 'on'
-               AND has_table_privilege('public.geometrias'::regclass, 'SELECT')
-               AND (SELECT md5(string_agg(format('%%s|%%s|%%s|%%s|%%s', p.polname, p.polpermissive, p.polcmd,
-                                                 p.polroles, p.polqual), ';' ORDER BY p.polname))
-                    FROM pg_policy p
-                    WHERE p.polrelid = 'public.geometrias'::regclass) IS NOT DISTINCT FROM %L;
-        END
-        $body$$f$,
-        (SELECT md5(string_agg(format('%s|%s|%s|%s|%s', p.polname, p.polpermissive, p.polcmd, p.polroles, p.polqual),
-                               ';' ORDER BY p.polname))
-         FROM pg_policy p WHERE p.polrelid = 'public.geometrias'::regclass));
-END $do$;
-COMMENT ON FUNCTION stage4_dashboard_api.materializado_aplicavel() IS
-    'OPT5: whether the dashboard views reproduce exactly what the caller would aggregate from public.geometrias '
-    '(SELECT privilege, row_security on, read policies unchanged since OPT5); when not, the dashboard functions aggregate the table as before.';
-REVOKE ALL ON FUNCTION stage4_dashboard_api.materializado_aplicavel() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION stage4_dashboard_api.materializado_aplicavel() TO anon, authenticated, service_role;
+    RETURN (SELECT v.papel FROM stage4.visibilidade AS v WHERE v.exata);
+END
+$$;
+COMMENT ON FUNCTION stage4_dashboard_api.papel_exato() IS
+    'OPT5: the role (SET ROLE, else session user) whose visible groups the dashboard views reproduce exactly, NULL when they cannot '
+    '(read policies changed since OPT5, row_security off, no SELECT on public.geometrias); unless it is current_user, the '
+    'dashboard functions aggregate the table as before.';
+REVOKE ALL ON FUNCTION stage4_dashboard_api.papel_exato() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION stage4_dashboard_api.papel_exato() TO anon, authenticated, service_role;
 
 -- The refresh jobs, one source of truth for deploy.sql, verify.sql and revert.sql: job k starts k
 -- minutes after the configured schedule (a '*/N' or fixed minute field; any other minute field is
@@ -231,7 +207,7 @@ REVOKE ALL ON FUNCTION stage4_dashboard.refresh_jobs() FROM PUBLIC;
 -- The dashboard functions: same signatures, volatility, SECURITY INVOKER and search_path;
 -- CREATE OR REPLACE keeps their owner, grants and comments. LANGUAGE plpgsql instead of sql: a SQL
 -- function that cannot be inlined (these cannot: SET search_path) is planned again at every call,
--- plpgsql keeps its plans for the session, and evaluates materializado_aplicavel() once. The ELSE
+-- plpgsql keeps its plans for the session, and evaluates papel_exato() once. The ELSE
 -- branch is the original query, verbatim. Output columns are plpgsql variables here: every column
 -- reference is qualified.
 CREATE OR REPLACE FUNCTION public.area_por_categoria(ano int)
@@ -244,7 +220,7 @@ AS $$
 BEGIN
     -- OPT5: from the materialized groups the caller may see (stage4_dashboard_api), refreshed by
     -- the pg_cron job stage4_refresh_resumo_categoria_ano; the same date range as the original.
-    IF stage4_dashboard_api.materializado_aplicavel() THEN
+    IF stage4_dashboard_api.papel_exato() = current_user THEN
         RETURN QUERY
             SELECT m.categoria, sum(m.total_area_m2), sum(m.n)::bigint
             FROM stage4_dashboard_api.resumo_categoria_ano AS m
@@ -274,7 +250,7 @@ AS $$
 BEGIN
     -- OPT5: from the materialized groups the caller may see (stage4_dashboard_api), refreshed by
     -- the pg_cron job stage4_refresh_extensao_categoria.
-    IF stage4_dashboard_api.materializado_aplicavel() THEN
+    IF stage4_dashboard_api.papel_exato() = current_user THEN
         RETURN QUERY
             SELECT m.categoria,
                    ST_SetSRID(ST_MakeBox2D(ST_MakePoint(min(m.x_min), min(m.y_min)),
@@ -303,7 +279,7 @@ AS $$
 BEGIN
     -- OPT5: from the materialized groups the caller may see (stage4_dashboard_api), refreshed by
     -- the pg_cron job stage4_refresh_resumo_categoria_ano.
-    IF stage4_dashboard_api.materializado_aplicavel() THEN
+    IF stage4_dashboard_api.papel_exato() = current_user THEN
         RETURN QUERY
             -- grouped by the year's first day, then extract(): once per group, not per row
             SELECT extract(year FROM s.ano_inicio)::int, s.categoria, s.n, s.total_area_m2

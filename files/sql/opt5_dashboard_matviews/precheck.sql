@@ -4,17 +4,11 @@
 --
 -- OPT1 and OPT3 are not required. When OPT3's view stage4_search.geometrias_busca exists, OPT5
 -- schedules its refresh too (so list opt3 before opt5).
--- pg_get_expr() qualifies names by the search_path: compare under the one the functions pin.
 SET LOCAL search_path = pg_catalog, pg_temp;
 
 DO $$
 DECLARE
     t regclass := to_regclass('public.geometrias');
-    -- The read policies OPT5 knows how to evaluate on a materialized aggregate (name, permissive,
-    -- command, roles, USING). WITH CHECK does not affect reads and is not compared.
-    known_policies constant jsonb := '[["geometrias_dono", true, "*", ["authenticated"], "(owner_id = auth.uid())"],
-                                      ["geometrias_leitura_publica", true, "r", ["anon", "authenticated"], "publico"]]';
-    policies jsonb;
     fn record;
     missing text;
     schedule text := coalesce(nullif(current_setting('stage4.refresh_schedule', true), ''), '*/15 * * * *');
@@ -48,19 +42,9 @@ BEGIN
     END IF;
 
     -- A materialized aggregate cannot evaluate policies it does not know: the read policies must be
-    -- exactly the known ones, or the functions would return other numbers than today.
-    SELECT coalesce(jsonb_agg(jsonb_build_array(
-               p.polname, p.polpermissive, p.polcmd,
-               (SELECT jsonb_agg(x.r ORDER BY x.r)
-                FROM (SELECT CASE WHEN r = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(r)::text END AS r
-                      FROM unnest(p.polroles) r) x),
-               pg_catalog.pg_get_expr(p.polqual, p.polrelid)) ORDER BY p.polname), '[]')
-      INTO policies
-    FROM pg_catalog.pg_policy p WHERE p.polrelid = t;
-    IF policies IS DISTINCT FROM known_policies THEN
-        RAISE EXCEPTION 'OPT5: the RLS policies of public.geometrias are not the known ones, so materialized aggregates cannot reproduce what each caller may see. Found %, expected %. Refusing: adapt OPT5 to these policies first.',
-            policies, known_policies;
-    END IF;
+    -- exactly the known ones (the toolkit's, shared with OPT3), or the functions would return other
+    -- numbers than today.
+    PERFORM stage4.assert_known_read_policies('OPT5');
 
     -- The three functions: the reference bodies (whitespace collapsed), SQL, SECURITY INVOKER, owned
     -- by the deployer, executable by no role OPT5 does not grant its accessors to.

@@ -30,6 +30,8 @@ BEGIN
     END IF;
 END $$;
 
+SELECT stage4.forget_read_policies('opt5_dashboard_matviews');
+
 DO $$
 DECLARE
     restored int := stage4.restore_function_snapshots('opt5_dashboard_matviews');
@@ -39,10 +41,9 @@ BEGIN
     END IF;
 END $$;
 
-DROP FUNCTION stage4_dashboard_api.materializado_aplicavel();
+DROP FUNCTION stage4_dashboard_api.papel_exato();
 DROP VIEW stage4_dashboard_api.resumo_categoria_ano, stage4_dashboard_api.extensao_categoria;
 DROP SCHEMA stage4_dashboard_api;
 DROP FUNCTION stage4_dashboard.refresh_jobs();
-DROP VIEW stage4_dashboard.visibilidade;
 DROP MATERIALIZED VIEW stage4_dashboard.resumo_categoria_ano, stage4_dashboard.extensao_categoria;
 DROP SCHEMA stage4_dashboard;

@@ -26,8 +26,9 @@ BEGIN
        OR (SELECT sum(n) FROM stage4_dashboard.extensao_categoria) IS DISTINCT FROM (SELECT count(*) FROM public.geometrias) THEN
         RAISE EXCEPTION 'OPT5: the materialized views do not count every row of public.geometrias';
     END IF;
-    IF NOT stage4_dashboard_api.materializado_aplicavel() THEN
-        RAISE EXCEPTION 'OPT5: stage4_dashboard_api.materializado_aplicavel() is false right after deploy';
+    IF stage4_dashboard_api.papel_exato() IS DISTINCT FROM current_user THEN
+        RAISE EXCEPTION 'OPT5: stage4_dashboard_api.papel_exato() is %, not % right after deploy',
+            stage4_dashboard_api.papel_exato(), current_user;
     END IF;
 
     -- The jobs, as configured, in this database, as the views' owner.
@@ -102,7 +103,7 @@ BEGIN
     GROUP BY g.owner_id ORDER BY count(*) DESC, g.owner_id LIMIT 1;
 
     FOREACH fallback IN ARRAY ARRAY[false, true] LOOP
-        -- row_security off makes materializado_aplicavel() false: the deployer (who bypasses RLS)
+        -- row_security off makes papel_exato() NULL: the deployer (who bypasses RLS)
         -- then exercises the original query of each function.
         PERFORM set_config('row_security', CASE WHEN fallback THEN 'off' ELSE 'on' END, true);
         FOREACH who IN ARRAY CASE WHEN fallback THEN ARRAY[''] ELSE ARRAY['', 'anon', 'authenticated', 'service_role'] END LOOP

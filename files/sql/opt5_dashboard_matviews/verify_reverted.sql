@@ -30,6 +30,9 @@ BEGIN
                                      'stage4_refresh_geometrias_busca')) THEN
         RAISE EXCEPTION 'OPT5 revert: refresh jobs are left in cron.job';
     END IF;
+    IF EXISTS (SELECT 1 FROM stage4.accepted_read_policies WHERE change = 'opt5_dashboard_matviews') THEN
+        RAISE EXCEPTION 'OPT5 revert: its accepted read policies are left in stage4.accepted_read_policies';
+    END IF;
     IF to_regnamespace('stage4_dashboard') IS NOT NULL OR to_regnamespace('stage4_dashboard_api') IS NOT NULL THEN
         RAISE EXCEPTION 'OPT5 revert: schema stage4_dashboard or stage4_dashboard_api is left behind';
     END IF;

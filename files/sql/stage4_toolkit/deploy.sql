@@ -1082,5 +1082,112 @@ BEGIN
     END IF;
 END $$;
 
+-- What RLS lets a caller read of public.geometrias, for the changes that answer from a
+-- materialized copy of it (OPT3's search view, OPT5's dashboard aggregates): materialized views
+-- have no RLS, so these changes evaluate the table's read policies themselves, and may only do so
+-- for the policies they know. One place decides it for both: the known policies (precheck), the
+-- fingerprints of the policies a change accepted (deploy), and stage4.visibilidade (call time).
+--
+-- The known read policies (name, permissive, command, roles, USING), as pg_get_expr() deparses them
+-- under the search_path pg_catalog, pg_temp. WITH CHECK does not affect reads and is not compared.
+CREATE OR REPLACE FUNCTION stage4.read_policies()
+RETURNS jsonb LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(jsonb_agg(jsonb_build_array(
+               p.polname, p.polpermissive, p.polcmd,
+               (SELECT jsonb_agg(x.r ORDER BY x.r)
+                FROM (SELECT CASE WHEN r = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(r)::text END AS r
+                      FROM unnest(p.polroles) r) x),
+               pg_get_expr(p.polqual, p.polrelid)) ORDER BY p.polname), '[]')
+    FROM pg_policy p
+    WHERE p.polrelid = to_regclass('public.geometrias')
+$$;
+
+CREATE OR REPLACE FUNCTION stage4.assert_known_read_policies(p_label text)
+RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    known constant jsonb := '[["geometrias_dono", true, "*", ["authenticated"], "(owner_id = auth.uid())"],
+                              ["geometrias_leitura_publica", true, "r", ["anon", "authenticated"], "publico"]]';
+    found jsonb := stage4.read_policies();
+BEGIN
+    IF found IS DISTINCT FROM known THEN
+        RAISE EXCEPTION '%: the RLS policies of public.geometrias are not the known ones, so a materialized copy cannot reproduce what each caller may see. Found %, expected %. Refusing: adapt Stage 4''s visibility rules (stage4.visibilidade) to these policies first.',
+            p_label, found, known;
+    END IF;
+END $$;
+
+-- The fingerprint of the read policies in force: their catalog rows, not deparsed (any CREATE,
+-- ALTER or DROP POLICY changes it, and computing it costs microseconds, deparsing ten times more).
+CREATE OR REPLACE VIEW stage4.read_policies_fingerprint AS
+    SELECT md5(string_agg(format('%s|%s|%s|%s|%s', p.polname, p.polpermissive, p.polcmd, p.polroles, p.polqual),
+                          ';' ORDER BY p.polname)) AS fingerprint
+    FROM pg_policy p
+    WHERE p.polrelid = to_regclass('public.geometrias');
+
+-- Fingerprints of the policies a change found to be the known ones when it deployed. A change
+-- records its own at deploy and removes it at revert.
+CREATE TABLE IF NOT EXISTS stage4.accepted_read_policies (
+    change      text        PRIMARY KEY,
+    fingerprint text        NOT NULL,
+    accepted_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- The caller, as the materialized changes see it: the role of SET ROLE (PostgREST's SET LOCAL ROLE
+-- anon/authenticated), else the session user. current_user would name the owner inside a SECURITY
+-- DEFINER function (OPT3's helper), while these two are the same inside and outside one, and the
+-- session may act as that role anyway (SET ROLE requires membership), so what is computed for it
+-- reveals nothing the session could not read itself. Where current_user differs from it (code
+-- running inside another SECURITY DEFINER function), RLS judges current_user: the public functions
+-- then take the original query (they compare current_user with papel, see papel_exato() of OPT3
+-- and OPT5).
+--   papel     that role
+--   exata     the rules below are what RLS would apply to it: row_security on (off, the original
+--             query raises for RLS-bound roles), it may SELECT the table (otherwise the original
+--             query raises), and the read policies are ones a change accepted as the known ones
+--   todas     RLS lets it read every row: RLS off, superuser, BYPASSRLS, or owner without FORCE
+--   publicas  the policy geometrias_leitura_publica applies to it (member of anon or authenticated)
+--   uid       auth.uid() when the policy geometrias_dono applies to it (member of authenticated)
+-- A row is visible when exata AND (todas OR (publico AND publicas) OR owner_id = uid). The rules
+-- are PostgreSQL's (check_enable_rls; policy roles by privileges of role, hence pg_has_role USAGE).
+-- Only built-in functions and auth.uid() (both executable by the API roles): views run their
+-- functions with the reader's privileges. Looked up by name at call time, so OPT1 may rebuild
+-- the table under it. OFFSET 0 keeps it a subquery, computed once per query rather than once per
+-- row of what joins it.
+CREATE OR REPLACE VIEW stage4.visibilidade AS
+    SELECT r.rolname AS papel,
+           coalesce(current_setting('row_security') = 'on'
+                    AND has_table_privilege(r.oid, c.oid, 'SELECT')
+                    AND (SELECT f.fingerprint FROM stage4.read_policies_fingerprint f)
+                        IN (SELECT a.fingerprint FROM stage4.accepted_read_policies a), false) AS exata,
+           (NOT c.relrowsecurity
+            OR r.rolsuper
+            OR r.rolbypassrls
+            OR (NOT c.relforcerowsecurity AND pg_has_role(r.oid, c.relowner, 'USAGE'))) AS todas,
+           (pg_has_role(r.oid, 'anon', 'USAGE') OR pg_has_role(r.oid, 'authenticated', 'USAGE')) AS publicas,
+           CASE WHEN pg_has_role(r.oid, 'authenticated', 'USAGE') THEN auth.uid() END AS uid
+    FROM pg_class AS c
+    JOIN pg_roles AS r ON r.rolname = CASE current_setting('role') WHEN 'none' THEN session_user
+                                                                   ELSE current_setting('role') END
+    WHERE c.oid = to_regclass('public.geometrias')
+    OFFSET 0;
+COMMENT ON VIEW stage4.visibilidade IS
+    'Stage 4: which rows of public.geometrias the session''s role (SET ROLE, else session user) may read under the known read policies, '
+    'and whether those are the policies in force (exata). Read by OPT3''s search helper and OPT5''s dashboard views; never grant it to the API roles.';
+
+-- Deploy of a change that evaluates the policies itself: they must be the known ones, and their
+-- fingerprint is recorded for stage4.visibilidade.exata.
+CREATE OR REPLACE FUNCTION stage4.accept_read_policies(p_change text, p_label text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM stage4.assert_known_read_policies(p_label);
+    INSERT INTO stage4.accepted_read_policies (change, fingerprint)
+    SELECT p_change, f.fingerprint FROM stage4.read_policies_fingerprint f
+    ON CONFLICT (change) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, accepted_at = now();
+END $$;
+
+CREATE OR REPLACE FUNCTION stage4.forget_read_policies(p_change text)
+RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    DELETE FROM stage4.accepted_read_policies WHERE change = p_change
+$$;
+
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA stage4 FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA stage4 FROM PUBLIC;

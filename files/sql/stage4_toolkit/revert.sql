@@ -1,5 +1,9 @@
 -- Removes the toolkit. The ledger (owned by the stage4_change module) stays in schema stage4.
 SET LOCAL lock_timeout = '2s';
+DROP VIEW IF EXISTS stage4.visibilidade;
+DROP VIEW IF EXISTS stage4.read_policies_fingerprint;
+DROP FUNCTION IF EXISTS stage4.forget_read_policies(text), stage4.accept_read_policies(text, text),
+    stage4.assert_known_read_policies(text), stage4.read_policies();
 DROP FUNCTION IF EXISTS stage4.storage_layout(regclass, name), stage4.assert_can_materialize(text), stage4.assert_partitioned_by_year(text),
     stage4.restore_function_snapshots(text), stage4.save_function_snapshots(text, regprocedure[]),
     stage4.assert_api_answers(), stage4.yearly_partitions(text, int, int),
@@ -16,4 +20,4 @@ DROP FUNCTION IF EXISTS stage4.storage_layout(regclass, name), stage4.assert_can
     stage4.snapshot(text, text), stage4.save_snapshot(text, regclass), stage4.describe_table(regclass, boolean),
     stage4.grant_statements(aclitem[], text, text), stage4.dependent_objects(regclass), stage4.table_checksum(regclass);
 DROP PROCEDURE IF EXISTS stage4.prepare_online_rebuild(regclass, jsonb, int, text);
-DROP TABLE IF EXISTS stage4.table_snapshots, stage4.function_snapshots, stage4.online_rebuilds;
+DROP TABLE IF EXISTS stage4.table_snapshots, stage4.function_snapshots, stage4.online_rebuilds, stage4.accepted_read_policies;

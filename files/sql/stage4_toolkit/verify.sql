@@ -12,10 +12,13 @@ BEGIN
                       'complete_shadow', 'swap_shadow', 'drop_online_schema_if_empty', 'yearly_layout',
                       'lock_online_rebuild', 'key_row', 'start_online_rebuild', 'start_capture', 'copy_batch',
                       'index_shadow', 'apply_delta', 'analyze_shadow', 'prepare_online_rebuild',
-                      'finish_online_rebuild', 'abort_online_rebuild']) f
+                      'finish_online_rebuild', 'abort_online_rebuild',
+                      'read_policies', 'assert_known_read_policies', 'accept_read_policies', 'forget_read_policies']) f
     WHERE NOT EXISTS (SELECT 1 FROM pg_proc WHERE proname = f AND pronamespace = 'stage4'::regnamespace);
     IF missing IS NOT NULL THEN
         RAISE EXCEPTION 'stage4_toolkit: missing functions: %', missing;
     END IF;
-    PERFORM 'stage4.table_snapshots'::regclass, 'stage4.function_snapshots'::regclass, 'stage4.online_rebuilds'::regclass;
+    PERFORM 'stage4.table_snapshots'::regclass, 'stage4.function_snapshots'::regclass, 'stage4.online_rebuilds'::regclass,
+            'stage4.accepted_read_policies'::regclass, 'stage4.read_policies_fingerprint'::regclass,
+            'stage4.visibilidade'::regclass;
 END $$;
