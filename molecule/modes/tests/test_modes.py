@@ -9,9 +9,12 @@ from stage4_testlib import CLUSTER_DIR, load_report, query, run_dirs
 PROMPT = "Type yes to apply"
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # a terminal gets colours
+
+
 def log(name):
     with open(os.path.join(CLUSTER_DIR, name + ".log"), encoding="utf-8", errors="replace") as handle:
-        return " ".join(handle.read().split())
+        return " ".join(ANSI.sub("", handle.read()).split())
 
 
 def run_id(name):
