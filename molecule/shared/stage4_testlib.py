@@ -41,8 +41,10 @@ def scalar(sql, params=None, **kwargs):
 
 
 def run_dirs():
-    """Report folders of the runs, oldest first."""
-    return sorted(glob.glob(os.path.join(CLUSTER_DIR, "reports", "local", "*")))
+    """Report folders of the runs that wrote a report, oldest first (a run refused by preflight
+    leaves a folder with its audit trail only)."""
+    return sorted(os.path.dirname(path) for path in glob.glob(os.path.join(CLUSTER_DIR, "reports", "local", "*",
+                                                                            "report.json")))
 
 
 def load_report(run_dir):
