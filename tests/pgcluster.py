@@ -9,6 +9,7 @@ afterwards:
         conn = cluster.connect("BIBLIOTECA")
 """
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -137,3 +138,18 @@ def running_cluster():
         yield cluster
     finally:
         cluster.destroy()
+
+
+def run_module(capsys, main, args, check_mode=False, diff=False):
+    """Runs a module's main() with args (as Ansible would pass them) and returns its JSON result."""
+    import pytest  # noqa: PLC0415 (only the tests that run modules need it)
+    from ansible.module_utils.testing import patch_module_args  # noqa: PLC0415
+
+    capsys.readouterr()
+    if check_mode:
+        args = dict(args, _ansible_check_mode=True)
+    if diff:
+        args = dict(args, _ansible_diff=True)
+    with patch_module_args(args), pytest.raises(SystemExit):
+        main()
+    return json.loads(capsys.readouterr().out)

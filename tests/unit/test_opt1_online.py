@@ -4,7 +4,6 @@ against a real cluster holding the reference fixture at 20,000 features; every t
 copy of that database (with the toolkit installed).
 """
 import datetime
-import json
 import os
 import random
 import subprocess
@@ -12,7 +11,6 @@ import threading
 import time
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 
 import pgcluster
 import stage4_change
@@ -26,14 +24,7 @@ CHECKSUM = "SELECT count(*), stage4.table_checksum('public.geometrias') FROM pub
 
 
 def run(capsys, args, check_mode=False, diff=False):
-    capsys.readouterr()
-    if check_mode:
-        args = dict(args, _ansible_check_mode=True)
-    if diff:
-        args = dict(args, _ansible_diff=True)
-    with patch_module_args(args), pytest.raises(SystemExit):
-        stage4_change.main()
-    return json.loads(capsys.readouterr().out)
+    return pgcluster.run_module(capsys, stage4_change.main, args, check_mode, diff)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ import os
 import subprocess
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 
 import pgcluster
 import stage4_change
@@ -15,14 +14,7 @@ SQL_ROOT = os.path.join(REPO, "files", "sql")
 
 
 def run(capsys, args, check_mode=False, diff=False):
-    capsys.readouterr()
-    if check_mode:
-        args = dict(args, _ansible_check_mode=True)
-    if diff:
-        args = dict(args, _ansible_diff=True)
-    with patch_module_args(args), pytest.raises(SystemExit):
-        stage4_change.main()
-    return json.loads(capsys.readouterr().out)
+    return pgcluster.run_module(capsys, stage4_change.main, args, check_mode, diff)
 
 
 @pytest.fixture(scope="module")
