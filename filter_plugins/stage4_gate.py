@@ -1,23 +1,34 @@
 # -*- coding: utf-8 -*-
 """The metric gate: judges a stage's benchmark against the stage it builds on.
 
-Per query, a one-sided Mann-Whitney U test on the latency samples (normal approximation with tie
-correction, as Kayenta's canary judge) decides whether it got significantly slower or faster at
-`confidence`. A significantly slower query fails the gate only when its median also rose by more
-than `max_slowdown_ms` AND by more than `max_slowdown_pct` percent: below either it is reported
-as "slower, within tolerance", so a sub-millisecond query that grows by a fraction of a
-millisecond is reported honestly without stopping the rollout. A changed result fingerprint
-always fails: the optimization changed what the API returns.
+Per query it estimates the latency shift (current minus reference) with the Hodges-Lehmann
+estimator, the median of every pairwise difference of samples, and its distribution-free
+confidence interval (the one that inverts the Mann-Whitney U test). The intervals of the ten
+queries, and of the workload's mean latency, are Bonferroni-corrected so that together they hold
+at `confidence`. Each query is then:
+
+- better: the whole interval is below zero;
+- worse: the whole interval is above the tolerance, max(`max_slowdown_ms`, `max_slowdown_pct` of
+  the reference median): a real slowdown an API user can feel;
+- unchanged: the interval stays below the tolerance (it may be slower by less: the line says so);
+- inconclusive: the interval straddles the tolerance; more samples are needed to tell.
+
+A changed result fingerprint always fails: a faster wrong answer is not an optimization. The
+stage fails on a worse query, a changed result or a worse workload mean; it is marginal (measure
+again, longer) when something is inconclusive and nothing failed; otherwise it passes.
 """
 from __future__ import annotations
 
 import math
+from statistics import NormalDist, fmean, median, pvariance
 
 DOCUMENTATION = r"""
 name: stage4_gate
 short_description: Judge a stage4 benchmark against a reference benchmark
 description:
-  - Compares per-query medians, a one-sided Mann-Whitney U test on the latency samples, and result fingerprints.
+  - Per query, the Hodges-Lehmann latency shift with its Bonferroni-corrected confidence interval,
+    classified as better, unchanged, worse or inconclusive; the result fingerprints; and the
+    workload's mean latency. Decides pass, marginal (measure longer) or fail.
 options:
   _input:
     description: The benchmark of the stage being judged (the gis_benchmark module's C(benchmark) result).
@@ -28,13 +39,16 @@ options:
     type: dict
     required: true
   max_slowdown_ms:
-    description: Median increase in milliseconds tolerated as noise.
+    description: Latency increase in milliseconds always tolerated (the noise floor of sub-millisecond queries).
     type: float
   max_slowdown_pct:
-    description: Median increase in percent tolerated as noise.
+    description: Increase of a query's median latency tolerated, in percent of the reference median.
+    type: float
+  max_workload_slowdown_pct:
+    description: Increase of the workload's mean latency (mean over the queries of their mean) tolerated, in percent.
     type: float
   confidence:
-    description: Confidence required before calling a slowdown real.
+    description: Family-wise confidence of the intervals of all the queries and the workload together.
     type: float
   force_fail:
     description: Fail the gate whatever the numbers (a rollback drill).
@@ -42,11 +56,21 @@ options:
   judge_latency:
     description: When false, latency is measured and reported but only result fingerprints can fail the gate.
     type: bool
+  may_measure_again:
+    description:
+      - Whether the caller can measure the stage again, longer, when the gate is inconclusive.
+      - When false, an inconclusive gate is decided by O(inconclusive_passes).
+    type: bool
+  inconclusive_passes:
+    description: What an inconclusive gate decides when it cannot measure again. False (the default) fails it.
+    type: bool
 """
+
+VERDICTS = ("better", "unchanged", "worse", "inconclusive", "result changed", "missing from one side")
 
 
 def mann_whitney_slower_p(reference, current):
-    """One-sided p-value of "current is not slower than reference" (normal approximation)."""
+    """One-sided p-value of "current is not slower than reference" (normal approximation, tie corrected)."""
     n1, n2 = len(reference), len(current)
     if n1 == 0 or n2 == 0:
         return 1.0
@@ -73,74 +97,202 @@ def mann_whitney_slower_p(reference, current):
     return 0.5 * math.erfc(z / math.sqrt(2))
 
 
-def judge_query(query_id, current, reference, max_slowdown_ms, max_slowdown_pct, confidence):
-    base = reference["p50_ms"]
-    now = current["p50_ms"]
-    delta_ms = now - base
-    delta_pct = (delta_ms / base * 100.0) if base > 0 else 0.0
+def hodges_lehmann(reference, current, level):
+    """Shift of current over reference and its confidence interval at `level` (two-sided).
+
+    The estimate is the median of the n1*n2 differences current[j] - reference[i]. The interval's
+    ends are the differences of rank c and n1*n2+1-c, where c is the Mann-Whitney critical value
+    (normal approximation, fine from about ten samples a side). The bounds are None when there are
+    too few samples for the level.
+    """
+    differences = sorted(c - r for c in current for r in reference)
+    count = len(differences)
+    if not count:
+        return None, None, None
+    z = NormalDist().inv_cdf(1 - (1 - level) / 2)
+    critical = math.floor(count / 2 - z * math.sqrt(len(reference) * len(current) * (len(reference) + len(current) + 1) / 12))
+    if critical < 1:
+        return median(differences), None, None
+    return median(differences), differences[critical - 1], differences[count - critical]
+
+
+def mean_difference_interval(reference_sets, current_sets, level):
+    """Difference of the workload mean (mean over queries of each query's mean) and its interval.
+
+    Normal approximation: each query's mean has variance s^2/n, the workload mean is their
+    average, so its variance is the sum of theirs divided by the number of queries squared.
+    """
+    queries = len(reference_sets)
+    difference = (sum(fmean(c) for c in current_sets) - sum(fmean(r) for r in reference_sets)) / queries
+    variance = sum(pvariance(r) / len(r) + pvariance(c) / len(c)
+                   for r, c in zip(reference_sets, current_sets)) / queries ** 2
+    half_width = NormalDist().inv_cdf(1 - (1 - level) / 2) * math.sqrt(variance)
+    return difference, difference - half_width, difference + half_width
+
+
+def classify(low, high, tolerance):
+    if low is None:
+        return "inconclusive"
+    if low > tolerance:
+        return "worse"
+    if high < 0:
+        return "better"
+    if high <= tolerance:
+        return "unchanged"
+    return "inconclusive"
+
+
+def _ms(value):
+    return "{0:+.3f}".format(value) if value is not None else "?"
+
+
+def explain(query_id, verdict, figures):
+    """One line a DBA reads: verdict, medians, shift with its interval, and why."""
+    shift = "shift {0} ms [{1}, {2}]".format(_ms(figures["shift_ms"]), _ms(figures["shift_low_ms"]),
+                                             _ms(figures["shift_high_ms"]))
+    medians = "median {reference_p50_ms:.3f} -> {p50_ms:.3f} ms ({delta_pct:+.1f}%)".format(**figures)
+    tolerance = "the tolerance of {0:.3f} ms".format(figures["tolerance_ms"])
+    why = {
+        "better": "faster: the whole interval is below zero",
+        "worse": "slower beyond " + tolerance + " with the whole interval",
+        "inconclusive": "the interval straddles " + tolerance + "; more samples are needed",
+        "unchanged": ("slower, but within " + tolerance) if figures["shift_low_ms"] is not None
+        and figures["shift_low_ms"] > 0 else "no difference beyond " + tolerance,
+    }[verdict]
+    return "{0}: {1}: {2}, {3}; {4}".format(query_id, verdict, medians, shift, why)
+
+
+def judge_query(query_id, current, reference, tolerance_ms, tolerance_pct, level):
     reference_samples = reference.get("samples_ms") or []
     current_samples = current.get("samples_ms") or []
+    reference_p50 = median(reference_samples) if reference_samples else reference["p50_ms"]
+    current_p50 = median(current_samples) if current_samples else current["p50_ms"]
+    shift, low, high = hodges_lehmann(reference_samples, current_samples, level)
+    tolerance = max(tolerance_ms, tolerance_pct / 100.0 * reference_p50)
     p_slower = mann_whitney_slower_p(reference_samples, current_samples)
     p_faster = mann_whitney_slower_p(current_samples, reference_samples)
+    figures = {
+        "reference_p50_ms": round(reference_p50, 4), "p50_ms": round(current_p50, 4),
+        "delta_ms": round(current_p50 - reference_p50, 4),
+        "delta_pct": round((current_p50 - reference_p50) / reference_p50 * 100.0, 1) if reference_p50 > 0 else 0.0,
+        "shift_ms": round(shift, 4) if shift is not None else None,
+        "shift_low_ms": round(low, 4) if low is not None else None,
+        "shift_high_ms": round(high, 4) if high is not None else None,
+        "tolerance_ms": round(tolerance, 4),
+        "p_value": round(min(1.0, 2 * min(p_slower, p_faster)), 6),
+        "reference_samples": len(reference_samples), "samples": len(current_samples),
+        "reference_mean_ms": round(reference["mean_ms"], 4), "mean_ms": round(current["mean_ms"], 4),
+    }
     if current.get("fingerprint") != reference.get("fingerprint"):
         verdict = "result changed"
-    elif p_slower < 1 - confidence and delta_ms > 0:
-        beyond = delta_ms > max_slowdown_ms and delta_pct > max_slowdown_pct
-        verdict = "regressed" if beyond else "slower, within tolerance"
-    elif p_faster < 1 - confidence and delta_ms < 0:
-        verdict = "faster"
+        line = "{0}: result changed: the query returns different rows than at the reference stage".format(query_id)
     else:
-        verdict = "no significant difference"
-    return {
-        "query": query_id, "verdict": verdict,
-        "reference_p50_ms": round(base, 4), "p50_ms": round(now, 4),
-        "delta_ms": round(delta_ms, 4), "delta_pct": round(delta_pct, 1), "p_value": round(p_slower, 5),
-        "reference_mean_ms": round(reference["mean_ms"], 4), "mean_ms": round(current["mean_ms"], 4),
-        "fingerprint_changed": verdict == "result changed",
-    }
+        verdict = classify(low, high, tolerance)
+        line = explain(query_id, verdict, figures)
+    return dict(figures, query=query_id, verdict=verdict, explanation=line,
+                fingerprint_changed=verdict == "result changed")
 
 
-def stage4_gate(current, reference, max_slowdown_ms=2.0, max_slowdown_pct=25.0, confidence=0.98,
-                force_fail=False, judge_latency=True):
-    """Returns {"passed", "reason", "queries": [...], "regressions": [...], "summary"}."""
+def judge_workload(current, reference, query_ids, tolerance_ms, tolerance_pct, level):
+    reference_sets = [reference["queries"][q].get("samples_ms") or [reference["queries"][q]["mean_ms"]] for q in query_ids]
+    current_sets = [current["queries"][q].get("samples_ms") or [current["queries"][q]["mean_ms"]] for q in query_ids]
+    reference_mean = sum(fmean(r) for r in reference_sets) / len(query_ids)
+    difference, low, high = mean_difference_interval(reference_sets, current_sets, level)
+    tolerance = max(tolerance_ms, tolerance_pct / 100.0 * reference_mean)
+    verdict = classify(low, high, tolerance)
+    line = ("workload mean latency {0:.3f} -> {1:.3f} ms: {2}, change {3} ms [{4}, {5}], tolerance {6:.3f} ms"
+            .format(reference_mean, reference_mean + difference, verdict, _ms(difference), _ms(low), _ms(high),
+                    tolerance))
+    return {"verdict": verdict, "reference_mean_ms": round(reference_mean, 4),
+            "mean_ms": round(reference_mean + difference, 4), "change_ms": round(difference, 4),
+            "change_low_ms": round(low, 4), "change_high_ms": round(high, 4), "tolerance_ms": round(tolerance, 4),
+            "explanation": line}
+
+
+def stage4_gate(current, reference, max_slowdown_ms=2.0, max_slowdown_pct=25.0, max_workload_slowdown_pct=10.0,
+                confidence=0.95, force_fail=False, judge_latency=True, may_measure_again=False,
+                inconclusive_passes=False):
+    """Returns {"decision", "passed", "reason", "queries", "workload", "regressions", "summary", "level"}."""
+    common = sorted(set(current["queries"]) & set(reference["queries"]))
+    # One interval per query plus the workload's, together at `confidence` (Bonferroni).
+    level = 1 - (1 - float(confidence)) / (len(common) + 1)
     queries = []
     for query_id in sorted(set(current["queries"]) | set(reference["queries"])):
-        if query_id not in current["queries"] or query_id not in reference["queries"]:
-            queries.append({"query": query_id, "verdict": "missing from one side", "fingerprint_changed": True})
+        if query_id not in common:
+            queries.append({"query": query_id, "verdict": "missing from one side", "fingerprint_changed": True,
+                            "explanation": "{0}: measured in only one of the two stages".format(query_id)})
             continue
         queries.append(judge_query(query_id, current["queries"][query_id], reference["queries"][query_id],
-                                   float(max_slowdown_ms), float(max_slowdown_pct), float(confidence)))
-    failing_verdicts = ("regressed", "result changed", "missing from one side") if judge_latency \
-        else ("result changed", "missing from one side")
-    failing = [q for q in queries if q["verdict"] in failing_verdicts]
-    reasons = []
-    for q in failing:
-        if q["verdict"] == "regressed":
-            reasons.append("{query} regressed: median {reference_p50_ms} ms -> {p50_ms} ms "
-                           "(+{delta_ms} ms, +{delta_pct}%, p={p_value})".format(**q))
-        else:
-            reasons.append("{0}: {1}".format(q["query"], q["verdict"]))
+                                   float(max_slowdown_ms), float(max_slowdown_pct), level))
+    workload = judge_workload(current, reference, common, float(max_slowdown_ms), float(max_workload_slowdown_pct),
+                              level) if common else None
+
+    always_failing = ("result changed", "missing from one side")
+    failing = [q for q in queries if q["verdict"] in always_failing or (judge_latency and q["verdict"] == "worse")]
+    reasons = [q["explanation"] for q in failing]
+    if judge_latency and workload and workload["verdict"] == "worse":
+        reasons.append(workload["explanation"])
     if force_fail:
-        measured = [q for q in queries if "delta_ms" in q]
+        measured = [q for q in queries if q.get("delta_ms") is not None]
         worst = max(measured, key=lambda q: abs(q["delta_ms"]), default=None)
         reasons.insert(0, "gate forced to fail (rollback drill){0}".format(
             "; largest median change: {query} {delta_ms:+} ms ({delta_pct:+}%)".format(**worst) if worst else ""))
-    counts = {verdict: sum(1 for q in queries if q["verdict"] == verdict)
-              for verdict in ("faster", "no significant difference", "slower, within tolerance", "regressed")}
+    undecided = []
+    if judge_latency:
+        undecided = [q for q in queries if q["verdict"] == "inconclusive"]
+        undecided += [workload] if workload and workload["verdict"] == "inconclusive" else []
+
+    if reasons:
+        decision = "fail"
+    elif undecided and may_measure_again:
+        decision = "marginal"
+        reasons = ["inconclusive, measuring again: " + "; ".join(u["explanation"] for u in undecided)]
+    elif undecided and not inconclusive_passes:
+        decision = "fail"
+        reasons = ["still inconclusive with every allowed sample: " + "; ".join(u["explanation"] for u in undecided)]
+    else:
+        decision = "pass"
+
+    counts = {verdict: sum(1 for q in queries if q["verdict"] == verdict) for verdict in VERDICTS}
+    slower_within = sum(1 for q in queries if q["verdict"] == "unchanged" and (q.get("shift_low_ms") or 0) > 0)
     return {
-        "passed": not reasons,
-        "reason": "; ".join(reasons) if reasons else "no query regressed and every result is unchanged",
+        "decision": decision,
+        "passed": decision == "pass",
+        "reason": "; ".join(reasons) if reasons else "no query is worse, the workload is not worse and every result is unchanged",
         "queries": queries,
+        "workload": workload,
+        "level": round(level, 6),
         "regressions": failing,
-        "summary": {"faster": counts["faster"], "no_significant_difference": counts["no significant difference"],
-                    "slower_within_tolerance": counts["slower, within tolerance"], "regressed": counts["regressed"],
+        "summary": {"better": counts["better"], "unchanged": counts["unchanged"],
+                    "slower_within_tolerance": slower_within, "worse": counts["worse"],
+                    "inconclusive": counts["inconclusive"],
+                    "result_changed": counts["result changed"] + counts["missing from one side"],
                     "failing": len(failing),
+                    "samples": min((q.get("samples") or 0 for q in queries), default=0),
                     "mean_ms_delta": round(current["mean_ms"] - reference["mean_ms"], 4),
                     "qps_delta_pct": round((current["qps"] / reference["qps"] - 1) * 100.0, 1)
-                    if reference.get("qps") else None},
+                    if reference.get("qps") and current.get("qps") else None},
     }
+
+
+def stage4_pooled(benchmark, more):
+    """benchmark with the samples of `more` (the same stage measured again) added to each query's.
+
+    The medians and means are recomputed from the pooled samples; the rest (fingerprint, plan,
+    stage figures) stays that of the first measurement, so a changed result cannot hide.
+    """
+    pooled = dict(benchmark, queries={}, executions=benchmark["executions"] + more["executions"])
+    for query_id, first in benchmark["queries"].items():
+        samples = list(first.get("samples_ms") or []) + list((more["queries"].get(query_id) or {}).get("samples_ms") or [])
+        pooled["queries"][query_id] = dict(first, samples_ms=samples, calls=len(samples),
+                                           p50_ms=round(median(samples), 3), mean_ms=round(fmean(samples), 3))
+        if more["queries"].get(query_id, {}).get("fingerprint") not in (None, first.get("fingerprint")):
+            pooled["queries"][query_id]["fingerprint"] = "unstable: " + more["queries"][query_id]["fingerprint"]
+    all_samples = [s for q in pooled["queries"].values() for s in q["samples_ms"]]
+    pooled["mean_ms"] = round(fmean(all_samples), 3) if all_samples else benchmark["mean_ms"]
+    return pooled
 
 
 class FilterModule:
     def filters(self):
-        return {"stage4_gate": stage4_gate}
+        return {"stage4_gate": stage4_gate, "stage4_pooled": stage4_pooled}

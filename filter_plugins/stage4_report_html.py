@@ -10,6 +10,7 @@ Only figures found in report_data are shown; nothing is computed beyond ratios o
 """
 from __future__ import annotations
 
+import datetime
 import html
 import json
 import math
@@ -34,25 +35,25 @@ _PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#
 _BASELINE_COLOUR = "#6E6E6E"
 
 _VERDICT_CLASS = {
-    "faster": "v-faster",
-    "no significant difference": "v-nsd",
-    "slower, within tolerance": "v-slower",
-    "regressed": "v-bad",
+    "better": "v-faster",
+    "unchanged": "v-nsd",
+    "inconclusive": "v-slower",
+    "worse": "v-bad",
     "result changed": "v-bad",
     "missing from one side": "v-bad",
 }
 # Short labels where space is tight (the per-query matrix); the note above it spells them out.
 _VERDICT_SHORT = {
-    "faster": "faster",
-    "no significant difference": "no sig. diff.",
-    "slower, within tolerance": "slower, in tol.",
-    "regressed": "REGRESSED",
+    "better": "better",
+    "unchanged": "unchanged",
+    "inconclusive": "inconclusive",
+    "worse": "WORSE",
     "result changed": "RESULT CHANGED",
     "missing from one side": "MISSING",
 }
 # The gate's summary counts and the verdict each one counts, in the order they are told.
-_SUMMARY_VERDICTS = [("faster", "faster"), ("no_significant_difference", "no significant difference"),
-                     ("slower_within_tolerance", "slower, within tolerance"), ("regressed", "regressed")]
+_SUMMARY_VERDICTS = [("better", "better"), ("unchanged", "unchanged"), ("inconclusive", "inconclusive"),
+                     ("worse", "worse")]
 
 _CSS = """
 *{box-sizing:border-box;-webkit-print-color-adjust:exact;print-color-adjust:exact}
@@ -161,6 +162,15 @@ def _p_value(value):
     return "< 0.00001" if value == 0 else f"{value:.5f}".rstrip("0").rstrip(".")
 
 
+def _interval(query):
+    """'+0.120 [+0.080, +0.170]' from the gate's shift and its interval."""
+    if not _num(query.get("shift_ms")):
+        return "n/a"
+    bounds = [query.get("shift_low_ms"), query.get("shift_high_ms")]
+    inside = ", ".join(f"{b:+.3f}" if _num(b) else "?" for b in bounds)
+    return f'{query["shift_ms"]:+.3f} [{inside}]'
+
+
 def _pct(value):
     return f"{value:+.1f}%" if _num(value) else "n/a"
 
@@ -252,9 +262,11 @@ def _verdict_counts(gate):
     counts = []
     for key, verdict in _SUMMARY_VERDICTS:
         if summary.get(key):
-            label = verdict.replace(",", "")
-            if verdict == "regressed" and (gate.get("settings") or {}).get("judge_latency") is False:
-                label = "regressed (latency not judged)"
+            label = verdict
+            if verdict == "unchanged" and summary.get("slower_within_tolerance"):
+                label = f'unchanged ({summary["slower_within_tolerance"]} of them slower within tolerance)'
+            if verdict == "worse" and (gate.get("settings") or {}).get("judge_latency") is False:
+                label = "worse (latency not judged)"
             counts.append((summary[key], verdict, label))
     changed = sum(1 for q in gate.get("queries") or [] if q.get("fingerprint_changed"))
     if changed:
@@ -263,7 +275,7 @@ def _verdict_counts(gate):
 
 
 def _gate_counts(gate):
-    """'10 queries: 4 faster, 2 no significant difference, ...'"""
+    """'10 queries: 4 better, 6 unchanged (3 of them slower within tolerance), ...'"""
     parts = [f"{count} {label}" for count, _, label in _verdict_counts(gate)]
     return f'{len(gate.get("queries") or [])} queries: ' + (", ".join(parts) or "no verdict")
 
@@ -273,16 +285,19 @@ def _gate_statement(gate):
     queries = gate.get("queries") or []
     total = len(queries)
     summary = gate.get("summary") or {}
-    faster = summary.get("faster") or 0
-    nsd = summary.get("no_significant_difference") or 0
+    better = summary.get("better") or 0
+    unchanged = summary.get("unchanged") or 0
     sentences = []
-    if total and nsd == total:
-        sentences.append("No significant difference on any query: the benchmark could not tell this stage "
-                         "from the one before it, so no gain is claimed.")
-    elif total and faster == 0:
+    if total and unchanged == total:
+        sentences.append("Unchanged on every query: the benchmark could not tell this stage from the one before "
+                         "it beyond the tolerance, so no gain is claimed.")
+    elif total and better == 0:
         sentences.append("No query got significantly faster; no gain is claimed.")
-    elif nsd:
-        sentences.append(f"No significant difference on {nsd} of {total} queries (no gain claimed for them).")
+    elif unchanged:
+        sentences.append(f"Unchanged on {unchanged} of {total} queries (no gain claimed for them).")
+    workload = gate.get("workload") or {}
+    if workload.get("explanation"):
+        sentences.append("The " + workload["explanation"] + ".")
     if (gate.get("settings") or {}).get("judge_latency") is False:
         sentences.append("Latency was measured but not judged: only a changed result could fail this gate.")
     return " ".join(sentences)
@@ -559,13 +574,15 @@ def _gates_section(report):
     confidence = settings.get("confidence")
     explain = (
         '<div class="note">For each query the latency samples of a stage are compared with those of the last '
-        'accepted stage (named under each column head) by a one-sided Mann-Whitney U test at '
-        f'{_e(round(confidence * 100, 1) if _num(confidence) else None)}% confidence. A slower query fails the gate '
-        f'only when its median also rose by more than {_e(settings.get("max_slowdown_ms"))} ms <b>and</b> '
-        f'{_e(settings.get("max_slowdown_pct"))}%; otherwise it is &ldquo;slower, within tolerance&rdquo; (in tol.). '
-        'A changed result fingerprint always fails. <b>&ldquo;No significant difference&rdquo; (no sig. diff.) means '
-        'the benchmark could not tell the two stages apart: no gain is claimed for it.</b> Each cell gives the '
-        'verdict, the change of the median and the two medians in ms.</div>')
+        'accepted stage (named under each column head): the Hodges-Lehmann shift and its confidence interval, '
+        f'Bonferroni-corrected so that the ten intervals and the workload\'s hold together at '
+        f'{_e(round(confidence * 100, 1) if _num(confidence) else None)}%. A query is <b>worse</b> when the whole '
+        f'interval lies beyond its tolerance, the larger of {_e(settings.get("max_slowdown_ms"))} ms and '
+        f'{_e(settings.get("max_slowdown_pct"))}% of its median; <b>better</b> when the whole interval is below zero; '
+        '<b>inconclusive</b> when the interval straddles the tolerance (the stage is then measured again, longer); '
+        'otherwise <b>unchanged</b>, which may be slower within tolerance. A changed result fingerprint always '
+        'fails. <b>No gain is claimed for an unchanged query.</b> Each cell gives the verdict, the change of the '
+        'median and the two medians in ms.</div>')
     query_ids = []
     for opt in gated:
         for q in opt["gate"].get("queries") or []:
@@ -603,10 +620,12 @@ def _gate_details_section(report):
             f'<tr class="gate-row" data-opt="{_e(opt.get("id"))}"><td>{_breakable(q.get("query"))}</td>'
             f'<td class="n">{_e(_ms(q.get("reference_p50_ms")))}</td><td class="n">{_e(_ms(q.get("p50_ms")))}</td>'
             f'<td class="n">{_e(_delta_ms(q.get("delta_ms")))}</td><td class="n">{_e(_pct(q.get("delta_pct")))}</td>'
+            f'<td class="n">{_e(_interval(q))}</td><td class="n">{_e(_ms(q.get("tolerance_ms")))}</td>'
             f'<td class="n">{_e(_p_value(q.get("p_value")))}</td>'
             f'<td>{"<b>changed</b>" if q.get("fingerprint_changed") else "unchanged"}</td>'
             f'<td>{_chip(q.get("verdict"))}</td></tr>'
             for q in gate.get("queries") or [])
+        lines = "".join(f'<li>{_e(q.get("explanation"))}</li>' for q in gate.get("queries") or [] if q.get("explanation"))
         statement = _gate_statement(gate)
         details.append(
             f'<div class="gate-detail" id="gate-{_e(opt.get("id"))}">'
@@ -616,13 +635,15 @@ def _gate_details_section(report):
             + (f' <b>{_e(statement)}</b>' if statement else "") + '</p>'
             f'<table class="compact"><thead><tr><th>Query</th><th class="n">{_e(gate.get("reference"))} p50 (ms)</th>'
             f'<th class="n">{_e(opt.get("id"))} p50 (ms)</th><th class="n">&Delta; ms</th><th class="n">&Delta; %</th>'
-            '<th class="n">p (slower)</th><th>Result</th><th>Verdict</th></tr></thead>'
-            f'<tbody>{rows}</tbody></table></div>')
+            '<th class="n">shift [interval] (ms)</th><th class="n">tolerance (ms)</th>'
+            '<th class="n">p</th><th>Result</th><th>Verdict</th></tr></thead>'
+            f'<tbody>{rows}</tbody></table><ol class="small mono explanations">{lines}</ol></div>')
     if not details:
         return ""
-    return ('<section id="gate-details"><h2>Appendix: gate figures per optimization</h2><p class="small">p is the '
-            'one-sided p-value for &ldquo;slower&rdquo; (the gate rounds it to five places). &ldquo;Result&rdquo; '
-            f'compares the fingerprint of the rows each query returned.</p>{"".join(details)}</section>')
+    return ('<section id="gate-details"><h2>Appendix: gate figures per optimization</h2><p class="small">The shift is '
+            'the Hodges-Lehmann estimate of the latency change with its corrected interval; p is the two-sided '
+            'Mann-Whitney p-value before correction. &ldquo;Result&rdquo; compares the fingerprint of the rows each '
+            f'query returned. Under each table, the gate\'s one line per query.</p>{"".join(details)}</section>')
 
 
 def _backup_section(report):
@@ -656,12 +677,15 @@ def _timeline_section(report):
             if entry.get(key):
                 evidence.append(f'<span class="small muted">{script}</span> <span class="mono">{_e(entry[key])}</span>')
         time = str(entry.get("time", ""))
+        took = entry.get("seconds")
         rows.append(f'<tr class="timeline-row"><td class="nowrap">{_e(time[:10])} {_e(time[11:19])}</td>'
+                    f'<td class="n">{_e(f"{took:.1f}" if _num(took) else "")}</td>'
                     f'<td>{_e(entry.get("step"))}</td><td>{_e(entry.get("outcome"))}</td>'
                     f'<td>{"<br>".join(evidence)}</td></tr>')
     return ('<section id="timeline"><h2>Timeline</h2><p>Every step of this run as recorded in '
             '<span class="mono">audit.jsonl</span>: each SQL change with the SHA-256 of the script it ran, each gate '
-            'with its decision.</p><table class="compact"><thead><tr><th>Time (UTC)</th><th>Step</th><th>Outcome</th>'
+            'with its decision, and the seconds since the step before it (where the time went).</p>'
+            '<table class="compact"><thead><tr><th>Time (UTC)</th><th class="n">Took (s)</th><th>Step</th><th>Outcome</th>'
             f'<th>SQL file SHA-256 / gate decision</th></tr></thead><tbody>{"".join(rows)}</tbody></table></section>')
 
 
@@ -694,8 +718,13 @@ def stage4_report_html(report):
 # ---------------------------------------------------------------- timeline and console summary
 
 def stage4_report_timeline(audit_text, run_id=None):
-    """audit.jsonl (one JSON object a line) as [{time, step, outcome, sql_sha256, revert_sha256, gate}]."""
+    """audit.jsonl (one JSON object a line) as [{time, seconds, step, outcome, sql_sha256, revert_sha256, gate}].
+
+    seconds is the time since the entry before it: an entry is written when its step ends, so it is
+    about how long that step took (None for the first).
+    """
     timeline = []
+    previous = None
     for number, line in enumerate(str(audit_text or "").splitlines(), start=1):
         if not line.strip():
             continue
@@ -711,8 +740,10 @@ def stage4_report_timeline(audit_text, run_id=None):
         outcome = entry.get("outcome")
         gate = {"optimization": step[len("gate_"):], "passed": outcome == "passed", "reason": details.get("reason"),
                 "summary": details.get("summary")}
+        moment = _parse_time(entry.get("time"))
         timeline.append({
             "time": entry.get("time"),
+            "seconds": round((moment - previous).total_seconds(), 1) if moment and previous else None,
             "step": step,
             "outcome": outcome,
             "sql_sha256": (files.get("deploy") or {}).get("sha256"),
@@ -721,7 +752,15 @@ def stage4_report_timeline(audit_text, run_id=None):
                               if outcome in ("reverted", "would_revert") else None),
             "gate": gate if step.startswith("gate_") else None,
         })
+        previous = moment or previous
     return timeline
+
+
+def _parse_time(text):
+    try:
+        return datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def stage4_report_summary(report, output_dir):

@@ -1,22 +1,29 @@
-"""filter_plugins/stage4_gate.py: the metric gate's verdicts."""
+"""filter_plugins/stage4_gate.py: the metric gate's statistics, verdicts and decisions."""
 import random
+import statistics
 
-from stage4_gate import FilterModule, mann_whitney_slower_p, stage4_gate
+import pytest
+from stage4_gate import FilterModule, hodges_lehmann, mann_whitney_slower_p, stage4_gate, stage4_pooled
 
 
 def query(samples, fingerprint="f"):
-    ordered = sorted(samples)
-    return {"p50_ms": ordered[len(ordered) // 2], "mean_ms": sum(samples) / len(samples),
+    return {"p50_ms": statistics.median(samples), "mean_ms": statistics.fmean(samples),
             "samples_ms": samples, "fingerprint": fingerprint}
 
 
 def bench(queries):
-    return {"queries": queries, "mean_ms": 1.0, "qps": 100.0}
+    samples = [s for q in queries.values() for s in q["samples_ms"]]
+    return {"queries": queries, "mean_ms": statistics.fmean(samples) if samples else 0.0, "qps": 100.0,
+            "executions": len(samples)}
 
 
 def noisy(center, seed, n=60, spread=0.05):
     rng = random.Random(seed)
     return [rng.gauss(center, spread) for _ in range(n)]
+
+
+def ten_queries(center, seed, n=60, spread=0.05):
+    return bench({"q%02d" % i: query(noisy(center, seed * 100 + i, n, spread)) for i in range(10)})
 
 
 def test_mann_whitney_direction():
@@ -28,25 +35,56 @@ def test_mann_whitney_direction():
     assert mann_whitney_slower_p([1.0] * 5, [1.0] * 5) == 1.0  # all tied: no evidence
 
 
-def test_same_distribution_passes():
-    verdict = stage4_gate(bench({"q": query(noisy(1.0, 4))}), bench({"q": query(noisy(1.0, 5))}))
-    assert verdict["passed"] and verdict["queries"][0]["verdict"] == "no significant difference"
+def test_hodges_lehmann_is_the_median_pairwise_difference():
+    shift, low, high = hodges_lehmann([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12], 0.95)
+    assert shift == 2
+    assert low < 2 < high
+    # With 3 samples a side no interval reaches 95%: the bounds are unknown, not made up.
+    assert hodges_lehmann([1, 2, 3], [2, 3, 4], 0.95) == (1, None, None)
 
 
-def test_slower_within_tolerance_passes_and_is_reported():
+def test_hodges_lehmann_interval_covers_the_true_shift():
+    """About 95% of the intervals at 95% contain the true shift (0.3), on skewed samples."""
+    covered = 0
+    for seed in range(200):
+        rng = random.Random(seed)
+        reference = [rng.lognormvariate(0, 0.5) for _ in range(40)]
+        current = [rng.lognormvariate(0, 0.5) + 0.3 for _ in range(40)]
+        _, low, high = hodges_lehmann(reference, current, 0.95)
+        covered += low <= 0.3 <= high
+    assert 0.91 <= covered / 200 <= 0.99
+
+
+def test_identical_stages_pass_unchanged_over_many_runs():
+    """No false failure: 100 pairs of benchmarks of the same distribution all pass."""
+    decisions = [stage4_gate(ten_queries(1.0, seed), ten_queries(1.0, seed + 1000)) for seed in range(100)]
+    assert all(d["decision"] == "pass" for d in decisions)
+    # Family-wise 95%: "better" by chance in at most about 5% of the runs.
+    assert sum(1 for d in decisions if d["summary"]["better"]) <= 10
+
+
+def test_slower_within_tolerance_passes_and_is_told():
     verdict = stage4_gate(bench({"q": query(noisy(1.5, 6))}), bench({"q": query(noisy(1.0, 7))}),
                           max_slowdown_ms=2.0, max_slowdown_pct=25.0)
-    assert verdict["passed"]
-    assert verdict["queries"][0]["verdict"] == "slower, within tolerance"
-    assert verdict["summary"]["slower_within_tolerance"] == 1
+    assert verdict["decision"] == "pass"
+    line = verdict["queries"][0]
+    assert line["verdict"] == "unchanged" and verdict["summary"]["slower_within_tolerance"] == 1
+    assert "slower, but within the tolerance of 2.000 ms" in line["explanation"]
 
 
-def test_regression_beyond_both_thresholds_fails_and_names_the_query():
+def test_regression_beyond_the_tolerance_fails_and_names_the_query():
     verdict = stage4_gate(bench({"q07": query(noisy(5.0, 8))}), bench({"q07": query(noisy(1.0, 9))}),
                           max_slowdown_ms=2.0, max_slowdown_pct=25.0)
-    assert not verdict["passed"]
-    assert verdict["reason"].startswith("q07 regressed: median 1.")
-    assert "ms -> 5." in verdict["reason"] and "+4" in verdict["reason"]
+    assert verdict["decision"] == "fail" and not verdict["passed"]
+    assert verdict["reason"].startswith("q07: worse: median 1.")
+    assert "-> 5." in verdict["reason"] and "shift +4." in verdict["reason"]
+
+
+def test_relative_tolerance_decides_for_slow_queries():
+    # 100 ms -> 140 ms: beyond 25% and beyond 2 ms.
+    verdict = stage4_gate(bench({"q": query(noisy(140, 30, spread=2))}), bench({"q": query(noisy(100, 31, spread=2))}))
+    assert verdict["queries"][0]["verdict"] == "worse"
+    assert verdict["queries"][0]["tolerance_ms"] == pytest.approx(25, abs=0.5)
 
 
 def test_large_relative_but_tiny_absolute_slowdown_is_not_a_regression():
@@ -55,34 +93,71 @@ def test_large_relative_but_tiny_absolute_slowdown_is_not_a_regression():
     assert verdict["passed"] and verdict["queries"][0]["delta_pct"] > 100
 
 
-def test_faster_is_reported():
+def test_faster_is_better():
     verdict = stage4_gate(bench({"q": query(noisy(0.5, 12))}), bench({"q": query(noisy(1.0, 13))}))
-    assert verdict["passed"] and verdict["queries"][0]["verdict"] == "faster"
+    assert verdict["passed"] and verdict["queries"][0]["verdict"] == "better"
 
 
-def test_changed_result_always_fails():
-    verdict = stage4_gate(bench({"q": query(noisy(1.0, 14), "new")}), bench({"q": query(noisy(1.0, 15), "old")}))
-    assert not verdict["passed"] and verdict["reason"] == "q: result changed"
+def test_straddling_the_tolerance_is_inconclusive_then_measured_again():
+    # Median +2 ms on a 2 ms tolerance with a wide spread: cannot tell.
+    current, reference = bench({"q": query(noisy(3.0, 40, n=15, spread=1.0))}), bench({"q": query(noisy(1.0, 41, n=15, spread=1.0))})
+    marginal = stage4_gate(current, reference, may_measure_again=True)
+    assert marginal["queries"][0]["verdict"] == "inconclusive"
+    assert marginal["decision"] == "marginal" and not marginal["passed"]
+    assert marginal["reason"].startswith("inconclusive, measuring again: q: inconclusive")
+    final = stage4_gate(current, reference, may_measure_again=False)
+    assert final["decision"] == "fail" and final["reason"].startswith("still inconclusive")
+    assert stage4_gate(current, reference, inconclusive_passes=True)["decision"] == "pass"
+
+
+def test_workload_regression_fails_when_no_single_query_does():
+    # Every query 15% slower: within the 25% per query, beyond the 10% of the workload.
+    current, reference = ten_queries(115, 50, spread=1), ten_queries(100, 51, spread=1)
+    verdict = stage4_gate(current, reference)
+    assert verdict["summary"]["unchanged"] == 10
+    assert verdict["workload"]["verdict"] == "worse" and verdict["decision"] == "fail"
+    assert verdict["reason"].startswith("workload mean latency 99.9")
+
+
+def test_changed_result_always_fails_even_unjudged():
+    verdict = stage4_gate(bench({"q": query(noisy(1.0, 14), "new")}), bench({"q": query(noisy(1.0, 15), "old")}),
+                          judge_latency=False)
+    assert verdict["decision"] == "fail"
+    assert verdict["reason"] == "q: result changed: the query returns different rows than at the reference stage"
 
 
 def test_missing_query_fails():
     verdict = stage4_gate(bench({}), bench({"q": query(noisy(1.0, 16))}))
-    assert not verdict["passed"] and "missing from one side" in verdict["reason"]
+    assert not verdict["passed"] and "measured in only one of the two stages" in verdict["reason"]
 
 
 def test_forced_failure_names_the_largest_change():
     verdict = stage4_gate(bench({"a": query(noisy(1.0, 17)), "b": query(noisy(1.3, 18))}),
                           bench({"a": query(noisy(1.0, 19)), "b": query(noisy(1.0, 20))}), force_fail=True)
-    assert not verdict["passed"]
+    assert verdict["decision"] == "fail"
     assert verdict["reason"].startswith("gate forced to fail (rollback drill); largest median change: b +0.")
-
-
-def test_registered_as_a_filter():
-    assert FilterModule().filters()["stage4_gate"] is stage4_gate
 
 
 def test_unjudged_latency_only_reports():
     verdict = stage4_gate(bench({"q": query(noisy(5.0, 21))}), bench({"q": query(noisy(1.0, 22))}),
                           judge_latency=False)
-    assert verdict["passed"] and verdict["queries"][0]["verdict"] == "regressed"
-    assert verdict["summary"]["regressed"] == 1 and verdict["summary"]["failing"] == 0
+    assert verdict["passed"] and verdict["queries"][0]["verdict"] == "worse"
+    assert verdict["summary"]["worse"] == 1 and verdict["summary"]["failing"] == 0
+
+
+def test_pooled_adds_the_samples_of_a_second_measurement():
+    first, second = bench({"q": query([1.0, 2.0, 3.0])}), bench({"q": query([4.0, 5.0])})
+    pooled = stage4_pooled(first, second)
+    assert pooled["queries"]["q"]["samples_ms"] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert (pooled["queries"]["q"]["p50_ms"], pooled["queries"]["q"]["calls"], pooled["executions"]) == (3.0, 5, 5)
+    assert first["queries"]["q"]["samples_ms"] == [1.0, 2.0, 3.0]  # inputs untouched
+
+
+def test_pooled_keeps_a_changed_result_visible():
+    pooled = stage4_pooled(bench({"q": query([1.0], "a")}), bench({"q": query([1.0], "b")}))
+    verdict = stage4_gate(pooled, bench({"q": query([1.0], "a")}))
+    assert verdict["queries"][0]["verdict"] == "result changed"
+
+
+def test_registered_as_filters():
+    assert FilterModule().filters() == {"stage4_gate": stage4_gate, "stage4_pooled": stage4_pooled}
