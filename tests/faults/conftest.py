@@ -1,2 +1,11 @@
-def pytest_configure(config):
-    config.addinivalue_line("markers", "every_step: kill -9 at every step of a run (make faults; slow)")
+"""The fault and gate suites' cluster: one throwaway cluster per test module, with the reference database."""
+import pytest
+
+import pgcluster
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with pgcluster.running_cluster() as running:
+        running.build_reference_db("BIBLIOTECA")
+        yield running

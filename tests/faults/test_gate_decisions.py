@@ -1,0 +1,41 @@
+"""The gate on real measurements: a slowdown injected by a change is found and reverted by the rollout.
+
+The injected change (tests/fixtures/sql/injected_slowdown) makes the radius RPC behind q02 sleep
+20 ms and return the same rows: only latency can tell. The run judges latency, as production does.
+"""
+import os
+
+from stage4_runs import REPO, assert_untouched, clone, ledger, run_stage4, sql, state
+
+INJECTED = os.path.join(REPO, "tests", "fixtures", "sql", "injected_slowdown")
+
+
+def sql_root_with_injected_change(tmp_path):
+    """The project's SQL changes plus the injected one, as a folder stage4_sql_root can name."""
+    root = tmp_path / "sql"
+    root.mkdir()
+    source = os.path.join(REPO, "files", "sql")
+    for change in os.listdir(source):
+        os.symlink(os.path.join(source, change), root / change)
+    os.symlink(INJECTED, root / "injected_slowdown")
+    return root
+
+
+def test_injected_slowdown_is_worse_reverted_and_stops_the_run(cluster, tmp_path):
+    dbname = clone(cluster, "injected_slowdown")
+    before = state(cluster, dbname)
+    rc, output = run_stage4(
+        cluster, dbname,
+        "-e", "stage4_sql_root=%s" % sql_root_with_injected_change(tmp_path),
+        "-e", '{"stage4_optimizations": [{"id": "slow", "change": "injected_slowdown", '
+              '"title": "A change that makes the radius RPC sleep 20 ms"}]}',
+        "-e", "stage4_benchmark_iterations=30", "-e", "stage4_optimization_gate_judge_latency=true")
+    assert rc != 0, output
+    assert "Gate failed for slow against baseline: q02_radius: worse: median" in output
+    assert "slower beyond the tolerance of 2.000 ms with the whole interval" in output
+    assert "slow was reverted and verified; later optimizations were not applied" in output
+    # Reverted: the original function is back, nothing else changed, and the ledger forgot the change.
+    assert_untouched(cluster, dbname, before)
+    events = sql(cluster, dbname, "SELECT action FROM stage4.ledger_events WHERE change = 'injected_slowdown' ORDER BY id")
+    assert [e[0] for e in events] == ["deploy", "revert"]
+    assert "injected_slowdown" not in [change for change, _ in ledger(cluster, dbname)]
