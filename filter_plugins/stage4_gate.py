@@ -209,6 +209,13 @@ def judge_workload(current, reference, query_ids, tolerance_ms, tolerance_pct, l
             "explanation": line}
 
 
+def geometric_mean_speedup(queries):
+    """Geometric mean over the queries of reference median / current median (above 1: faster)."""
+    ratios = [q["reference_p50_ms"] / q["p50_ms"] for q in queries
+              if (q.get("reference_p50_ms") or 0) > 0 and (q.get("p50_ms") or 0) > 0]
+    return round(math.exp(fmean(math.log(r) for r in ratios)), 3) if ratios else None
+
+
 def stage4_gate(current, reference, max_slowdown_ms=2.0, max_slowdown_pct=25.0, max_workload_slowdown_pct=10.0,
                 confidence=0.95, force_fail=False, judge_latency=True, may_measure_again=False,
                 inconclusive_passes=False):
@@ -269,6 +276,7 @@ def stage4_gate(current, reference, max_slowdown_ms=2.0, max_slowdown_pct=25.0, 
                     "result_changed": counts["result changed"] + counts["missing from one side"],
                     "failing": len(failing),
                     "samples": min((q.get("samples") or 0 for q in queries), default=0),
+                    "speedup_geomean": geometric_mean_speedup(queries),
                     "mean_ms_delta": round(current["mean_ms"] - reference["mean_ms"], 4),
                     "qps_delta_pct": round((current["qps"] / reference["qps"] - 1) * 100.0, 1)
                     if reference.get("qps") and current.get("qps") else None},

@@ -244,6 +244,15 @@ def _overall(report):
             f'QPS {_qps(first.get("qps"))} -> {_qps(last.get("qps"))} ({_pct(last.get("qps_vs_baseline_pct"))})')
 
 
+def _overall_gate(overall):
+    """'Overall opt5 vs baseline: geometric-mean speedup x12.3, 10 queries: 9 better, ...; no query worse'"""
+    worse = (overall.get("summary") or {}).get("worse") or 0
+    return (f'Overall {overall.get("stage")} vs baseline: geometric-mean speedup '
+            f'x{(overall.get("summary") or {}).get("speedup_geomean")}, {_gate_counts(overall)}; '
+            + ("no query slower than at baseline beyond its tolerance" if not worse
+               else f"{worse} slower than at baseline beyond tolerance"))
+
+
 def _results_statement(report):
     """Whether every query returned the same rows at every stage (the benchmark's result fingerprints)."""
     queries = report.get("queries") or []
@@ -467,7 +476,8 @@ def _header(report):
             f'{_e(database.get("name"))}</h1>'
             f'<div class="outcome {outcome_class}" id="outcome">Outcome: {_e(outcome)}</div>'
             f'<p class="key" id="key-figures">{_e(_overall(report)).replace("-&gt;", "&rarr;")}<br>'
-            f'{_e(_results_statement(report))}</p>'
+            + (f'<span id="overall-gate">{_e(_overall_gate(report["overall"]))}</span><br>' if report.get("overall") else "")
+            + f'{_e(_results_statement(report))}</p>'
             f'<div class="facts-pair" id="facts">{tables}</div></header>')
 
 
@@ -788,6 +798,8 @@ def stage4_report_summary(report, output_dir):
             line += "not measured in this run"
         lines.append(line.rstrip())
     lines.append(_overall(report))
+    if report.get("overall"):
+        lines.append(_overall_gate(report["overall"]))
     directory = str(output_dir).rstrip("/")
     lines += [f"HTML:     {directory}/report.html", f"Markdown: {directory}/report.md",
               f"JSON:     {directory}/report.json", f"Audit:    {directory}/audit.jsonl"]

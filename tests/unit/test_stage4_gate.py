@@ -98,6 +98,13 @@ def test_faster_is_better():
     assert verdict["passed"] and verdict["queries"][0]["verdict"] == "better"
 
 
+def test_speedup_is_the_geometric_mean_of_the_median_ratios():
+    # 100x faster and 1x: the geometric mean is 10x, where the arithmetic mean of the ratios would say 50.5x.
+    current = bench({"a": query([1.0] * 5), "b": query([10.0] * 5)})
+    reference = bench({"a": query([100.0] * 5), "b": query([10.0] * 5)})
+    assert stage4_gate(current, reference)["summary"]["speedup_geomean"] == 10.0
+
+
 def test_straddling_the_tolerance_is_inconclusive_then_measured_again():
     # Median +2 ms on a 2 ms tolerance with a wide spread: cannot tell.
     current, reference = bench({"q": query(noisy(3.0, 40, n=15, spread=1.0))}), bench({"q": query(noisy(1.0, 41, n=15, spread=1.0))})
