@@ -6,6 +6,7 @@ the benchmark schema, with few iterations to keep the file fast.
 """
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -25,6 +26,7 @@ import pgcluster  # noqa: E402
 
 QUERIES_DIR = os.path.join(REPO, "files", "benchmark", "queries")
 SCHEMA_DIR = os.path.join(REPO, "files", "sql", "benchmark_schema")
+PROVENANCE_DIR = os.path.join(REPO, "files", "sql", "benchmark_provenance")
 DB = "BIBLIOTECA"
 QUERY_IDS = [
     "q01_bbox_intersects", "q02_radius", "q03_knn", "q04_rpc_text_search", "q05_temporal_bbox",
@@ -145,6 +147,142 @@ def test_shipped_queries():
         assert not any(";" in line for line in code), query["file"]  # one statement
 
 
+@pytest.mark.parametrize("probability, df, expected", [
+    (0.975, 1, 12.706205),
+    (0.975, 9, 2.262157),
+    (0.975, 29, 2.045230),
+    (0.995, 4, 4.604095),
+    (0.95, 120, 1.657651),
+    (0.975, 10**6, 1.959966),  # the normal quantile
+])
+def test_student_t_quantile_matches_tables(probability, df, expected):
+    assert gis_benchmark.student_t_quantile(probability, df) == pytest.approx(expected, abs=1e-5)
+
+
+def test_mean_interval():
+    samples = [9, 2, 4, 4, 4, 5, 5, 7]  # mean 5, sample standard deviation sqrt(32/7)
+    margin = 2.364624 * math.sqrt(32 / 7) / math.sqrt(8)
+    assert gis_benchmark.mean_interval(samples, 0.95) == pytest.approx([5 - margin, 5 + margin], abs=1e-3)
+    assert gis_benchmark.mean_interval([3.0], 0.95) is None
+
+
+def exact_coverage(count, quantile, low, high):
+    """P(low <= B < high) for B ~ binomial(count, quantile), with exact integer binomials."""
+    return sum(math.comb(count, k) * quantile ** k * (1 - quantile) ** (count - k) for k in range(low, high))
+
+
+def exact_tail_below(count, quantile, rank):
+    return exact_coverage(count, quantile, 0, rank)
+
+
+@pytest.mark.parametrize("count, quantile, level, expected", [
+    (100, 0.5, 0.95, (40, 61)),   # the classical ranks of the median's 95% interval
+    (6, 0.5, 0.95, (1, 6)),       # the smallest sample with one: min to max
+    (5, 0.5, 0.95, None),         # min to max covers only 93.75%
+    (100, 0.99, 0.95, None),      # p99 needs far more samples
+])
+def test_order_statistic_ranks(count, quantile, level, expected):
+    assert gis_benchmark.order_statistic_ranks(count, quantile, level) == expected
+
+
+@pytest.mark.parametrize("count, quantile, level", [
+    (100, 0.5, 0.95), (100, 0.95, 0.95), (1000, 0.99, 0.95), (30, 0.5, 0.9), (400, 0.99, 0.9)])
+def test_order_statistic_ranks_are_the_tightest_equal_tailed_pair(count, quantile, level):
+    low, high = gis_benchmark.order_statistic_ranks(count, quantile, level)
+    tail = (1 - level) / 2
+    assert exact_coverage(count, quantile, low, high) >= level
+    # Each tail is at most (1 - level) / 2, and one rank further in would exceed it.
+    assert exact_tail_below(count, quantile, low) <= tail < exact_tail_below(count, quantile, low + 1)
+    above = 1 - exact_tail_below(count, quantile, high)
+    assert above <= tail
+    assert high == 1 or 1 - exact_tail_below(count, quantile, high - 1) > tail
+
+
+def test_confidence_intervals():
+    samples = [float(value) for value in range(100, 0, -1)]  # 1..100, in any order
+    intervals = gis_benchmark.confidence_intervals(samples, 0.95)
+    assert intervals["p50_ci_ms"] == [40.0, 61.0]
+    assert intervals["p95_ci_ms"][0] < 95 < intervals["p95_ci_ms"][1]
+    assert intervals["p99_ci_ms"] is None
+    low, high = intervals["mean_ci_ms"]
+    assert low < 50.5 < high
+    few = gis_benchmark.confidence_intervals([1.0, 2.0], 0.95)
+    assert few["p50_ci_ms"] is None and few["mean_ci_ms"] is not None
+
+
+def test_default_seed_is_stable_per_run_and_stage():
+    seed = gis_benchmark.default_seed("run", "baseline")
+    assert seed == gis_benchmark.default_seed("run", "baseline")
+    assert seed != gis_benchmark.default_seed("run", "opt1")
+    assert 0 <= seed < 2 ** 32
+
+
+def test_interleaved_schedules():
+    schedules = gis_benchmark.interleaved_schedules(4, [3, 2, 0], seed=7)
+    assert [len(schedule) for schedule in schedules] == [12, 8, 0]
+    for schedule in schedules:
+        for start in range(0, len(schedule), 4):
+            assert sorted(schedule[start:start + 4]) == [0, 1, 2, 3]  # every query once per round
+    assert schedules == gis_benchmark.interleaved_schedules(4, [3, 2, 0], seed=7)
+    assert schedules != gis_benchmark.interleaved_schedules(4, [3, 2, 0], seed=8)
+
+
+def test_latency_phases():
+    interleaved = gis_benchmark.latency_phases(3, valid_params(iterations=5, warmup=2), 2, seed=1)
+    assert len(interleaved) == 1
+    assert interleaved[0]["warmup"] == [0, 1, 2, 0, 1, 2]
+    assert [len(schedule) for schedule in interleaved[0]["schedules"]] == [9, 6]
+    sequential = gis_benchmark.latency_phases(3, valid_params(iterations=5, warmup=1, order="sequential"),
+                                              2, seed=1)
+    assert sequential == [dict(warmup=[index], schedules=[[index] * 3, [index] * 2]) for index in range(3)]
+
+
+def scan(node_type, relation, **extra):
+    return dict({"Node Type": node_type, "Relation Name": relation, "Schema": "public"}, **extra)
+
+
+def test_plan_summary():
+    explain_output = [{
+        "Plan": {"Node Type": "Sort", "Shared Hit Blocks": 12, "Plans": [
+            {"Node Type": "Append", "Plans": [
+                scan("Index Scan", "geometrias_2020"),
+                {"Node Type": "Bitmap Heap Scan", "Relation Name": "geometrias_2021", "Schema": "public",
+                 "Plans": [{"Node Type": "Bitmap Index Scan", "Index Name": "idx"}]},
+                scan("Seq Scan", "geometrias_2020"),
+            ]},
+            {"Node Type": "Function Scan", "Function Name": "f", "Schema": "public"},
+            scan("Seq Scan", "categorias"),
+        ]},
+        "Planning Time": 0.5, "Execution Time": 1.25, "Query Identifier": 42,
+    }]
+    summary = gis_benchmark.plan_summary(explain_output)
+    assert summary["shape"] == ("Sort(Append(Index Scan:public.geometrias_2020,"
+                                " Bitmap Heap Scan:public.geometrias_2021(Bitmap Index Scan),"
+                                " Seq Scan:public.geometrias_2020), Function Scan:public.f,"
+                                " Seq Scan:public.categorias)")
+    assert summary["shape_sha256"] == hashlib.sha256(summary["shape"].encode()).hexdigest()
+    assert summary["node_types"] == ["Append", "Bitmap Heap Scan", "Bitmap Index Scan", "Function Scan",
+                                     "Index Scan", "Seq Scan", "Sort"]
+    assert summary["relations"] == ["public.categorias", "public.geometrias_2020", "public.geometrias_2021"]
+    assert summary["partitions_scanned"] == 2
+    assert (summary["planning_ms"], summary["execution_ms"]) == (0.5, 1.25)
+
+
+def test_statement_counters_arithmetic():
+    total = gis_benchmark.counters_delta((10, 100, 5, 2.0), (14, 130, 5, 3.0))
+    total = gis_benchmark.counters_delta(None, (2, 10, 0, 0.5), total)  # a query id seen for the first time
+    assert total == (6, 40, 0, 1.5)
+    assert gis_benchmark.statements_summary(total) == dict(
+        calls=6, shared_blks_hit=40, shared_blks_read=0, cache_hit_ratio=1.0,
+        total_exec_time_ms=1.5, mean_exec_time_ms=0.25)
+    assert gis_benchmark.statements_summary((0, 0, 0, 0.0))["mean_exec_time_ms"] is None
+
+
+def test_throughput_of_workers():
+    assert gis_benchmark.throughput([(10.0, 11.0, 300), (10.5, 12.0, 500)]) == dict(
+        executions=800, seconds=2.0, qps=400.0)
+
+
 def test_check_args_accepts_defaults():
     assert gis_benchmark.check_args(valid_params()) == []
 
@@ -159,6 +297,9 @@ def test_check_args_accepts_defaults():
     (dict(run_id=" "), "run_id must not be empty"),
     (dict(stage=""), "stage must not be empty"),
     (dict(as_role=""), "as_role must not be empty"),
+    (dict(throughput_seconds=-1.0), "throughput_seconds must be >= 0"),
+    (dict(ci_level=1.0), "ci_level must be between 0 and 1"),
+    (dict(ci_level=0.0), "ci_level must be between 0 and 1"),
 ])
 def test_check_args_rejects(overrides, message):
     assert message in "; ".join(gis_benchmark.check_args(valid_params(**overrides)))
@@ -177,7 +318,8 @@ def test_documentation_matches_argument_spec():
     assert set(yaml.safe_load(gis_benchmark.RETURN)["benchmark"]["contains"]) == {
         "run_id", "stage", "started_at", "finished_at", "iterations", "warmup", "concurrency",
         "executions", "duration_s", "qps", "mean_ms", "cache_hit_ratio", "blks_hit",
-        "blks_read", "server_version", "as_role", "stored", "queries"}
+        "blks_read", "server_version", "as_role", "stored", "queries", "prepared", "order", "seed",
+        "throughput_seconds", "ci_level", "stats_source", "provenance"}
 
 
 # --------------------------------------------------------------------------
@@ -197,6 +339,7 @@ def cluster():
     with pgcluster.running_cluster() as running:
         running.build_reference_db(DB, features=251)
         running.run_sql_file(DB, os.path.join(SCHEMA_DIR, "deploy.sql"))
+        running.run_sql_file(DB, os.path.join(PROVENANCE_DIR, "deploy.sql"))
         yield running
 
 
@@ -209,7 +352,7 @@ def db(cluster):
 
 def bench_args(cluster, **overrides):
     args = dict(cluster.login_args(DB), queries_dir=QUERIES_DIR, run_id="test-run",
-                stage="baseline", iterations=4, warmup=1, concurrency=2)
+                stage="baseline", iterations=4, warmup=1, concurrency=2, throughput_seconds=0.05)
     args.update(overrides)
     return args
 
