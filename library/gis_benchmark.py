@@ -1240,8 +1240,12 @@ def run_phases(params, queries, phases, control, counters):
             for _, _, per_query in payloads:
                 for index, values in enumerate(per_query):
                     samples[index].extend(values)
+            # Only the queries timed in this phase: a worker done early may already be warming up
+            # the next phase's query (order=sequential).
+            timed = {index for schedule in phases[phase_number]["schedules"] for index in schedule}
             totals = [counters_delta(before.get(query["queryid"]), after.get(query["queryid"]), total)
-                      for query, total in zip(queries, totals)]
+                      if index in timed else total
+                      for index, (query, total) in enumerate(zip(queries, totals))]
         # While the workers wait: the plans of the warm state that was just measured.
         explained = explain_queries(control, queries)
         for phase_number in range(latency_count, len(phases)):

@@ -369,7 +369,8 @@ def execute(conn, statement):
 
 
 def test_run_measures_and_stores(cluster, db, capsys):
-    result = run_module(capsys, bench_args(cluster, run_id="run-store"))
+    given = dict(git_commit="abc123", features=251)
+    result = run_module(capsys, bench_args(cluster, run_id="run-store", provenance=given))
     assert not result.get("failed"), result
     assert result["changed"] is True
     bench = result["benchmark"]
@@ -402,6 +403,95 @@ def test_run_measures_and_stores(cluster, db, capsys):
     assert stored == [(q, 4, bench["queries"][q]["fingerprint"], 4) for q in QUERY_IDS]
     catalog = dict(fetch(db, "SELECT query_id, sql_sha256 FROM stage4_benchmark.queries"))
     assert catalog == {q: bench["queries"][q]["sql_sha256"] for q in QUERY_IDS}
+
+    # What the benchmark_provenance change stores.
+    assert (bench["prepared"], bench["order"], bench["seed"]) \
+        == (True, "interleaved", gis_benchmark.default_seed("run-store", "baseline"))
+    assert bench["stats_source"] == "pg_stat_statements"
+    provenance = bench["provenance"]
+    assert {key: provenance[key] for key in given} == given
+    assert provenance["server"]["version"] == bench["server_version"]
+    assert set(provenance["server"]["settings"]) == set(gis_benchmark.PROVENANCE_SETTINGS)
+    assert provenance["client"]["cpu_count"] >= 1 and len(provenance["client"]["load_average"]) == 3
+    assert provenance["measurement"]["concurrency"] == 2 and provenance["measurement"]["order"] == "interleaved"
+    stored_run = fetch(db, "SELECT prepared, execution_order, seed, stats_source, provenance"
+                           " FROM stage4_benchmark.runs WHERE run_id = 'run-store'")
+    assert stored_run == [(True, "interleaved", bench["seed"], "pg_stat_statements", provenance)]
+    stored_queries = dict(fetch(db, "SELECT query_id, jsonb_build_object('qps', qps, 'ci', ci,"
+                                    " 'statements', statements, 'plan', plan, 'queryid', queryid)"
+                                    " FROM stage4_benchmark.query_results WHERE run_id = 'run-store'"))
+    for query_id, stats in bench["queries"].items():
+        assert stored_queries[query_id] == dict(
+            qps=stats["qps"], statements=stats["statements"], plan=stats["plan"], queryid=stats["queryid"],
+            ci=dict(level=0.95, mean_ci_ms=stats["mean_ci_ms"], p50_ci_ms=None, p95_ci_ms=None,
+                    p99_ci_ms=None)), query_id
+
+
+def test_run_returns_server_counters_plans_and_throughput(cluster, capsys):
+    bench = run_module(capsys, bench_args(cluster, run_id="run-details", iterations=6,
+                                          store=False))["benchmark"]
+    for query_id, stats in bench["queries"].items():
+        # The prepared EXECUTEs count on the query id of the plain statement, the timed ones only
+        # (neither the warm-up, nor the fingerprint, EXPLAIN or throughput executions).
+        assert isinstance(stats["queryid"], int), query_id
+        assert stats["statements"]["calls"] == 6, query_id
+        assert stats["statements"]["shared_blks_hit"] + stats["statements"]["shared_blks_read"] > 0, query_id
+        assert stats["statements"]["mean_exec_time_ms"] > 0, query_id
+        assert stats["throughput_executions"] >= 2 and stats["qps"] > 0, query_id
+        assert len(stats["samples_ms"]) == 6 and stats["mean_ci_ms"][0] <= stats["mean_ms"] <= stats["mean_ci_ms"][1]
+        plan = stats["plan"]
+        assert SHA256.match(plan["shape_sha256"]) and plan["node_types"] and plan["execution_ms"] > 0, query_id
+        assert plan["shape"].split("(")[0] in plan["node_types"], query_id
+    assert "public.geometrias" in bench["queries"]["q01_bbox_intersects"]["plan"]["relations"]
+    assert bench["queries"]["q03_knn"]["plan"]["shape"].startswith("Limit(")
+    assert bench["queries"]["q01_bbox_intersects"]["plan"]["partitions_scanned"] == 0  # not partitioned here
+
+
+def test_without_pg_stat_statements_falls_back(cluster, db, capsys):
+    execute(db, "DROP EXTENSION pg_stat_statements")
+    try:
+        bench = run_module(capsys, bench_args(cluster, run_id="run-nopgss", iterations=2,
+                                              store=False))["benchmark"]
+    finally:
+        execute(db, "CREATE EXTENSION pg_stat_statements SCHEMA extensions")
+    assert bench["stats_source"] == "pg_stat_database"
+    assert all(stats["statements"] is None for stats in bench["queries"].values())
+    assert bench["blks_hit"] + bench["blks_read"] > 0
+
+
+def test_sequential_unprepared_run_gives_the_same_answers(cluster, capsys):
+    interleaved = run_module(capsys, bench_args(cluster, run_id="run-orders", iterations=3,
+                                                store=False))["benchmark"]
+    sequential = run_module(capsys, bench_args(cluster, run_id="run-orders", iterations=3, order="sequential",
+                                               prepared=False, throughput_seconds=0, concurrency=3,
+                                               seed=11, store=False))["benchmark"]
+    assert (sequential["order"], sequential["prepared"], sequential["seed"]) == ("sequential", False, 11)
+    assert sequential["executions"] == 30 and sequential["concurrency"] == 3
+    for query_id, stats in sequential["queries"].items():
+        assert stats["fingerprint"] == interleaved["queries"][query_id]["fingerprint"], query_id
+        assert stats["calls"] == 3 and stats["statements"]["calls"] == 3, query_id
+        assert stats["qps"] is None and stats["throughput_executions"] is None, query_id
+
+
+def test_more_clients_than_iterations(cluster, capsys):
+    bench = run_module(capsys, bench_args(cluster, run_id="run-few", iterations=1, concurrency=3,
+                                          store=False))["benchmark"]
+    assert bench["concurrency"] == 1 and bench["executions"] == 10
+    assert all(stats["throughput_executions"] >= 3 for stats in bench["queries"].values())
+
+
+def test_measure_throughput(cluster):
+    params = dict(cluster.login_args(DB), as_role="anon")
+    with open(os.path.join(QUERIES_DIR, "q09_point_in_polygon.sql"), encoding="utf-8") as handle:
+        measured = gis_benchmark.measure_throughput(params, handle.read(), clients=2, seconds=0.2)
+    assert measured["executions"] >= 2
+    assert measured["seconds"] >= 0.2
+    assert measured["qps"] == pytest.approx(measured["executions"] / measured["seconds"], rel=1e-3)
+
+
+def test_measure_throughput_reports_a_failing_statement(cluster):
+    with pytest.raises(gis_benchmark.BenchmarkError, match='query statement failed: .*"no_such_table"'):
+        gis_benchmark.measure_throughput(cluster.login_args(DB), "SELECT * FROM no_such_table;", 2, 0.1)
 
 
 def test_fingerprints_are_stable_and_reruns_replace(cluster, db, capsys):
@@ -477,6 +567,14 @@ def test_missing_benchmark_schema_fails_before_measuring(cluster, capsys):
     assert "stage4_benchmark" in result["msg"] and "store=false" in result["msg"]
 
 
+def test_missing_provenance_columns_fail_before_measuring(cluster, capsys):
+    cluster.create_database("no_provenance")
+    cluster.run_sql_file("no_provenance", os.path.join(SCHEMA_DIR, "deploy.sql"))
+    result = run_module(capsys, bench_args(cluster, login_db="no_provenance"))
+    assert result["failed"] is True
+    assert "change benchmark_provenance" in result["msg"] and "runs.provenance" in result["msg"]
+
+
 def test_wrong_password_fails_without_leaking_it(cluster, capsys):
     password = "Wrong-Secret-" + "x7Q2"
     result = run_module(capsys, bench_args(cluster, login_password=password))
@@ -546,5 +644,29 @@ def test_schema_deploy_verify_revert(cluster):
             cluster.run_sql_file("schema_check", verify)
         cluster.run_sql_file("schema_check", deploy)  # deployable again after a revert
         cluster.run_sql_file("schema_check", verify)
+    finally:
+        conn.close()
+
+
+def test_provenance_change_deploy_verify_revert(cluster):
+    cluster.create_database("provenance_check")
+    cluster.run_sql_file("provenance_check", os.path.join(SCHEMA_DIR, "deploy.sql"))
+    conn = cluster.connect("provenance_check")
+    try:
+        with pytest.raises(psycopg2.errors.UndefinedColumn):
+            cluster.run_sql_file("provenance_check", os.path.join(PROVENANCE_DIR, "verify.sql"))
+        cluster.run_sql_file("provenance_check", os.path.join(PROVENANCE_DIR, "verify_reverted.sql"))
+        pgcluster.run_change(conn, "benchmark_provenance")  # deploy + verify
+        pgcluster.run_change(conn, "benchmark_provenance")  # deployable again (IF NOT EXISTS)
+        with pytest.raises(psycopg2.Error, match="still deployed"):
+            cluster.run_sql_file("provenance_check", os.path.join(PROVENANCE_DIR, "verify_reverted.sql"))
+        execute(conn, "ALTER TABLE stage4_benchmark.query_results ALTER COLUMN plan TYPE text")
+        with pytest.raises(psycopg2.Error, match="query_results.plan is text, not jsonb"):
+            cluster.run_sql_file("provenance_check", os.path.join(PROVENANCE_DIR, "verify.sql"))
+        pgcluster.run_change(conn, "benchmark_provenance", state="reverted")  # revert + verify_reverted
+        assert fetch(conn, "SELECT count(*) FROM information_schema.columns"
+                           " WHERE table_schema = 'stage4_benchmark' AND column_name IN ('provenance', 'plan')") \
+            == [(0,)]
+        cluster.run_sql_file("provenance_check", os.path.join(SCHEMA_DIR, "verify.sql"))  # the rest stays
     finally:
         conn.close()
