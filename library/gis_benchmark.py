@@ -1218,12 +1218,13 @@ def explain_queries(control, queries):
     return explained
 
 
-def run_phases(params, queries, phases, control, counters):
+def run_phases(params, queries, phases, control, counters, queryids):
     """Run the latency phases, EXPLAIN every query, then run the throughput phases.
 
     Returns (wall seconds of the latency phases, samples per query, throughput per query,
     EXPLAIN results per query, pg_stat_statements counters per query over the latency phases).
-    counters() snapshots pg_stat_statements; None when it cannot be used.
+    counters() snapshots pg_stat_statements by query id (queryids, per query); None when it
+    cannot be used.
     """
     latency_count = sum(1 for phase in phases if "schedules" in phase)
     wall, samples = 0.0, [[] for _ in queries]
@@ -1243,9 +1244,8 @@ def run_phases(params, queries, phases, control, counters):
             # Only the queries timed in this phase: a worker done early may already be warming up
             # the next phase's query (order=sequential).
             timed = {index for schedule in phases[phase_number]["schedules"] for index in schedule}
-            totals = [counters_delta(before.get(query["queryid"]), after.get(query["queryid"]), total)
-                      if index in timed else total
-                      for index, (query, total) in enumerate(zip(queries, totals))]
+            totals = [counters_delta(before.get(queryid), after.get(queryid), total) if index in timed else total
+                      for index, (queryid, total) in enumerate(zip(queryids, totals))]
         # While the workers wait: the plans of the warm state that was just measured.
         explained = explain_queries(control, queries)
         for phase_number in range(latency_count, len(phases)):
@@ -1266,8 +1266,6 @@ def run_benchmark(params, queries):
         relation = statements_relation(observer)
         queryids = [item["queryid"] for item in inspected]
         use_statements = relation is not None and None not in queryids
-        for query, item in zip(queries, inspected):
-            query.update(queryid=item["queryid"])
         phases = latency_phases(len(queries), params, params["concurrency"], seed)
         if params["throughput_seconds"] > 0:
             phases += [dict(query=index, seconds=params["throughput_seconds"]) for index in range(len(queries))]
@@ -1275,7 +1273,7 @@ def run_benchmark(params, queries):
         started_at = datetime.datetime.now(datetime.timezone.utc)
         wall, samples, throughputs, explained, totals = run_phases(
             params, queries, phases, control,
-            (lambda: statement_counters(observer, relation, queryids)) if use_statements else None)
+            (lambda: statement_counters(observer, relation, queryids)) if use_statements else None, queryids)
         finished_at = datetime.datetime.now(datetime.timezone.utc)
         for conn in (control, observer):
             flush_stats(conn)
@@ -1288,7 +1286,7 @@ def run_benchmark(params, queries):
     for index, query in enumerate(queries):
         stats = summarize(samples[index])
         stats.update(confidence_intervals(samples[index], params["ci_level"]))
-        stats.update(file=query["file"], sql_sha256=query["sql_sha256"], queryid=query["queryid"],
+        stats.update(file=query["file"], sql_sha256=query["sql_sha256"], queryid=queryids[index],
                      result_rows=inspected[index]["result_rows"], fingerprint=inspected[index]["fingerprint"],
                      statements=statements_summary(totals[index]) if totals else None,
                      qps=throughputs[index]["qps"] if throughputs else None,
