@@ -849,7 +849,10 @@ def statements_summary(counters):
 
 
 def wall_seconds(payloads):
-    """From the first start to the last end of the workers' (start, end, ...) payloads."""
+    """From the first start to the last end of the workers' (start, end, ...) payloads.
+
+    perf_counter is CLOCK_MONOTONIC on Linux, one clock for all processes of the host.
+    """
     return max(payload[1] for payload in payloads) - min(payload[0] for payload in payloads)
 
 
