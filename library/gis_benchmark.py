@@ -341,7 +341,7 @@ benchmark:
           versions) and C(measurement) (the options that shape the measurement) added.
       type: dict
       sample:
-        git_commit: 5834190
+        git_commit: "5834190"
         server:
           version: "15.18 (Debian 15.18-0+deb12u1)"
           settings: {shared_buffers: 256MB, work_mem: 4MB, jit: "on", plan_cache_mode: auto}
