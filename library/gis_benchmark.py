@@ -11,19 +11,34 @@ short_description: Benchmark a set of read-only GIS queries on PostgreSQL and st
 description:
   - Runs every C(*.sql) file of O(queries_dir), in file-name order, against a PostgreSQL database
     and measures the latency of each query from the client, as an API would see it.
-  - For each query it runs O(warmup) untimed executions on every benchmark connection, then
-    O(iterations) timed executions spread over O(concurrency) connections working in parallel.
-  - Once per query, untimed, it also fingerprints the result (so that a change of physical layout
-    can be shown not to change the answer) and records the shared buffers of one
-    C(EXPLAIN (ANALYZE, BUFFERS)).
+  - The timed executions run in O(concurrency) worker processes (not threads, so the client's
+    Python work does not serialize them), each with its own connection. Every session prepares
+    each query once and times C(EXECUTE), as PostgREST and C(pgbench -M prepared) do
+    (O(prepared)).
+  - Each worker first runs every query O(warmup) times, untimed. Then, with O(order=interleaved),
+    the workers start together and run rounds, each round executing every query once in a
+    random order (reproducible from O(seed)), so that no query always follows the same one;
+    O(iterations) timed executions per query in all, spread over the workers. With
+    O(order=sequential), the queries are measured one after the other, each with its own
+    warm-up.
+  - After the latency phase, with O(throughput_seconds) > 0, each query alone runs for that long
+    on all the workers, back to back, and its throughput (C(qps)) is returned.
+  - Per query it returns latency statistics with confidence intervals (O(ci_level)), the
+    fingerprint of the result (so that a change of physical layout can be shown not to change
+    the answer), the plan shape, timings and shared buffers of one
+    C(EXPLAIN (ANALYZE, BUFFERS, VERBOSE)) run after the latency phase, and, where the
+    C(pg_stat_statements) extension is installed and readable, the server-side counters of the
+    query over the timed executions.
   - The cache-hit ratio of the run is the delta of C(blks_hit) and C(blks_read) in
     C(pg_stat_database) for the database over the whole run. Other sessions on the same
     database count too.
+  - The result also records the provenance of the figures (server version and settings, client
+    host, measurement options), merged with what the caller gives in O(provenance).
   - Every benchmark session is read-only (C(default_transaction_read_only)), so a query file that
     writes fails instead of changing data.
   - With O(store=true) the run is written to the tables of O(benchmark_schema) (see
-    C(files/sql/benchmark_schema/deploy.sql)) in one transaction, replacing an earlier run with
-    the same O(run_id) and O(stage).
+    C(files/sql/benchmark_schema/deploy.sql) and C(files/sql/benchmark_provenance/deploy.sql)) in
+    one transaction, replacing an earlier run with the same O(run_id) and O(stage).
 author:
   - stage4 rollout maintainers
 requirements:
@@ -95,10 +110,52 @@ options:
     default: 3
   concurrency:
     description:
-      - Connections running the timed executions in parallel, each in its own thread (at least 1).
-      - No more connections than O(iterations) are opened.
+      - Worker processes running the timed executions in parallel, each with its own connection
+        (at least 1).
+      - With fewer O(iterations) than workers, some workers time nothing in the latency phase;
+        all of them run the throughput phase.
     type: int
     default: 2
+  prepared:
+    description:
+      - Each session C(PREPARE)s every query once and the timed executions are C(EXECUTE)s, as
+        with PostgREST or C(pgbench -M prepared).
+      - With V(false), every execution sends the statement text (parsed and planned each time).
+      - The fingerprint and the C(EXPLAIN)s always use the plain statement.
+    type: bool
+    default: true
+  order:
+    description:
+      - V(interleaved) runs rounds of all the queries in a random order after one warm-up of all
+        of them; V(sequential) measures the queries one after the other (warm-up, then the timed
+        executions of one query on all workers, then the next query).
+    type: str
+    default: interleaved
+    choices: [interleaved, sequential]
+  seed:
+    description:
+      - Seed of the random order of O(order=interleaved).
+      - Default, a number derived from O(run_id) and O(stage), so that a rerun uses the same order.
+    type: int
+  throughput_seconds:
+    description:
+      - After the latency phase, each query alone runs for this many seconds on all the workers,
+        back to back (prepared), to measure its throughput at O(concurrency).
+      - V(0) skips this phase; C(qps) of each query is then null.
+    type: float
+    default: 1.0
+  ci_level:
+    description: Confidence level of the intervals returned for the mean and the percentiles (between 0 and 1).
+    type: float
+    default: 0.95
+  provenance:
+    description:
+      - What the caller knows about the run (for example the git commit, the checksums of the SQL
+        files, the number of features), returned and stored with the provenance the module
+        gathers itself under the keys C(server), C(client) and C(measurement), which take
+        precedence over the same keys given here.
+    type: dict
+    default: {}
   as_role:
     description:
       - Role to C(SET ROLE) to in every benchmark session, so that row level security and
@@ -121,6 +178,17 @@ notes:
   - Latencies are measured with C(time.perf_counter) around execute and fetch of all rows, so they
     include the network round trip and the transfer of the result. JSON results are fetched as
     text, not parsed.
+  - The workers are forked (start method C(fork)), which lets them run when Ansible executes the
+    module from its AnsiballZ archive.
+  - The confidence interval of the mean uses Student's t. Those of the percentiles are
+    distribution-free, the order statistics whose ranks bound the percentile with the binomial
+    probability O(ci_level), each tail at most half of the rest; null when there are too few
+    samples for that level (for example fewer than 6 for the median at 95%, or about 300 for p99).
+  - The C(pg_stat_statements) counters of a query are those of its query id (C(Query Identifier)
+    of C(EXPLAIN (VERBOSE)), on which the prepared C(EXECUTE)s are counted too), summed over the
+    roles and nesting levels in this database. Other sessions running the same query count too.
+    The login role must be able to read every role's statistics (C(pg_read_all_stats)); otherwise,
+    or without the extension, C(stats_source) is C(pg_stat_database) and C(statements) is null.
   - Percentiles use linear interpolation between the closest ranks (numpy's default); the standard
     deviation is the population one.
   - The result fingerprint is the sha256 of the row count and of the sorted text of the rows. A
@@ -151,8 +219,22 @@ EXAMPLES = r"""
     stage: clustered
     iterations: 100
     concurrency: 4
+    order: sequential
+    throughput_seconds: 0
     store: false
   register: candidate
+
+- name: Record where the figures come from
+  gis_benchmark:
+    login_user: postgres
+    login_db: postgres
+    queries_dir: files/benchmark/queries
+    run_id: "{{ rollout_id }}"
+    stage: opt1
+    ci_level: 0.99
+    provenance:
+      git_commit: "{{ lookup('ansible.builtin.pipe', 'git rev-parse HEAD') }}"
+      features: 251
 
 - name: The candidate returns the same results as the baseline
   ansible.builtin.assert:
@@ -193,15 +275,37 @@ benchmark:
       type: int
       sample: 3
     concurrency:
-      description: Connections used for the timed executions.
+      description: Connections used for the timed executions of the latency phase.
       type: int
       sample: 2
+    prepared:
+      description: The O(prepared) given.
+      type: bool
+      sample: true
+    order:
+      description: The O(order) given.
+      type: str
+      sample: interleaved
+    seed:
+      description: Seed of the random order (the O(seed) given, or the one derived from O(run_id) and O(stage)).
+      type: int
+      sample: 2882400001
+    throughput_seconds:
+      description: The O(throughput_seconds) given.
+      type: float
+      sample: 1.0
+    ci_level:
+      description: The O(ci_level) given.
+      type: float
+      sample: 0.95
     executions:
-      description: Timed executions of all queries.
+      description: Timed executions of all queries in the latency phase.
       type: int
       sample: 300
     duration_s:
-      description: Wall time of the timed phases of all queries, in seconds.
+      description:
+        - Wall time of the latency phase in seconds (with O(order=sequential), the sum of the
+          phases of the queries). The throughput phase is not included.
       type: float
       sample: 0.228366
     qps:
@@ -224,6 +328,40 @@ benchmark:
       description: Increase of C(pg_stat_database.blks_read) during the run.
       type: int
       sample: 1
+    stats_source:
+      description:
+        - V(pg_stat_statements) when the C(statements) of every query come from that extension,
+          V(pg_stat_database) when only the database-wide cache figures above are available.
+      type: str
+      sample: pg_stat_statements
+    provenance:
+      description:
+        - The O(provenance) given, with C(server) (version, settings that shape plans and caching),
+          C(client) (CPU count and load average of the host running the module, Python and psycopg2
+          versions) and C(measurement) (the options that shape the measurement) added.
+      type: dict
+      sample:
+        git_commit: "5834190"
+        server:
+          version: "15.18 (Debian 15.18-0+deb12u1)"
+          settings: {shared_buffers: 256MB, work_mem: 4MB, jit: "on", plan_cache_mode: auto}
+        client:
+          cpu_count: 2
+          load_average: [0.52, 0.61, 0.7]
+          python_version: 3.11.7
+          psycopg2_version: 2.9.13
+        measurement:
+          concurrency: 2
+          client: psycopg2, one process and connection per client
+          prepared: true
+          order: interleaved
+          seed: 2882400001
+          iterations: 30
+          warmup: 3
+          throughput_seconds: 1.0
+          ci_level: 0.95
+          statement_timeout_ms: 60000
+          as_role: anon
     server_version:
       description: C(server_version) of the server.
       type: str
@@ -237,7 +375,20 @@ benchmark:
       type: bool
       sample: true
     queries:
-      description: Statistics per query id. Times are in milliseconds.
+      description:
+        - Statistics per query id. Times are in milliseconds.
+        - C(samples_ms) are the latencies of the timed executions (per worker, in the order measured);
+          C(mean_ms), C(p50_ms), C(p95_ms), C(p99_ms), C(min_ms), C(max_ms), C(stddev_ms) summarize them.
+        - C(mean_ci_ms), C(p50_ci_ms), C(p95_ci_ms), C(p99_ci_ms) are [low, high] confidence intervals at
+          C(ci_level); null when there are too few samples.
+        - C(qps) and C(throughput_executions) are those of the throughput phase (null without it).
+        - C(queryid) is the query identifier the server computes (null when it computes none).
+        - C(statements) are the C(pg_stat_statements) counters of the query over the timed executions
+          (C(calls), C(shared_blks_hit), C(shared_blks_read), C(cache_hit_ratio), C(total_exec_time_ms),
+          C(mean_exec_time_ms)); null when not available (see C(stats_source)).
+        - C(plan) describes one C(EXPLAIN (ANALYZE, BUFFERS, VERBOSE)) run after the latency phase;
+          C(shared_hit) and C(shared_read) are the shared buffers of its top node.
+        - C(fingerprint) is the hash of the result of the plain statement, C(result_rows) its row count.
       type: dict
       sample:
         q01_bbox_intersects:
@@ -256,14 +407,39 @@ benchmark:
           shared_hit: 8
           shared_read: 0
           samples_ms: [0.392, 0.348, 0.342, 0.276, 0.274, 0.244, 0.234, 0.229, 0.226, 0.253]
+          mean_ci_ms: [0.269, 0.305]
+          p50_ci_ms: [0.253, 0.291]
+          p95_ci_ms: [0.348, 0.411]
+          p99_ci_ms: null
+          qps: 3120.5
+          throughput_executions: 3121
+          queryid: 7434962108094004438
+          statements:
+            calls: 30
+            shared_blks_hit: 240
+            shared_blks_read: 0
+            cache_hit_ratio: 1.0
+            total_exec_time_ms: 4.82
+            mean_exec_time_ms: 0.161
+          plan:
+            shape: "Sort(Bitmap Heap Scan:public.geometrias(Bitmap Index Scan))"
+            shape_sha256: 0c9a43ab5a47e0a9d6e55e7d1c9f1bd0c2a0b6d9c8d3a7f3e2b1c4d5e6f7a8b9
+            node_types: [Bitmap Heap Scan, Bitmap Index Scan, Sort]
+            relations: [public.geometrias]
+            partitions_scanned: 0
+            planning_ms: 0.412
+            execution_ms: 0.198
 """
 
 import datetime
 import hashlib
 import json
 import math
+import multiprocessing
 import os
-import threading
+import platform
+import queue
+import random
 import time
 import traceback
 
@@ -286,7 +462,22 @@ APPLICATION_NAME = "stage4_gis_benchmark"
 # How long to wait for pg_stat_database to show the run's blocks.
 STATS_POLL_TIMEOUT_S = 2.0
 STATS_POLL_INTERVAL_S = 0.05
-BARRIER_TIMEOUT_S = 60.0
+# How often a waiting worker checks that its parent is alive, and the parent that its workers are.
+LIVENESS_POLL_S = 1.0
+# 'fork': the workers inherit the module as loaded, which works when Ansible runs it from its
+# AnsiballZ zip as __main__ (a 'spawn' child would have to import it again, and cannot).
+START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+PREPARED_NAME = "stage4_bench_%d"
+CLIENT_KIND = "psycopg2, one process and connection per client"
+PROVENANCE_SETTINGS = (
+    "shared_buffers", "work_mem", "effective_cache_size", "random_page_cost", "jit",
+    "max_parallel_workers_per_gather", "enable_partitionwise_aggregate", "enable_partitionwise_join",
+    "plan_cache_mode",
+)
+MEASUREMENT_PARAMETERS = ("concurrency", "prepared", "order", "seed", "iterations", "warmup",
+                          "throughput_seconds", "ci_level", "statement_timeout_ms", "as_role")
+PERCENTILES = (50, 95, 99)
+STATS_SOURCES = ("pg_stat_statements", "pg_stat_database")
 
 ARGUMENT_SPEC = dict(
     CONNECTION_ARGUMENT_SPEC,
@@ -296,15 +487,36 @@ ARGUMENT_SPEC = dict(
     iterations=dict(type="int", default=30),
     warmup=dict(type="int", default=3),
     concurrency=dict(type="int", default=2),
+    prepared=dict(type="bool", default=True),
+    order=dict(type="str", default="interleaved", choices=["interleaved", "sequential"]),
+    seed=dict(type="int"),
+    throughput_seconds=dict(type="float", default=1.0),
+    ci_level=dict(type="float", default=0.95),
+    provenance=dict(type="dict", default={}),
     as_role=dict(type="str"),
     statement_timeout_ms=dict(type="int", default=60000),
     store=dict(type="bool", default=True),
     benchmark_schema=dict(type="str", default="stage4_benchmark"),
 )
 
+# Columns of the benchmark tables added by the benchmark_provenance change.
+PROVENANCE_COLUMNS = {
+    "runs": ("prepared", "execution_order", "seed", "throughput_seconds", "ci_level", "stats_source",
+             "provenance"),
+    "query_results": ("qps", "throughput_executions", "ci", "queryid", "statements", "plan"),
+}
+
 
 class BenchmarkError(Exception):
     """A failure to report to the user as is."""
+
+
+class QueryFailed(Exception):
+    """A query failed in a worker; index is its position in the query list."""
+
+    def __init__(self, index, error):
+        super().__init__(str(error).strip())
+        self.index = index
 
 
 # --------------------------------------------------------------------------
@@ -319,6 +531,10 @@ def check_args(params):
               for name, low in minimums.items() if params[name] < low]
     if params["login_port"] > 65535:
         errors.append("login_port must be <= 65535 (got %d)" % params["login_port"])
+    if params["throughput_seconds"] < 0:
+        errors.append("throughput_seconds must be >= 0 (got %g)" % params["throughput_seconds"])
+    if not 0 < params["ci_level"] < 1:
+        errors.append("ci_level must be between 0 and 1, both excluded (got %g)" % params["ci_level"])
     errors.extend("%s must not be empty" % name
                   for name in ("run_id", "stage", "benchmark_schema") if not params[name].strip())
     if params["as_role"] is not None and not params["as_role"].strip():
@@ -398,6 +614,110 @@ def summarize(samples_ms):
     )
 
 
+def regularized_beta(x, a, b):
+    """The regularized incomplete beta function I_x(a, b) (continued fraction, Lentz's method)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    # The continued fraction converges fast only on this side of the mean.
+    if x > (a + 1.0) / (a + b + 2.0):
+        return 1.0 - regularized_beta(1.0 - x, b, a)
+    tiny = 1e-300
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                     + a * math.log(x) + b * math.log1p(-x)) / a
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    fraction = d
+    for m in range(1, 500):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            fraction *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return front * fraction
+
+
+def student_t_cdf(t, df):
+    """P(T <= t) for Student's t with df degrees of freedom."""
+    tail = 0.5 * regularized_beta(df / (df + t * t), df / 2.0, 0.5)
+    return 1.0 - tail if t > 0 else tail
+
+
+def student_t_quantile(probability, df):
+    """The t such that P(T <= t) = probability (0.5 < probability < 1), by bisection."""
+    low, high = 0.0, 1.0
+    while student_t_cdf(high, df) < probability:
+        low, high = high, high * 2.0
+    while high - low > 1e-12 * high:
+        middle = (low + high) / 2.0
+        if student_t_cdf(middle, df) < probability:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2.0
+
+
+def mean_interval(samples, level):
+    """[low, high] confidence interval of the mean (Student's t), None under two samples."""
+    count = len(samples)
+    if count < 2:
+        return None
+    mean = sum(samples) / count
+    deviation = math.sqrt(sum((value - mean) ** 2 for value in samples) / (count - 1))
+    margin = student_t_quantile((1.0 + level) / 2.0, count - 1) * deviation / math.sqrt(count)
+    return [round(mean - margin, 3), round(mean + margin, 3)]
+
+
+def binomial_pmf(count, probability):
+    """P(B = k) for k = 0..count, B binomial(count, probability), computed in logs."""
+    log_p, log_q = math.log(probability), math.log1p(-probability)
+    log_n = math.lgamma(count + 1)
+    return [math.exp(log_n - math.lgamma(k + 1) - math.lgamma(count - k + 1)
+                     + k * log_p + (count - k) * log_q) for k in range(count + 1)]
+
+
+def order_statistic_ranks(count, quantile, level):
+    """1-based ranks (low, high) of the order statistics bounding the quantile (0 < q < 1).
+
+    Distribution-free: the quantile lies in [X(low), X(high)] with probability
+    P(low <= B < high), B ~ binomial(count, quantile), and each tail outside is at most
+    (1 - level) / 2 (the equal-tailed choice). None when count is too small for the level.
+    """
+    pmf = binomial_pmf(count, quantile)
+    tail = (1.0 - level) / 2.0
+    below, low = 0.0, None  # below = P(B <= rank - 1)
+    for rank in range(1, count + 1):
+        below += pmf[rank - 1]
+        if below > tail:
+            break
+        low = rank
+    above, high = 0.0, None  # above = P(B >= rank)
+    for rank in range(count, 0, -1):
+        above += pmf[rank]
+        if above > tail:
+            break
+        high = rank
+    if low is None or high is None:
+        return None
+    return low, high
+
+
+def confidence_intervals(samples_ms, level):
+    """mean_ci_ms, p50_ci_ms, p95_ci_ms and p99_ci_ms of the samples; None where too few."""
+    ordered = sorted(samples_ms)
+    intervals = dict(mean_ci_ms=mean_interval(ordered, level))
+    for pct in PERCENTILES:
+        ranks = order_statistic_ranks(len(ordered), pct / 100.0, level)
+        intervals["p%d_ci_ms" % pct] = (None if ranks is None
+                                        else [ordered[ranks[0] - 1], ordered[ranks[1] - 1]])
+    return intervals
+
+
 def fingerprint(rows):
     """sha256 of the row count and the sorted text of the rows: independent of row order."""
     digest = hashlib.sha256(("%d\n" % len(rows)).encode("utf-8"))
@@ -414,6 +734,39 @@ def split_iterations(iterations, workers):
     return [share + (1 if index < rest else 0) for index in range(workers)]
 
 
+def default_seed(run_id, stage):
+    """A seed fixed by the run and the stage, so a rerun executes in the same order."""
+    return int(hashlib.sha256(("%s\n%s" % (run_id, stage)).encode("utf-8")).hexdigest()[:8], 16)
+
+
+def interleaved_schedules(query_count, rounds_per_worker, seed):
+    """Per worker, its rounds one after the other: every query once per round, shuffled."""
+    rng = random.Random(seed)
+    schedules = []
+    for rounds in rounds_per_worker:
+        schedule = []
+        for _ in range(rounds):
+            order = list(range(query_count))
+            rng.shuffle(order)
+            schedule.extend(order)
+        schedules.append(schedule)
+    return schedules
+
+
+def latency_phases(query_count, params, workers, seed):
+    """The timed phases: one of mixed rounds (interleaved), or one per query (sequential).
+
+    A phase is dict(warmup=[query indexes run untimed by every worker first],
+    schedules=[query indexes timed, per worker]).
+    """
+    shares = split_iterations(params["iterations"], workers)
+    if params["order"] == "interleaved":
+        return [dict(warmup=list(range(query_count)) * params["warmup"],
+                     schedules=interleaved_schedules(query_count, shares, seed))]
+    return [dict(warmup=[index] * params["warmup"], schedules=[[index] * share for share in shares])
+            for index in range(query_count)]
+
+
 def hit_ratio(blks_hit, blks_read):
     """Cache-hit ratio of a block delta, None when no block was touched."""
     total = blks_hit + blks_read
@@ -424,6 +777,98 @@ def top_node_buffers(explain_output):
     """Shared hit and read blocks of the top plan node of EXPLAIN (FORMAT JSON) output."""
     plan = explain_output[0]["Plan"]
     return plan.get("Shared Hit Blocks"), plan.get("Shared Read Blocks")
+
+
+def relation_name(node):
+    """schema.relation of a scan node (EXPLAIN VERBOSE names the schema), else None."""
+    if "Relation Name" not in node:
+        return None
+    return "%s.%s" % (node["Schema"], node["Relation Name"]) if "Schema" in node else node["Relation Name"]
+
+
+def node_label(node):
+    """Node type, with what it reads: 'Index Scan:public.geometrias', 'Function Scan:f'."""
+    function = node.get("Function Name")
+    if function and "Schema" in node:
+        function = "%s.%s" % (node["Schema"], function)
+    target = relation_name(node) or function or node.get("CTE Name")
+    return "%s:%s" % (node["Node Type"], target) if target else node["Node Type"]
+
+
+def plan_shape(node):
+    children = node.get("Plans") or []
+    if not children:
+        return node_label(node)
+    return "%s(%s)" % (node_label(node), ", ".join(plan_shape(child) for child in children))
+
+
+def walk_plan(node, under_append=False):
+    """Yield (node, whether an Append or Merge Append is above it) for the whole tree."""
+    yield node, under_append
+    below = under_append or node["Node Type"] in ("Append", "Merge Append")
+    for child in node.get("Plans") or []:
+        yield from walk_plan(child, below)
+
+
+def plan_summary(explain_output):
+    """The shape of an EXPLAIN (ANALYZE, VERBOSE, FORMAT JSON) plan and its timings."""
+    top = explain_output[0]
+    nodes = list(walk_plan(top["Plan"]))
+    shape = plan_shape(top["Plan"])
+    return dict(
+        shape=shape,
+        shape_sha256=hashlib.sha256(shape.encode("utf-8")).hexdigest(),
+        node_types=sorted({node["Node Type"] for node, _ in nodes}),
+        relations=sorted({relation_name(node) for node, _ in nodes if relation_name(node)}),
+        partitions_scanned=len({relation_name(node) for node, under in nodes
+                                if under and relation_name(node)}),
+        planning_ms=top.get("Planning Time"),
+        execution_ms=top.get("Execution Time"),
+    )
+
+
+NO_COUNTERS = (0, 0, 0, 0.0)
+
+
+def counters_delta(before, after, total=NO_COUNTERS):
+    """total plus the increase from before to after of pg_stat_statements counters.
+
+    Counters are (calls, shared_blks_hit, shared_blks_read, total_exec_time) tuples, None for a
+    query id without an entry (yet).
+    """
+    return tuple(base + now - then
+                 for base, now, then in zip(total, after or NO_COUNTERS, before or NO_COUNTERS))
+
+
+def statements_summary(counters):
+    """The statements dict of a query from its counters over the timed phase."""
+    calls, hit, read, total = counters
+    return dict(calls=calls, shared_blks_hit=hit, shared_blks_read=read,
+                cache_hit_ratio=hit_ratio(hit, read), total_exec_time_ms=round(total, 3),
+                mean_exec_time_ms=round(total / calls, 3) if calls else None)
+
+
+def wall_seconds(payloads):
+    """From the first start to the last end of the workers' (start, end, ...) payloads.
+
+    perf_counter is CLOCK_MONOTONIC on Linux, one clock for all processes of the host.
+    """
+    return max(payload[1] for payload in payloads) - min(payload[0] for payload in payloads)
+
+
+def throughput(payloads):
+    """executions, seconds and qps of a throughput phase from its (start, end, count) per worker."""
+    executions = sum(count for _, _, count in payloads)
+    wall = wall_seconds(payloads)
+    return dict(executions=executions, seconds=round(wall, 6),
+                qps=round(executions / wall, 3) if wall > 0 else None)
+
+
+def with_defaults(params):
+    """The parameters with the module's defaults for what is not given."""
+    complete = {name: spec.get("default") for name, spec in ARGUMENT_SPEC.items()}
+    complete.update(params)
+    return complete
 
 
 # --------------------------------------------------------------------------
@@ -484,121 +929,396 @@ def blocks_after(conn, before):
     return current
 
 
-def execute(conn, statement):
+def execute(conn, statement, arguments=None):
     with conn.cursor() as cur:
-        cur.execute(statement)
+        cur.execute(statement, arguments)
         return cur.fetchall()
 
 
-def warm(conn, statement, count):
-    for _ in range(count):
-        execute(conn, statement)
+def explain(conn, options, statement):
+    return json.loads(execute(conn, "EXPLAIN (%s, FORMAT JSON)\n%s" % (options, statement))[0][0])
 
 
-def in_parallel(function, argument_lists):
-    """Call function(*arguments) for each list, each call in a thread of its own.
+def statements_relation(conn):
+    """pg_stat_statements, schema-qualified, when installed and readable by this login, else None.
 
-    Returns the results in order and re-raises the first exception of a thread. One thread per
-    call, not a pool: the timed calls meet at a barrier, so they must all run at once.
+    Readable means: loaded by the server (the view fails otherwise) and the login may see the
+    query ids of every role (pg_read_all_stats), as the benchmark may run as another role.
     """
-    results = [None] * len(argument_lists)
-    errors = []
+    rows = execute(conn, "SELECT quote_ident(n.nspname) || '.pg_stat_statements'"
+                         " FROM pg_extension AS e JOIN pg_namespace AS n ON n.oid = e.extnamespace"
+                         " WHERE e.extname = 'pg_stat_statements'"
+                         " AND pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')")
+    if not rows:
+        return None
+    try:
+        execute(conn, "SELECT 1 FROM %s LIMIT 1" % rows[0][0])
+    except psycopg2.Error:
+        return None
+    return rows[0][0]
 
-    def call(index, arguments):
+
+def statement_counters(conn, relation, queryids):
+    """{queryid: (calls, shared_blks_hit, shared_blks_read, total_exec_time)} in this database,
+    summed over the roles and nesting levels of each query id."""
+    rows = execute(conn, "SELECT queryid, sum(calls)::bigint, sum(shared_blks_hit)::bigint,"
+                         " sum(shared_blks_read)::bigint, sum(total_exec_time)"
+                         " FROM %s WHERE queryid = ANY(%%s::bigint[])"
+                         " AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                         " GROUP BY queryid" % relation, (list(queryids),))
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def server_settings(conn):
+    rows = execute(conn, "SELECT name, current_setting(name) FROM unnest(%s::text[]) AS name",
+                   (list(PROVENANCE_SETTINGS),))
+    return dict(rows)
+
+
+def gather_provenance(params, conn, seed):
+    """What the run's figures depend on besides the queries: server, client and measurement."""
+    provenance = dict(params["provenance"])
+    provenance.update(
+        server=dict(version=execute(conn, "SHOW server_version")[0][0], settings=server_settings(conn)),
+        client=dict(cpu_count=os.cpu_count(), load_average=[round(value, 2) for value in os.getloadavg()],
+                    python_version=platform.python_version(),
+                    psycopg2_version=psycopg2.__version__.split(" ")[0]),
+        measurement=dict({name: params[name] for name in MEASUREMENT_PARAMETERS},
+                         client=CLIENT_KIND, seed=seed),
+    )
+    return provenance
+
+
+# --------------------------------------------------------------------------
+# Worker processes
+# --------------------------------------------------------------------------
+
+def prepare_statements(cur, queries, prepared):
+    """What a session executes for each query: EXECUTE of its prepared statement, or the SQL."""
+    if not prepared:
+        return [query["sql"] for query in queries]
+    texts = []
+    for index, query in enumerate(queries):
         try:
-            results[index] = function(*arguments)
-        except Exception as exc:  # re-raised in the calling thread below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=call, args=(index, arguments), daemon=True)
-               for index, arguments in enumerate(argument_lists)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return results
+            cur.execute("PREPARE %s AS\n%s" % (PREPARED_NAME % index, query["sql"]))
+        except psycopg2.Error as exc:
+            raise QueryFailed(index, exc) from exc
+        texts.append("EXECUTE " + PREPARED_NAME % index)
+    return texts
 
 
-def timed_phase(sessions, statement, iterations):
-    """Run the timed executions on all sessions at once; return (wall seconds, samples in ms)."""
-    # The timeout only guards against a thread that never arrives.
-    barrier = threading.Barrier(len(sessions), timeout=BARRIER_TIMEOUT_S)
-
-    def work(conn, count):
-        barrier.wait()
-        start = time.perf_counter()
-        samples = []
-        with conn.cursor() as cur:
-            for _ in range(count):
-                began = time.perf_counter()
-                cur.execute(statement)
-                cur.fetchall()
-                samples.append(round((time.perf_counter() - began) * 1000.0, 3))
-        return start, time.perf_counter(), samples
-
-    results = in_parallel(work, list(zip(sessions, split_iterations(iterations, len(sessions)))))
-    wall = max(end for _, end, _ in results) - min(start for start, _, _ in results)
-    return wall, [sample for _, _, samples in results for sample in samples]
+def run_untimed(cur, texts, indexes):
+    for index in indexes:
+        try:
+            cur.execute(texts[index])
+            cur.fetchall()
+        except psycopg2.Error as exc:
+            raise QueryFailed(index, exc) from exc
 
 
-def measure_query(control, sessions, query, params):
-    """Fingerprint, warm up, time and EXPLAIN one query."""
-    statement = query["sql"]
-    rows = execute(control, statement)
-    if params["warmup"]:
-        in_parallel(warm, [(conn, statement, params["warmup"]) for conn in sessions])
-    wall, samples = timed_phase(sessions, statement, params["iterations"])
-    # After the timed phase, so the buffers are those of the steady state that was measured.
-    explain = execute(control, "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)\n" + statement)
-    shared_hit, shared_read = top_node_buffers(json.loads(explain[0][0]))
-    stats = summarize(samples)
-    stats.update(file=query["file"], sql_sha256=query["sql_sha256"], result_rows=len(rows),
-                 fingerprint=fingerprint(rows), shared_hit=shared_hit, shared_read=shared_read)
-    return wall, stats
+def run_schedule(cur, texts, schedule):
+    """Time every execution of the schedule; returns (start, end, samples in ms per query)."""
+    samples = [[] for _ in texts]
+    clock = time.perf_counter
+    start = clock()
+    for index in schedule:
+        began = clock()
+        try:
+            cur.execute(texts[index])
+            cur.fetchall()
+        except psycopg2.Error as exc:
+            raise QueryFailed(index, exc) from exc
+        samples[index].append(round((clock() - began) * 1000.0, 3))
+    return start, clock(), samples
+
+
+def run_for(cur, text, seconds):
+    """Execute text back to back for seconds; returns (start, end, executions).
+
+    The loop does nothing but execute, fetch all rows and read the clock, to keep the client's
+    share of the time as small as pgbench's.
+    """
+    execute_text, fetch_all, clock = cur.execute, cur.fetchall, time.perf_counter
+    count = 0
+    start = clock()
+    deadline = start + seconds
+    try:
+        while True:
+            execute_text(text)
+            fetch_all()
+            count += 1
+            if clock() >= deadline:
+                break
+    except psycopg2.Error as exc:
+        raise QueryFailed(None, exc) from exc
+    return start, clock(), count
+
+
+def wait_for_signal(signal, parent_pid):
+    while not signal.wait(LIVENESS_POLL_S):
+        if os.getppid() != parent_pid:
+            raise BenchmarkError("the benchmark's parent process is gone")
+
+
+def describe_failure(exc, queries, phase):
+    if isinstance(exc, QueryFailed):
+        index = exc.index if exc.index is not None else phase.get("query")
+        query = queries[index]
+        where = " (%s)" % query["file"] if query.get("file") else ""
+        return "query %s%s failed: %s" % (query["query_id"], where, exc)
+    if isinstance(exc, BenchmarkError):
+        return str(exc)
+    return "benchmark worker failed: %s" % "".join(traceback.format_exception_only(exc)).strip()
+
+
+def run_worker(params, queries, phases, number, signals, outbox):
+    """One worker process: its own session, then every phase, reporting to the parent.
+
+    Messages are (kind, phase, worker, payload): ready (warm, waiting for the start signal),
+    done (payload: the phase's measurements), exit (all done), error (payload: the message).
+    """
+    parent_pid = os.getppid()
+    phase = {}
+    try:
+        conn = open_session(params)
+        try:
+            with conn.cursor() as cur:
+                texts = prepare_statements(cur, queries, params["prepared"])
+                for phase_number, phase in enumerate(phases):
+                    run_untimed(cur, texts, phase.get("warmup", []))
+                    outbox.put(("ready", phase_number, number, None))
+                    wait_for_signal(signals[phase_number], parent_pid)
+                    if "seconds" in phase:
+                        payload = run_for(cur, texts[phase["query"]], phase["seconds"])
+                    else:
+                        payload = run_schedule(cur, texts, phase["schedules"][number])
+                    outbox.put(("done", phase_number, number, payload))
+            flush_stats(conn)
+        finally:
+            conn.close()
+        outbox.put(("exit", None, number, None))
+    except Exception as exc:  # any failure is the parent's to report; a worker must not hang it
+        outbox.put(("error", None, number, describe_failure(exc, queries, phase)))
+
+
+class WorkerPool:
+    """Worker processes running the same phases, each one with its own connection.
+
+    The parent lets the workers start a phase together, once all of them are ready (warm): the
+    start signal is the barrier. Processes, not threads: the clients' Python work then runs in
+    parallel, as separate application clients would.
+    """
+
+    def __init__(self, params, queries, phases, workers):
+        context = multiprocessing.get_context(START_METHOD)
+        self.outbox = context.Queue()
+        self.signals = [context.Event() for _ in phases]
+        self.inbox = {}
+        self.processes = [
+            context.Process(target=run_worker, name="gis_benchmark-%d" % number, daemon=True,
+                            args=(params, queries, phases, number, self.signals, self.outbox))
+            for number in range(workers)]
+
+    def __enter__(self):
+        for process in self.processes:
+            process.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        for process in self.processes:
+            if process.is_alive() and exc_info[0] is not None:
+                process.terminate()
+            process.join(LIVENESS_POLL_S * 5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+    def _receive(self, message):
+        kind, phase_number, worker, payload = message
+        if kind == "error":
+            raise BenchmarkError(payload)
+        self.inbox.setdefault((kind, phase_number), {})[worker] = payload
+
+    def wait_all(self, kind, phase_number=None):
+        """The payloads of message kind for the phase from every worker, in worker order."""
+        key = (kind, phase_number)
+        while len(self.inbox.get(key, {})) < len(self.processes):
+            try:
+                self._receive(self.outbox.get(timeout=LIVENESS_POLL_S))
+                continue
+            except queue.Empty:
+                pass
+            ended = [number for number, process in enumerate(self.processes)
+                     if process.exitcode is not None]
+            # An ended process has written all its messages: read them before judging it.
+            try:
+                while True:
+                    self._receive(self.outbox.get_nowait())
+            except queue.Empty:
+                pass
+            lost = [number for number in ended if number not in self.inbox.get(("exit", None), {})]
+            if lost:
+                raise BenchmarkError("benchmark worker %d ended without reporting (exit code %s)"
+                                     % (lost[0], self.processes[lost[0]].exitcode))
+        return [self.inbox[key][number] for number in range(len(self.processes))]
+
+    def run_phase(self, phase_number):
+        """Wait until every worker is ready, start them together and return their payloads."""
+        self.wait_all("ready", phase_number)
+        self.signals[phase_number].set()
+        return self.wait_all("done", phase_number)
+
+
+def measure_throughput(params, statement, clients, seconds):
+    """Run one statement for seconds on clients worker processes, each as fast as it can.
+
+    Like pgbench -M prepared -c clients -j clients -T seconds -f <file>: each client prepares
+    the statement on its connection and executes it back to back, fetching all rows; the time
+    to connect and prepare is not counted. params are the module's options (login_* at least).
+    Returns dict(executions, seconds (wall time), qps).
+    """
+    params = dict(with_defaults(params), prepared=True)
+    queries = [dict(query_id="statement", sql=strip_statement(statement))]
+    phases = [dict(query=0, seconds=seconds)]
+    with WorkerPool(params, queries, phases, clients) as pool:
+        payloads = pool.run_phase(0)
+        pool.wait_all("exit")
+    return throughput(payloads)
+
+
+# --------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------
+
+def describe_query(query):
+    return "query %s (%s)" % (query["query_id"], query["file"])
+
+
+def inspect_queries(control, queries):
+    """Fingerprint each query with its plain statement and read its query id (None when the
+    server computes none)."""
+    inspected = []
+    for query in queries:
+        try:
+            rows = execute(control, query["sql"])
+            queryid = explain(control, "VERBOSE", query["sql"])[0].get("Query Identifier")
+        except psycopg2.Error as exc:
+            raise BenchmarkError("%s failed: %s" % (describe_query(query), str(exc).strip())) from exc
+        inspected.append(dict(result_rows=len(rows), fingerprint=fingerprint(rows), queryid=queryid))
+    return inspected
+
+
+def explain_queries(control, queries):
+    """Plan and buffers of one EXPLAIN ANALYZE per query, in the warm state that was measured."""
+    explained = []
+    for query in queries:
+        try:
+            output = explain(control, "ANALYZE, BUFFERS, VERBOSE", query["sql"])
+        except psycopg2.Error as exc:
+            raise BenchmarkError("%s failed: %s" % (describe_query(query), str(exc).strip())) from exc
+        shared_hit, shared_read = top_node_buffers(output)
+        explained.append(dict(shared_hit=shared_hit, shared_read=shared_read, plan=plan_summary(output)))
+    return explained
+
+
+def run_phases(params, queries, phases, control, counters, queryids):
+    """Run the latency phases, EXPLAIN every query, then run the throughput phases.
+
+    Returns (wall seconds of the latency phases, samples per query, throughput per query,
+    EXPLAIN results per query, pg_stat_statements counters per query over the latency phases).
+    counters() snapshots pg_stat_statements by query id (queryids, per query); None when it
+    cannot be used.
+    """
+    latency_count = sum(1 for phase in phases if "schedules" in phase)
+    wall, samples = 0.0, [[] for _ in queries]
+    totals = [NO_COUNTERS] * len(queries)
+    throughputs = []
+    with WorkerPool(params, queries, phases, params["concurrency"]) as pool:
+        for phase_number in range(latency_count):
+            pool.wait_all("ready", phase_number)
+            before = counters() if counters else {}
+            pool.signals[phase_number].set()
+            payloads = pool.wait_all("done", phase_number)
+            after = counters() if counters else {}
+            wall += wall_seconds(payloads)
+            for _, _, per_query in payloads:
+                for index, values in enumerate(per_query):
+                    samples[index].extend(values)
+            # Only the queries timed in this phase: a worker done early may already be warming up
+            # the next phase's query (order=sequential).
+            timed = {index for schedule in phases[phase_number]["schedules"] for index in schedule}
+            totals = [counters_delta(before.get(queryid), after.get(queryid), total) if index in timed else total
+                      for index, (queryid, total) in enumerate(zip(queryids, totals))]
+        # While the workers wait: the plans of the warm state that was just measured.
+        explained = explain_queries(control, queries)
+        for phase_number in range(latency_count, len(phases)):
+            throughputs.append(throughput(pool.run_phase(phase_number)))
+        pool.wait_all("exit")
+    return wall, samples, throughputs, explained, totals if counters else None
 
 
 def run_benchmark(params, queries):
     """Measure all queries; return the benchmark dict (without 'stored')."""
+    seed = params["seed"] if params["seed"] is not None else default_seed(params["run_id"], params["stage"])
     control = open_session(params)
-    sessions = []
+    observer = None
     try:
-        for _ in range(min(params["concurrency"], params["iterations"])):
-            sessions.append(open_session(params))
-        before = database_blocks(control)
+        observer = connect(params)  # the login role, without as_role: statistics of every role
+        provenance = gather_provenance(params, control, seed)
+        inspected = inspect_queries(control, queries)
+        relation = statements_relation(observer)
+        queryids = [item["queryid"] for item in inspected]
+        use_statements = relation is not None and None not in queryids
+        phases = latency_phases(len(queries), params, params["concurrency"], seed)
+        if params["throughput_seconds"] > 0:
+            phases += [dict(query=index, seconds=params["throughput_seconds"]) for index in range(len(queries))]
+        before = database_blocks(observer)
         started_at = datetime.datetime.now(datetime.timezone.utc)
-        results, duration, all_samples = {}, 0.0, []
-        for query in queries:
-            try:
-                wall, stats = measure_query(control, sessions, query, params)
-            except psycopg2.Error as exc:
-                raise BenchmarkError("query %s (%s) failed: %s"
-                                     % (query["query_id"], query["file"], str(exc).strip())) from exc
-            duration += wall
-            all_samples.extend(stats["samples_ms"])
-            results[query["query_id"]] = stats
+        wall, samples, throughputs, explained, totals = run_phases(
+            params, queries, phases, control,
+            (lambda: statement_counters(observer, relation, queryids)) if use_statements else None, queryids)
         finished_at = datetime.datetime.now(datetime.timezone.utc)
-        for conn in sessions + [control]:
+        for conn in (control, observer):
             flush_stats(conn)
-        after = blocks_after(control, before)
-        server_version = execute(control, "SHOW server_version")[0][0]
+        after = blocks_after(observer, before)
     finally:
-        for conn in sessions + [control]:
-            conn.close()
+        for conn in (control, observer):
+            if conn is not None:
+                conn.close()
+    results = {}
+    for index, query in enumerate(queries):
+        stats = summarize(samples[index])
+        stats.update(confidence_intervals(samples[index], params["ci_level"]))
+        stats.update(file=query["file"], sql_sha256=query["sql_sha256"], queryid=queryids[index],
+                     result_rows=inspected[index]["result_rows"], fingerprint=inspected[index]["fingerprint"],
+                     statements=statements_summary(totals[index]) if totals else None,
+                     qps=throughputs[index]["qps"] if throughputs else None,
+                     throughput_executions=throughputs[index]["executions"] if throughputs else None,
+                     **explained[index])
+        results[query["query_id"]] = stats
+    all_samples = [sample for per_query in samples for sample in per_query]
     blks_hit, blks_read = after[0] - before[0], after[1] - before[1]
     executions = len(all_samples)
     return dict(
         run_id=params["run_id"], stage=params["stage"],
         started_at=started_at.isoformat(), finished_at=finished_at.isoformat(),
-        iterations=params["iterations"], warmup=params["warmup"], concurrency=len(sessions),
-        executions=executions, duration_s=round(duration, 6),
-        qps=round(executions / duration, 3) if duration > 0 else None,
+        iterations=params["iterations"], warmup=params["warmup"],
+        concurrency=min(params["concurrency"], params["iterations"]),
+        prepared=params["prepared"], order=params["order"], seed=seed,
+        throughput_seconds=params["throughput_seconds"], ci_level=params["ci_level"],
+        executions=executions, duration_s=round(wall, 6),
+        qps=round(executions / wall, 3) if wall > 0 else None,
         mean_ms=round(sum(all_samples) / executions, 3),
         cache_hit_ratio=hit_ratio(blks_hit, blks_read), blks_hit=blks_hit, blks_read=blks_read,
-        server_version=server_version, as_role=params["as_role"], queries=results,
+        stats_source=STATS_SOURCES[0] if use_statements else STATS_SOURCES[1],
+        server_version=provenance["server"]["version"], as_role=params["as_role"],
+        provenance=provenance, queries=results,
     )
 
+
+# --------------------------------------------------------------------------
+# Storage
+# --------------------------------------------------------------------------
 
 def qualified_tables(conn, schema):
     return {name: sql.Identifier(schema, name).as_string(conn)
@@ -606,7 +1326,7 @@ def qualified_tables(conn, schema):
 
 
 def check_store_target(params):
-    """Fail before measuring, not after, when the benchmark tables are missing."""
+    """Fail before measuring, not after, when the benchmark tables or columns are missing."""
     conn = connect(params)
     try:
         names = list(qualified_tables(conn, params["benchmark_schema"]).values())
@@ -614,12 +1334,34 @@ def check_store_target(params):
             cur.execute("SELECT name FROM unnest(%s::text[]) AS name WHERE to_regclass(name) IS NULL",
                         (names,))
             missing = [name for (name,) in cur.fetchall()]
+            wanted = [(table, column) for table, columns in PROVENANCE_COLUMNS.items() for column in columns]
+            cur.execute("SELECT w.table_name || '.' || w.column_name"
+                        " FROM unnest(%s::text[], %s::text[]) AS w(table_name, column_name)"
+                        " WHERE NOT EXISTS (SELECT 1 FROM information_schema.columns AS c"
+                        " WHERE c.table_schema = %s AND c.table_name = w.table_name"
+                        " AND c.column_name = w.column_name)",
+                        ([table for table, _ in wanted], [column for _, column in wanted],
+                         params["benchmark_schema"]))
+            missing_columns = [name for (name,) in cur.fetchall()]
     finally:
         conn.close()
     if missing:
         raise BenchmarkError("benchmark table(s) %s missing in %s: deploy "
                              "files/sql/benchmark_schema first, or set store=false"
                              % (", ".join(missing), describe_target(params)))
+    if missing_columns:
+        raise BenchmarkError("benchmark column(s) %s missing in schema %s of %s: deploy the change "
+                             "benchmark_provenance (files/sql/benchmark_provenance) first, or set store=false"
+                             % (", ".join(missing_columns), params["benchmark_schema"], describe_target(params)))
+
+
+def query_result_row(key, query_id, stats, ci_level):
+    """One query_results row; the JSON columns adapted for psycopg2."""
+    ci = dict(level=ci_level, **{name: stats[name] for name in
+                                 ("mean_ci_ms", "p50_ci_ms", "p95_ci_ms", "p99_ci_ms")})
+    return dict(stats, run_id=key[0], stage=key[1], query_id=query_id, ci=psycopg2.extras.Json(ci),
+                statements=psycopg2.extras.Json(stats["statements"]) if stats["statements"] else None,
+                plan=psycopg2.extras.Json(stats["plan"]))
 
 
 def store_run(params, benchmark, queries):
@@ -638,11 +1380,15 @@ def store_run(params, benchmark, queries):
             cur.execute(sql.SQL(
                 "INSERT INTO {} (run_id, stage, started_at, finished_at, iterations, warmup,"
                 " concurrency, executions, duration_s, qps, mean_ms, cache_hit_ratio, blks_hit,"
-                " blks_read, server_version, as_role)"
+                " blks_read, server_version, as_role, prepared, execution_order, seed,"
+                " throughput_seconds, ci_level, stats_source, provenance)"
                 " VALUES (%(run_id)s, %(stage)s, %(started_at)s, %(finished_at)s, %(iterations)s,"
                 " %(warmup)s, %(concurrency)s, %(executions)s, %(duration_s)s, %(qps)s,"
                 " %(mean_ms)s, %(cache_hit_ratio)s, %(blks_hit)s, %(blks_read)s,"
-                " %(server_version)s, %(as_role)s)").format(tables["runs"]), benchmark)
+                " %(server_version)s, %(as_role)s, %(prepared)s, %(order)s, %(seed)s,"
+                " %(throughput_seconds)s, %(ci_level)s, %(stats_source)s, %(provenance)s)")
+                .format(tables["runs"]),
+                dict(benchmark, provenance=psycopg2.extras.Json(benchmark["provenance"])))
             cur.executemany(sql.SQL(
                 "INSERT INTO {} AS q (query_id, sql_sha256, sql_text, first_seen, last_seen)"
                 " VALUES (%(query_id)s, %(sql_sha256)s, %(sql)s, %(seen)s, %(seen)s)"
@@ -655,12 +1401,14 @@ def store_run(params, benchmark, queries):
             cur.executemany(sql.SQL(
                 "INSERT INTO {} (run_id, stage, query_id, sql_sha256, calls, result_rows,"
                 " mean_ms, p50_ms, p95_ms, p99_ms, min_ms, max_ms, stddev_ms, fingerprint,"
-                " shared_hit, shared_read, samples_ms)"
+                " shared_hit, shared_read, samples_ms, qps, throughput_executions, ci, queryid,"
+                " statements, plan)"
                 " VALUES (%(run_id)s, %(stage)s, %(query_id)s, %(sql_sha256)s, %(calls)s,"
                 " %(result_rows)s, %(mean_ms)s, %(p50_ms)s, %(p95_ms)s, %(p99_ms)s, %(min_ms)s,"
                 " %(max_ms)s, %(stddev_ms)s, %(fingerprint)s, %(shared_hit)s, %(shared_read)s,"
-                " %(samples_ms)s)").format(tables["query_results"]),
-                [dict(stats, run_id=key[0], stage=key[1], query_id=query_id)
+                " %(samples_ms)s, %(qps)s, %(throughput_executions)s, %(ci)s, %(queryid)s,"
+                " %(statements)s, %(plan)s)").format(tables["query_results"]),
+                [query_result_row(key, query_id, stats, benchmark["ci_level"])
                  for query_id, stats in benchmark["queries"].items()])
     except psycopg2.Error as exc:
         raise BenchmarkError("cannot store the run in schema %s of %s: %s"

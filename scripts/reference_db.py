@@ -298,6 +298,21 @@ def generation_parameters(features):
     }
 
 
+# pg_stat_statements as on Supabase (installed in schema extensions), where the server preloads it
+# and this role may create it; elsewhere the database is built without it.
+STATEMENTS_EXTENSION_SQL = """
+DO $$
+BEGIN
+    IF 'pg_stat_statements' = ANY (string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''), ','))
+       AND EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pg_stat_statements')
+       AND (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        CREATE EXTENSION IF NOT EXISTS pg_stat_statements SCHEMA extensions;
+    END IF;
+END
+$$;
+"""
+
+
 def connect(args, dbname):
     return psycopg2.connect(host=args.host, port=args.port, user=args.user, dbname=dbname,
                             password=os.environ.get("DB_PASSWORD") or os.environ.get("PGPASSWORD"),
@@ -333,6 +348,7 @@ def build(conn, features, seed):
     """Schema and data in one transaction: a failed build leaves nothing behind."""
     with conn, conn.cursor() as cur:
         cur.execute(SCHEMA_FILE.read_text(encoding="utf-8"))
+        cur.execute(STATEMENTS_EXTENSION_SQL)
         # Filling the table without its secondary indexes, then building them
         # from the schema's own definitions, is much cheaper than maintaining
         # them row by row (above all the GIN and GiST ones).

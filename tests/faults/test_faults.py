@@ -163,7 +163,7 @@ def test_second_run_is_refused_while_the_first_goes_on(cluster):
     assert re.search(r"Another Stage 4 run holds the run lock on two_runs: run \S+-rollout-\w+, connected since", output)
     assert first.wait(timeout=900) == 0, output_of(log)
     assert [change for change, accepted in ledger(cluster, dbname) if accepted] == [
-        "stage4_toolkit", "benchmark_schema", "opt1_temporal_partitioning"]
+        "stage4_toolkit", "benchmark_schema", "benchmark_provenance", "opt1_temporal_partitioning"]
 
 
 def test_lost_run_lock_stops_before_the_next_change_and_a_rerun_converges(cluster):
@@ -229,8 +229,8 @@ def test_killed_between_deploy_and_gate_is_reverted_and_judged_again(cluster, un
     assert [e[0] for e in events] == ["prepare", "deploy", "revert", "prepare", "deploy"]
 
 
-EVERY_STEP = ["preflight", "backup", "stage4_toolkit", "benchmark_schema", "benchmark_baseline", "benchmark_opt1",
-              "gate_opt1", "opt2_storage_layout", "benchmark_opt2", "gate_opt2", "report"]
+EVERY_STEP = ["preflight", "backup", "stage4_toolkit", "benchmark_schema", "benchmark_provenance", "benchmark_baseline",
+              "benchmark_opt1", "gate_opt1", "opt2_storage_layout", "benchmark_opt2", "gate_opt2", "report"]
 
 
 @pytest.mark.every_step

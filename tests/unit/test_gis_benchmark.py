@@ -6,6 +6,7 @@ the benchmark schema, with few iterations to keep the file fast.
 """
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -25,6 +26,7 @@ import pgcluster  # noqa: E402
 
 QUERIES_DIR = os.path.join(REPO, "files", "benchmark", "queries")
 SCHEMA_DIR = os.path.join(REPO, "files", "sql", "benchmark_schema")
+PROVENANCE_DIR = os.path.join(REPO, "files", "sql", "benchmark_provenance")
 DB = "BIBLIOTECA"
 QUERY_IDS = [
     "q01_bbox_intersects", "q02_radius", "q03_knn", "q04_rpc_text_search", "q05_temporal_bbox",
@@ -145,6 +147,142 @@ def test_shipped_queries():
         assert not any(";" in line for line in code), query["file"]  # one statement
 
 
+@pytest.mark.parametrize("probability, df, expected", [
+    (0.975, 1, 12.706205),
+    (0.975, 9, 2.262157),
+    (0.975, 29, 2.045230),
+    (0.995, 4, 4.604095),
+    (0.95, 120, 1.657651),
+    (0.975, 10**6, 1.959966),  # the normal quantile
+])
+def test_student_t_quantile_matches_tables(probability, df, expected):
+    assert gis_benchmark.student_t_quantile(probability, df) == pytest.approx(expected, abs=1e-5)
+
+
+def test_mean_interval():
+    samples = [9, 2, 4, 4, 4, 5, 5, 7]  # mean 5, sample standard deviation sqrt(32/7)
+    margin = 2.364624 * math.sqrt(32 / 7) / math.sqrt(8)
+    assert gis_benchmark.mean_interval(samples, 0.95) == pytest.approx([5 - margin, 5 + margin], abs=1e-3)
+    assert gis_benchmark.mean_interval([3.0], 0.95) is None
+
+
+def exact_coverage(count, quantile, low, high):
+    """P(low <= B < high) for B ~ binomial(count, quantile), with exact integer binomials."""
+    return sum(math.comb(count, k) * quantile ** k * (1 - quantile) ** (count - k) for k in range(low, high))
+
+
+def exact_tail_below(count, quantile, rank):
+    return exact_coverage(count, quantile, 0, rank)
+
+
+@pytest.mark.parametrize("count, quantile, level, expected", [
+    (100, 0.5, 0.95, (40, 61)),   # the classical ranks of the median's 95% interval
+    (6, 0.5, 0.95, (1, 6)),       # the smallest sample with one: min to max
+    (5, 0.5, 0.95, None),         # min to max covers only 93.75%
+    (100, 0.99, 0.95, None),      # p99 needs far more samples
+])
+def test_order_statistic_ranks(count, quantile, level, expected):
+    assert gis_benchmark.order_statistic_ranks(count, quantile, level) == expected
+
+
+@pytest.mark.parametrize("count, quantile, level", [
+    (100, 0.5, 0.95), (100, 0.95, 0.95), (1000, 0.99, 0.95), (30, 0.5, 0.9), (400, 0.99, 0.9)])
+def test_order_statistic_ranks_are_the_tightest_equal_tailed_pair(count, quantile, level):
+    low, high = gis_benchmark.order_statistic_ranks(count, quantile, level)
+    tail = (1 - level) / 2
+    assert exact_coverage(count, quantile, low, high) >= level
+    # Each tail is at most (1 - level) / 2, and one rank further in would exceed it.
+    assert exact_tail_below(count, quantile, low) <= tail < exact_tail_below(count, quantile, low + 1)
+    above = 1 - exact_tail_below(count, quantile, high)
+    assert above <= tail
+    assert high == 1 or 1 - exact_tail_below(count, quantile, high - 1) > tail
+
+
+def test_confidence_intervals():
+    samples = [float(value) for value in range(100, 0, -1)]  # 1..100, in any order
+    intervals = gis_benchmark.confidence_intervals(samples, 0.95)
+    assert intervals["p50_ci_ms"] == [40.0, 61.0]
+    assert intervals["p95_ci_ms"][0] < 95 < intervals["p95_ci_ms"][1]
+    assert intervals["p99_ci_ms"] is None
+    low, high = intervals["mean_ci_ms"]
+    assert low < 50.5 < high
+    few = gis_benchmark.confidence_intervals([1.0, 2.0], 0.95)
+    assert few["p50_ci_ms"] is None and few["mean_ci_ms"] is not None
+
+
+def test_default_seed_is_stable_per_run_and_stage():
+    seed = gis_benchmark.default_seed("run", "baseline")
+    assert seed == gis_benchmark.default_seed("run", "baseline")
+    assert seed != gis_benchmark.default_seed("run", "opt1")
+    assert 0 <= seed < 2 ** 32
+
+
+def test_interleaved_schedules():
+    schedules = gis_benchmark.interleaved_schedules(4, [3, 2, 0], seed=7)
+    assert [len(schedule) for schedule in schedules] == [12, 8, 0]
+    for schedule in schedules:
+        for start in range(0, len(schedule), 4):
+            assert sorted(schedule[start:start + 4]) == [0, 1, 2, 3]  # every query once per round
+    assert schedules == gis_benchmark.interleaved_schedules(4, [3, 2, 0], seed=7)
+    assert schedules != gis_benchmark.interleaved_schedules(4, [3, 2, 0], seed=8)
+
+
+def test_latency_phases():
+    interleaved = gis_benchmark.latency_phases(3, valid_params(iterations=5, warmup=2), 2, seed=1)
+    assert len(interleaved) == 1
+    assert interleaved[0]["warmup"] == [0, 1, 2, 0, 1, 2]
+    assert [len(schedule) for schedule in interleaved[0]["schedules"]] == [9, 6]
+    sequential = gis_benchmark.latency_phases(3, valid_params(iterations=5, warmup=1, order="sequential"),
+                                              2, seed=1)
+    assert sequential == [dict(warmup=[index], schedules=[[index] * 3, [index] * 2]) for index in range(3)]
+
+
+def scan(node_type, relation, **extra):
+    return dict({"Node Type": node_type, "Relation Name": relation, "Schema": "public"}, **extra)
+
+
+def test_plan_summary():
+    explain_output = [{
+        "Plan": {"Node Type": "Sort", "Shared Hit Blocks": 12, "Plans": [
+            {"Node Type": "Append", "Plans": [
+                scan("Index Scan", "geometrias_2020"),
+                {"Node Type": "Bitmap Heap Scan", "Relation Name": "geometrias_2021", "Schema": "public",
+                 "Plans": [{"Node Type": "Bitmap Index Scan", "Index Name": "idx"}]},
+                scan("Seq Scan", "geometrias_2020"),
+            ]},
+            {"Node Type": "Function Scan", "Function Name": "f", "Schema": "public"},
+            scan("Seq Scan", "categorias"),
+        ]},
+        "Planning Time": 0.5, "Execution Time": 1.25, "Query Identifier": 42,
+    }]
+    summary = gis_benchmark.plan_summary(explain_output)
+    assert summary["shape"] == ("Sort(Append(Index Scan:public.geometrias_2020,"
+                                " Bitmap Heap Scan:public.geometrias_2021(Bitmap Index Scan),"
+                                " Seq Scan:public.geometrias_2020), Function Scan:public.f,"
+                                " Seq Scan:public.categorias)")
+    assert summary["shape_sha256"] == hashlib.sha256(summary["shape"].encode()).hexdigest()
+    assert summary["node_types"] == ["Append", "Bitmap Heap Scan", "Bitmap Index Scan", "Function Scan",
+                                     "Index Scan", "Seq Scan", "Sort"]
+    assert summary["relations"] == ["public.categorias", "public.geometrias_2020", "public.geometrias_2021"]
+    assert summary["partitions_scanned"] == 2
+    assert (summary["planning_ms"], summary["execution_ms"]) == (0.5, 1.25)
+
+
+def test_statement_counters_arithmetic():
+    total = gis_benchmark.counters_delta((10, 100, 5, 2.0), (14, 130, 5, 3.0))
+    total = gis_benchmark.counters_delta(None, (2, 10, 0, 0.5), total)  # a query id seen for the first time
+    assert total == (6, 40, 0, 1.5)
+    assert gis_benchmark.statements_summary(total) == dict(
+        calls=6, shared_blks_hit=40, shared_blks_read=0, cache_hit_ratio=1.0,
+        total_exec_time_ms=1.5, mean_exec_time_ms=0.25)
+    assert gis_benchmark.statements_summary((0, 0, 0, 0.0))["mean_exec_time_ms"] is None
+
+
+def test_throughput_of_workers():
+    assert gis_benchmark.throughput([(10.0, 11.0, 300), (10.5, 12.0, 500)]) == dict(
+        executions=800, seconds=2.0, qps=400.0)
+
+
 def test_check_args_accepts_defaults():
     assert gis_benchmark.check_args(valid_params()) == []
 
@@ -159,6 +297,9 @@ def test_check_args_accepts_defaults():
     (dict(run_id=" "), "run_id must not be empty"),
     (dict(stage=""), "stage must not be empty"),
     (dict(as_role=""), "as_role must not be empty"),
+    (dict(throughput_seconds=-1.0), "throughput_seconds must be >= 0"),
+    (dict(ci_level=1.0), "ci_level must be between 0 and 1"),
+    (dict(ci_level=0.0), "ci_level must be between 0 and 1"),
 ])
 def test_check_args_rejects(overrides, message):
     assert message in "; ".join(gis_benchmark.check_args(valid_params(**overrides)))
@@ -177,7 +318,8 @@ def test_documentation_matches_argument_spec():
     assert set(yaml.safe_load(gis_benchmark.RETURN)["benchmark"]["contains"]) == {
         "run_id", "stage", "started_at", "finished_at", "iterations", "warmup", "concurrency",
         "executions", "duration_s", "qps", "mean_ms", "cache_hit_ratio", "blks_hit",
-        "blks_read", "server_version", "as_role", "stored", "queries"}
+        "blks_read", "server_version", "as_role", "stored", "queries", "prepared", "order", "seed",
+        "throughput_seconds", "ci_level", "stats_source", "provenance"}
 
 
 # --------------------------------------------------------------------------
@@ -197,6 +339,7 @@ def cluster():
     with pgcluster.running_cluster() as running:
         running.build_reference_db(DB, features=251)
         running.run_sql_file(DB, os.path.join(SCHEMA_DIR, "deploy.sql"))
+        running.run_sql_file(DB, os.path.join(PROVENANCE_DIR, "deploy.sql"))
         yield running
 
 
@@ -209,7 +352,7 @@ def db(cluster):
 
 def bench_args(cluster, **overrides):
     args = dict(cluster.login_args(DB), queries_dir=QUERIES_DIR, run_id="test-run",
-                stage="baseline", iterations=4, warmup=1, concurrency=2)
+                stage="baseline", iterations=4, warmup=1, concurrency=2, throughput_seconds=0.05)
     args.update(overrides)
     return args
 
@@ -226,7 +369,8 @@ def execute(conn, statement):
 
 
 def test_run_measures_and_stores(cluster, db, capsys):
-    result = run_module(capsys, bench_args(cluster, run_id="run-store"))
+    given = dict(git_commit="abc123", features=251)
+    result = run_module(capsys, bench_args(cluster, run_id="run-store", provenance=given))
     assert not result.get("failed"), result
     assert result["changed"] is True
     bench = result["benchmark"]
@@ -259,6 +403,95 @@ def test_run_measures_and_stores(cluster, db, capsys):
     assert stored == [(q, 4, bench["queries"][q]["fingerprint"], 4) for q in QUERY_IDS]
     catalog = dict(fetch(db, "SELECT query_id, sql_sha256 FROM stage4_benchmark.queries"))
     assert catalog == {q: bench["queries"][q]["sql_sha256"] for q in QUERY_IDS}
+
+    # What the benchmark_provenance change stores.
+    assert (bench["prepared"], bench["order"], bench["seed"]) \
+        == (True, "interleaved", gis_benchmark.default_seed("run-store", "baseline"))
+    assert bench["stats_source"] == "pg_stat_statements"
+    provenance = bench["provenance"]
+    assert {key: provenance[key] for key in given} == given
+    assert provenance["server"]["version"] == bench["server_version"]
+    assert set(provenance["server"]["settings"]) == set(gis_benchmark.PROVENANCE_SETTINGS)
+    assert provenance["client"]["cpu_count"] >= 1 and len(provenance["client"]["load_average"]) == 3
+    assert provenance["measurement"]["concurrency"] == 2 and provenance["measurement"]["order"] == "interleaved"
+    stored_run = fetch(db, "SELECT prepared, execution_order, seed, stats_source, provenance"
+                           " FROM stage4_benchmark.runs WHERE run_id = 'run-store'")
+    assert stored_run == [(True, "interleaved", bench["seed"], "pg_stat_statements", provenance)]
+    stored_queries = dict(fetch(db, "SELECT query_id, jsonb_build_object('qps', qps, 'ci', ci,"
+                                    " 'statements', statements, 'plan', plan, 'queryid', queryid)"
+                                    " FROM stage4_benchmark.query_results WHERE run_id = 'run-store'"))
+    for query_id, stats in bench["queries"].items():
+        assert stored_queries[query_id] == dict(
+            qps=stats["qps"], statements=stats["statements"], plan=stats["plan"], queryid=stats["queryid"],
+            ci=dict(level=0.95, mean_ci_ms=stats["mean_ci_ms"], p50_ci_ms=None, p95_ci_ms=None,
+                    p99_ci_ms=None)), query_id
+
+
+def test_run_returns_server_counters_plans_and_throughput(cluster, capsys):
+    bench = run_module(capsys, bench_args(cluster, run_id="run-details", iterations=6,
+                                          store=False))["benchmark"]
+    for query_id, stats in bench["queries"].items():
+        # The prepared EXECUTEs count on the query id of the plain statement, the timed ones only
+        # (neither the warm-up, nor the fingerprint, EXPLAIN or throughput executions).
+        assert isinstance(stats["queryid"], int), query_id
+        assert stats["statements"]["calls"] == 6, query_id
+        assert stats["statements"]["shared_blks_hit"] + stats["statements"]["shared_blks_read"] > 0, query_id
+        assert stats["statements"]["mean_exec_time_ms"] > 0, query_id
+        assert stats["throughput_executions"] >= 2 and stats["qps"] > 0, query_id
+        assert len(stats["samples_ms"]) == 6 and stats["mean_ci_ms"][0] <= stats["mean_ms"] <= stats["mean_ci_ms"][1]
+        plan = stats["plan"]
+        assert SHA256.match(plan["shape_sha256"]) and plan["node_types"] and plan["execution_ms"] > 0, query_id
+        assert plan["shape"].split("(")[0] in plan["node_types"], query_id
+    assert "public.geometrias" in bench["queries"]["q01_bbox_intersects"]["plan"]["relations"]
+    assert bench["queries"]["q03_knn"]["plan"]["shape"].startswith("Limit(")
+    assert bench["queries"]["q01_bbox_intersects"]["plan"]["partitions_scanned"] == 0  # not partitioned here
+
+
+def test_without_pg_stat_statements_falls_back(cluster, db, capsys):
+    execute(db, "DROP EXTENSION pg_stat_statements")
+    try:
+        bench = run_module(capsys, bench_args(cluster, run_id="run-nopgss", iterations=2,
+                                              store=False))["benchmark"]
+    finally:
+        execute(db, "CREATE EXTENSION pg_stat_statements SCHEMA extensions")
+    assert bench["stats_source"] == "pg_stat_database"
+    assert all(stats["statements"] is None for stats in bench["queries"].values())
+    assert bench["blks_hit"] + bench["blks_read"] > 0
+
+
+def test_sequential_unprepared_run_gives_the_same_answers(cluster, capsys):
+    interleaved = run_module(capsys, bench_args(cluster, run_id="run-orders", iterations=3,
+                                                store=False))["benchmark"]
+    sequential = run_module(capsys, bench_args(cluster, run_id="run-orders", iterations=3, order="sequential",
+                                               prepared=False, throughput_seconds=0, concurrency=3,
+                                               seed=11, store=False))["benchmark"]
+    assert (sequential["order"], sequential["prepared"], sequential["seed"]) == ("sequential", False, 11)
+    assert sequential["executions"] == 30 and sequential["concurrency"] == 3
+    for query_id, stats in sequential["queries"].items():
+        assert stats["fingerprint"] == interleaved["queries"][query_id]["fingerprint"], query_id
+        assert stats["calls"] == 3 and stats["statements"]["calls"] == 3, query_id
+        assert stats["qps"] is None and stats["throughput_executions"] is None, query_id
+
+
+def test_more_clients_than_iterations(cluster, capsys):
+    bench = run_module(capsys, bench_args(cluster, run_id="run-few", iterations=1, concurrency=3,
+                                          store=False))["benchmark"]
+    assert bench["concurrency"] == 1 and bench["executions"] == 10
+    assert all(stats["throughput_executions"] >= 3 for stats in bench["queries"].values())
+
+
+def test_measure_throughput(cluster):
+    params = dict(cluster.login_args(DB), as_role="anon")
+    with open(os.path.join(QUERIES_DIR, "q09_point_in_polygon.sql"), encoding="utf-8") as handle:
+        measured = gis_benchmark.measure_throughput(params, handle.read(), clients=2, seconds=0.2)
+    assert measured["executions"] >= 2
+    assert measured["seconds"] >= 0.2
+    assert measured["qps"] == pytest.approx(measured["executions"] / measured["seconds"], rel=1e-3)
+
+
+def test_measure_throughput_reports_a_failing_statement(cluster):
+    with pytest.raises(gis_benchmark.BenchmarkError, match='query statement failed: .*"no_such_table"'):
+        gis_benchmark.measure_throughput(cluster.login_args(DB), "SELECT * FROM no_such_table;", 2, 0.1)
 
 
 def test_fingerprints_are_stable_and_reruns_replace(cluster, db, capsys):
@@ -334,6 +567,14 @@ def test_missing_benchmark_schema_fails_before_measuring(cluster, capsys):
     assert "stage4_benchmark" in result["msg"] and "store=false" in result["msg"]
 
 
+def test_missing_provenance_columns_fail_before_measuring(cluster, capsys):
+    cluster.create_database("no_provenance")
+    cluster.run_sql_file("no_provenance", os.path.join(SCHEMA_DIR, "deploy.sql"))
+    result = run_module(capsys, bench_args(cluster, login_db="no_provenance"))
+    assert result["failed"] is True
+    assert "change benchmark_provenance" in result["msg"] and "runs.provenance" in result["msg"]
+
+
 def test_wrong_password_fails_without_leaking_it(cluster, capsys):
     password = "Wrong-Secret-" + "x7Q2"
     result = run_module(capsys, bench_args(cluster, login_password=password))
@@ -403,5 +644,29 @@ def test_schema_deploy_verify_revert(cluster):
             cluster.run_sql_file("schema_check", verify)
         cluster.run_sql_file("schema_check", deploy)  # deployable again after a revert
         cluster.run_sql_file("schema_check", verify)
+    finally:
+        conn.close()
+
+
+def test_provenance_change_deploy_verify_revert(cluster):
+    cluster.create_database("provenance_check")
+    cluster.run_sql_file("provenance_check", os.path.join(SCHEMA_DIR, "deploy.sql"))
+    conn = cluster.connect("provenance_check")
+    try:
+        with pytest.raises(psycopg2.errors.UndefinedColumn):
+            cluster.run_sql_file("provenance_check", os.path.join(PROVENANCE_DIR, "verify.sql"))
+        cluster.run_sql_file("provenance_check", os.path.join(PROVENANCE_DIR, "verify_reverted.sql"))
+        pgcluster.run_change(conn, "benchmark_provenance")  # deploy + verify
+        pgcluster.run_change(conn, "benchmark_provenance")  # deployable again (IF NOT EXISTS)
+        with pytest.raises(psycopg2.Error, match="still deployed"):
+            cluster.run_sql_file("provenance_check", os.path.join(PROVENANCE_DIR, "verify_reverted.sql"))
+        execute(conn, "ALTER TABLE stage4_benchmark.query_results ALTER COLUMN plan TYPE text")
+        with pytest.raises(psycopg2.Error, match="query_results.plan is text, not jsonb"):
+            cluster.run_sql_file("provenance_check", os.path.join(PROVENANCE_DIR, "verify.sql"))
+        pgcluster.run_change(conn, "benchmark_provenance", state="reverted")  # revert + verify_reverted
+        assert fetch(conn, "SELECT count(*) FROM information_schema.columns"
+                           " WHERE table_schema = 'stage4_benchmark' AND column_name IN ('provenance', 'plan')") \
+            == [(0,)]
+        cluster.run_sql_file("provenance_check", os.path.join(SCHEMA_DIR, "verify.sql"))  # the rest stays
     finally:
         conn.close()

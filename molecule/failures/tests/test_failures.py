@@ -57,7 +57,7 @@ def test_failed_opt3_gate_leaves_opt1_and_opt2_applied():
     output = " ".join(log("gate_failure_opt3").split())
     assert "Gate failed for opt3 against opt2" in output and "opt3 was reverted and verified" in output
     assert [r[0] for r in query("SELECT change FROM stage4.ledger ORDER BY seq")] == [
-        "stage4_toolkit", "benchmark_schema", "opt1_temporal_partitioning", "opt2_storage_layout"]
+        "stage4_toolkit", "benchmark_schema", "benchmark_provenance", "opt1_temporal_partitioning", "opt2_storage_layout"]
     assert [r[0] for r in query("SELECT action FROM stage4.ledger_events WHERE change = 'opt3_search_matview' "
                                 "ORDER BY id")] == ["deploy", "revert"]
     assert scalar("SELECT relkind FROM pg_class WHERE oid = 'public.geometrias'::regclass") == "p"

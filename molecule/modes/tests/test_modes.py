@@ -84,7 +84,7 @@ def test_mode_b_applies_one_optimization_per_run():
     assert "would apply opt3 without opt2, which is neither applied nor selected" in gap and "Nothing was changed" in gap
     day2 = log("mode_b_day2")
     assert day2.count(PROMPT) == 1 and "Type yes to apply opt2" in day2
-    assert ledger("BIBLIOTECA_B") == ["stage4_toolkit", "benchmark_schema", "opt1_temporal_partitioning",
+    assert ledger("BIBLIOTECA_B") == ["stage4_toolkit", "benchmark_schema", "benchmark_provenance", "opt1_temporal_partitioning",
                                       "opt2_storage_layout"]
 
 

@@ -10,7 +10,8 @@ def test_database_is_as_it_was():
 
 
 def test_only_the_tooling_remains_in_the_ledger():
-    assert [r[0] for r in query("SELECT change FROM stage4.ledger ORDER BY seq")] == ["stage4_toolkit", "benchmark_schema"]
+    assert [r[0] for r in query("SELECT change FROM stage4.ledger ORDER BY seq")] == ["stage4_toolkit", "benchmark_schema",
+                                                                                     "benchmark_provenance"]
 
 
 def test_each_revert_was_verified_and_audited():
