@@ -15,7 +15,7 @@ import tempfile
 import time
 
 import pytest
-from stage4_runs import (REPO, assert_untouched, audit_steps, clone, ledger, run_dirs, run_env, run_stage4, sql,
+from stage4_runs import (REPO, audit_steps, clone, ledger, run_dirs, run_env, run_stage4, sql,
                          stage4_argv, state)
 
 CANARY_PASSWORD = "Canary-Secret-4-Faults"
