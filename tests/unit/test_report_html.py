@@ -1,7 +1,7 @@
 """filter_plugins/stage4_report_html.py: the HTML report, its timeline and the end-of-run summary.
 
 The page rendered from a real run's report (tests/fixtures/report_sample.json and its audit.jsonl,
-run 20261126T193343Z at 251 features) is opened in Debian's headless Chromium: the DOM it builds is
+run 20261127T000718Z at 251 features) is opened in Debian's headless Chromium: the DOM it builds is
 checked, and its screenshot is decoded here (zlib + struct, no Pillow) to prove something was drawn.
 Chromium is installed by `make setup`; the test fails rather than skips without it.
 """
@@ -57,7 +57,8 @@ def stopped_report():
         query["stages"] = {stage: figures for stage, figures in query["stages"].items() if stage in kept}
     opt3 = report["optimizations"][2]
     opt3["status"] = "reverted: gate failed"
-    opt3["gate"].update(passed=False, reason="gate forced to fail (rollback drill)")
+    opt3["gate"].update(passed=False, decision="fail", reason="gate forced to fail (rollback drill)")
+    report["overall"] = None
     for opt in report["optimizations"][3:]:
         opt.update(status="not applied", gate=None)
     return report
@@ -185,11 +186,11 @@ def test_timeline_ties_changes_to_checksums_and_gates_to_decisions():
         else:
             assert item["gate"] is None
     opt1 = next(t for t in timeline if t["step"] == "opt1_temporal_partitioning")
-    assert opt1["sql_sha256"] == "66804fdea103f9dec6ca362c2ea0bc9619b6f4a1186f79642a978bab182255e6"
+    assert opt1["sql_sha256"] == "4be6c67f9c3fbba6a5844d1d91fc15a0894d28ae48a1b7c44a30af1e22ded173"
 
 
 def test_timeline_names_the_revert_script_and_keeps_to_its_run():
-    entry = json.loads(audit_text().splitlines()[5])  # opt1 deployed
+    entry = next(e for e in map(json.loads, audit_text().splitlines()) if e["step"] == "opt1_temporal_partitioning")
     reverted = dict(entry, outcome="reverted")
     other_run = dict(entry, run_id="another-run")
     text = "\n".join(json.dumps(e) for e in (reverted, other_run)) + "\n\n"
@@ -210,7 +211,7 @@ def test_page_sections_and_charts_in_chromium(rendered):
     assert len(dom.find("svg")) == 3  # latency per query, QPS, cache-hit ratio
     stages = [s["stage"] for s in report["stages"]]
     bars = [(b["attrs"]["data-query"], b["attrs"]["data-stage"]) for b in dom.find("rect", "bar")]
-    assert len(bars) == len(report["queries"]) * len(stages) == 70
+    assert len(bars) == len(report["queries"]) * len(stages) == 60
     assert set(bars) == {(q["query"], s) for q in report["queries"] for s in stages}
     assert len(dom.find("rect", "qps-bar")) == len(dom.find("rect", "cache-bar")) == len(stages)
     assert "LOGARITHMIC" in dom.text_by_id["latency-chart"]
@@ -227,29 +228,32 @@ def test_gate_tables_and_backup_in_chromium(rendered):
         assert row["text"].startswith(query["query"]) and row["text"].endswith(query["verdict"])
     cells = {(c["attrs"]["data-opt"], c["attrs"]["data-query"]): c["text"] for c in dom.find("td", "gate-cell")}
     assert sorted(cells) == sorted((opt_id, q["query"]) for opt_id, q in expected)
-    short = {"faster": "faster", "no significant difference": "no sig. diff.",
-             "slower, within tolerance": "slower, in tol."}
+    short = {"better": "better", "unchanged": "unchanged"}
     for opt_id, query in expected:
         assert cells[(opt_id, query["query"])].startswith(short[query["verdict"]])
     assert len(dom.find("tr", "opt-row")) == len(report["optimizations"])
     details = dom.text_by_id["gate-details"]
-    assert "No significant difference on 2 of 10 queries (no gain claimed for them)." in details  # opt3 and opt4
-    assert "No query got significantly faster; no gain is claimed." in dom.text_by_id["gate-opt1"]
+    assert "Unchanged on 1 of 10 queries (no gain claimed for them)." in dom.text_by_id["gate-opt5"]
+    assert "Unchanged on every query" in dom.text_by_id["gate-opt1"] and "no gain is claimed" in details
+    assert "q02_radius: unchanged: median" in dom.text_by_id["gate-opt1"]  # the gate's line per query
+    assert "workload mean latency 0.554 -> 1.2" in dom.text_by_id["gate-opt1"]
     assert dom.text_by_id["backup-sha256"] == report["backup"]["sha256"]
     backup = dom.text_by_id["backup"]
-    assert "local_BIBLIOTECA_20261126T193343Z-rollout-b961f5.pgc" in backup and "118,067 bytes" in backup
-    assert "57" in backup
+    assert "local_BIBLIOTECA_20261127T000718Z-rollout-8d3c21.pgc" in backup and "256,090 bytes" in backup
+    assert "188" in backup
     assert len(dom.find("tr", "timeline-row")) == len(report["timeline"])
     for item in report["timeline"]:
         if item["sql_sha256"]:
             assert item["sql_sha256"] in dom.text_by_id["timeline"]
     facts = dom.text_by_id["facts"]
-    for value in ("20261126T193343Z-rollout-b961f5", "local", "rollout", "BIBLIOTECA", "15.18 (Debian 15.18-0+deb12u1)",
+    for value in ("20261127T000718Z-rollout-8d3c21", "local", "rollout", "BIBLIOTECA", "15.18 (Debian 15.18-0+deb12u1)",
                   "3.3.2", "251"):
         assert value in facts
     assert dom.text_by_id["outcome"] == "Outcome: completed: 5 applied, 0 already applied"
     assert dom.text_by_id["key-figures"] == (
-        "Mean latency: baseline 0.628 ms \u2192 opt5 0.867 ms (+38.1%); QPS 1,577 \u2192 1,144 (-27.5%)"
+        "Mean latency: baseline 0.554 ms \u2192 opt5 0.621 ms (+12.1%); QPS 1,792 \u2192 1,598 (-10.8%)"
+        "Overall opt5 vs baseline: geometric-mean speedup x0.612, 10 queries: 10 unchanged (10 of them slower within "
+        "tolerance); no query slower than at baseline beyond its tolerance"
         "Every query returned the same result at every stage (identical result fingerprints).")
 
 
@@ -304,13 +308,14 @@ def test_stopped_run_with_a_reverted_optimization():
     assert "opt3 (reverted: gate failed)" in dom.text_by_id["benchmark"]
     assert {b["attrs"]["data-stage"] for b in dom.find("rect", "bar")} == {"baseline", "opt1", "opt2", "opt3"}
     assert len(dom.find("tr", "gate-row")) == 30
-    assert "opt3 (reverted) 0.728 ms" in dom.text_by_id["key-figures"]
+    assert "opt3 (reverted) 0.610 ms" in dom.text_by_id["key-figures"]
     lines = stage4_report_summary(report, "/r/local/run")
-    assert lines[3].startswith("opt3  reverted: gate failed  mean 0.739 -> 0.728 ms vs opt2 (speed x1.02)")
+    assert lines[3].startswith("opt3  reverted: gate failed  mean 0.890 -> 0.610 ms vs opt2 (speed x1.46)")
     assert lines[3].endswith("; gate failed: gate forced to fail (rollback drill)")
     assert lines[4] == "opt4  not applied            not measured in this run"
-    assert lines[6] == ("Mean latency: baseline 0.628 ms -> opt3 (reverted) 0.728 ms (+15.9%); "
-                        "QPS 1,577 -> 1,365 (-13.4%)")
+    assert lines[6] == ("Mean latency: baseline 0.554 ms -> opt3 (reverted) 0.610 ms (+10.1%); "
+                        "QPS 1,792 -> 1,626 (-9.2%)")
+    assert lines[7].startswith("HTML:")
 
 
 def test_every_value_is_escaped():
@@ -334,34 +339,35 @@ def test_no_gain_is_claimed_where_the_gate_saw_no_difference():
     report = sample_report()
     gate = copy.deepcopy(report["optimizations"][2]["gate"])
     for query in gate["queries"]:
-        query["verdict"] = "no significant difference"
-    gate["summary"].update(faster=0, slower_within_tolerance=0, no_significant_difference=10)
+        query.update(verdict="unchanged", explanation=query["query"] + ": unchanged")
+    gate["summary"].update(better=0, slower_within_tolerance=0, unchanged=10)
+    gate["workload"] = None
     report["optimizations"][2]["gate"] = gate
     dom = Dom(stage4_report_html(report))
-    assert "No significant difference on any query" in dom.text_by_id["gate-opt3"]
+    assert "Unchanged on every query" in dom.text_by_id["gate-opt3"]
     assert "no gain is claimed" in dom.text_by_id["gate-opt3"]
-    assert "faster" not in dom.text_by_id["gate-opt3"]
+    assert "better" not in dom.text_by_id["gate-opt3"]
     summary = stage4_report_summary(report, "/r")
-    assert summary[3].endswith("10 queries: 10 no significant difference")
+    assert summary[3].endswith("10 queries: 10 unchanged")
 
 
 def test_console_summary_of_the_fixture():
-    lines = stage4_report_summary(sample_report(), "reports/local/20261126T193343Z-rollout-b961f5/")
+    lines = stage4_report_summary(sample_report(), "reports/local/20261127T000718Z-rollout-8d3c21/")
     assert lines == [
-        "Stage 4 rollout on local, run 20261126T193343Z-rollout-b961f5: completed: 5 applied, 0 already applied",
-        "opt1  applied: gate passed  mean 0.628 -> 1.11 ms vs baseline (speed x0.56), 10 queries: "
-        "10 slower within tolerance",
-        "opt2  applied: gate passed  mean 1.11 -> 0.739 ms vs opt1 (speed x1.51), 10 queries: 9 faster, "
-        "1 slower within tolerance",
-        "opt3  applied: gate passed  mean 0.739 -> 0.728 ms vs opt2 (speed x1.02), 10 queries: 4 faster, "
-        "2 no significant difference, 4 slower within tolerance",
-        "opt4  applied: gate passed  mean 0.938 -> 0.957 ms vs opt3_after_restart (speed x0.98), 10 queries: 4 faster, "
-        "2 no significant difference, 4 slower within tolerance",
-        "opt5  applied: gate passed  mean 0.957 -> 0.867 ms vs opt4 (speed x1.10), 10 queries: 5 faster, "
-        "1 no significant difference, 4 slower within tolerance",
-        "Mean latency: baseline 0.628 ms -> opt5 0.867 ms (+38.1%); QPS 1,577 -> 1,144 (-27.5%)",
-        "HTML:     reports/local/20261126T193343Z-rollout-b961f5/report.html",
-        "Markdown: reports/local/20261126T193343Z-rollout-b961f5/report.md",
-        "JSON:     reports/local/20261126T193343Z-rollout-b961f5/report.json",
-        "Audit:    reports/local/20261126T193343Z-rollout-b961f5/audit.jsonl",
+        "Stage 4 rollout on local, run 20261127T000718Z-rollout-8d3c21: completed: 5 applied, 0 already applied",
+        "opt1  applied: gate passed  mean 0.554 -> 1.24 ms vs baseline (speed x0.45), 10 queries: "
+        "10 unchanged (10 of them slower within tolerance)",
+        "opt2  applied: gate passed  mean 1.24 -> 0.890 ms vs opt1 (speed x1.39), 10 queries: "
+        "10 unchanged (1 of them slower within tolerance)",
+        "opt3  applied: gate passed  mean 0.890 -> 0.610 ms vs opt2 (speed x1.46), 10 queries: 10 better",
+        "opt4  applied: gate passed  mean 0.610 -> 0.803 ms vs opt3 (speed x0.76), 10 queries: "
+        "10 unchanged (10 of them slower within tolerance)",
+        "opt5  applied: gate passed  mean 0.803 -> 0.621 ms vs opt4 (speed x1.29), 10 queries: 9 better, 1 unchanged",
+        "Mean latency: baseline 0.554 ms -> opt5 0.621 ms (+12.1%); QPS 1,792 -> 1,598 (-10.8%)",
+        "Overall opt5 vs baseline: geometric-mean speedup x0.612, 10 queries: 10 unchanged (10 of them slower within "
+        "tolerance); no query slower than at baseline beyond its tolerance",
+        "HTML:     reports/local/20261127T000718Z-rollout-8d3c21/report.html",
+        "Markdown: reports/local/20261127T000718Z-rollout-8d3c21/report.md",
+        "JSON:     reports/local/20261127T000718Z-rollout-8d3c21/report.json",
+        "Audit:    reports/local/20261127T000718Z-rollout-8d3c21/audit.jsonl",
     ]
