@@ -546,6 +546,29 @@ def test_as_role_applies_row_level_security(cluster, db, capsys):
     assert bench["queries"]["q01_bbox_intersects"]["result_rows"] == visible[0]
 
 
+def test_a_read_only_login_measures_as_the_api_does(cluster, db, capsys):
+    """A login that may only read (a member of anon, nothing else) can run the benchmark when
+    nothing is stored; it sees what anon sees."""
+    with db.cursor() as cur:
+        cur.execute("DROP ROLE IF EXISTS leitor_benchmark")
+        cur.execute("CREATE ROLE leitor_benchmark LOGIN NOINHERIT PASSWORD %s IN ROLE anon", (cluster.password,))
+    try:
+        args = dict(bench_args(cluster, run_id="run-reader", iterations=2, as_role="anon", store=False),
+                    login_user="leitor_benchmark")
+        reader = run_module(capsys, args)["benchmark"]
+        anon = run_module(capsys, bench_args(cluster, run_id="run-anon-2", iterations=2, as_role="anon",
+                                             store=False))["benchmark"]
+        assert sorted(reader["queries"]) == sorted(anon["queries"]) and len(reader["queries"]) == 10
+        assert {q: r["fingerprint"] for q, r in reader["queries"].items()} == \
+            {q: r["fingerprint"] for q, r in anon["queries"].items()}
+        # Storing needs the benchmark schema, which a read-only login cannot write: said before measuring.
+        refused = run_module(capsys, dict(args, store=True))
+        assert refused["failed"] is True and "stage4_benchmark" in refused["msg"]
+    finally:
+        with db.cursor() as cur:
+            cur.execute("DROP ROLE leitor_benchmark")
+
+
 def test_unknown_role_fails_clearly(cluster, capsys):
     result = run_module(capsys, bench_args(cluster, as_role="no_such_role", store=False))
     assert result["failed"] is True
