@@ -31,6 +31,7 @@ def test_injected_slowdown_is_worse_reverted_and_stops_the_run(cluster, tmp_path
               '"title": "A change that makes the radius RPC sleep 20 ms"}]}',
         "-e", "stage4_benchmark_iterations=30", "-e", "stage4_optimization_gate_judge_latency=true")
     assert rc != 0, output
+    print(output[output.find("Gate failed for slow"):][:600])  # the gate's line, shown with pytest -s
     assert "Gate failed for slow against baseline: q02_radius: worse: median" in output
     assert "slower beyond the tolerance of 2.000 ms with the whole interval" in output
     assert "slow was reverted and verified; later optimizations were not applied" in output
