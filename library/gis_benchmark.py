@@ -337,7 +337,7 @@ benchmark:
     provenance:
       description:
         - The O(provenance) given, with C(server) (version, settings that shape plans and caching),
-          C(client) (CPU count and load average of the host running the module, Python and psycopg2
+          C(client) (CPU count, CPU model and load average of the host running the module, Python and psycopg2
           versions) and C(measurement) (the options that shape the measurement) added.
       type: dict
       sample:
@@ -347,6 +347,7 @@ benchmark:
           settings: {shared_buffers: 256MB, work_mem: 4MB, jit: "on", plan_cache_mode: auto}
         client:
           cpu_count: 2
+          cpu_model: AMD EPYC
           load_average: [0.52, 0.61, 0.7]
           python_version: 3.11.7
           psycopg2_version: 2.9.13
@@ -975,12 +976,25 @@ def server_settings(conn):
     return dict(rows)
 
 
+def cpu_model():
+    """The client's CPU model from /proc/cpuinfo (Linux), or the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def gather_provenance(params, conn, seed):
     """What the run's figures depend on besides the queries: server, client and measurement."""
     provenance = dict(params["provenance"])
     provenance.update(
         server=dict(version=execute(conn, "SHOW server_version")[0][0], settings=server_settings(conn)),
-        client=dict(cpu_count=os.cpu_count(), load_average=[round(value, 2) for value in os.getloadavg()],
+        client=dict(cpu_count=os.cpu_count(), cpu_model=cpu_model(),
+                    load_average=[round(value, 2) for value in os.getloadavg()],
                     python_version=platform.python_version(),
                     psycopg2_version=psycopg2.__version__.split(" ")[0]),
         measurement=dict({name: params[name] for name in MEASUREMENT_PARAMETERS},
