@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Writes BENCHMARKS.md from the project's own measurements: no figure is typed by hand.
+
+    scripts/benchmarks_md.py --run reports/local/<run id>/report.json \\
+        --run reports/bench/local/<run id>/report.json --ratio reports/pgbench_ratio.json > BENCHMARKS.md
+
+Each --run is a Stage 4 run's report.json (its stages, per-query figures, gates, the overall
+judgement against the baseline and the timeline); --ratio is scripts/pgbench_ratio.py's JSON.
+"""
+import argparse
+import json
+import math
+
+
+def load(path):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def ms(value):
+    if value is None:
+        return "n/a"
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3f}" if value < 1 else f"{value:.2f}"
+
+
+def number(value, digits=1):
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def table(head, rows, right_from=1):
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join("---" if i < right_from else "---:" for i in range(len(head))) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine(report):
+    provenance = report.get("provenance") or {}
+    client, server = provenance.get("client") or {}, provenance.get("server") or {}
+    settings = server.get("settings") or {}
+    measurement = provenance.get("measurement") or {}
+    return (f'{client.get("cpu_count")} CPUs ({client.get("cpu_model")}), PostgreSQL {server.get("version")}, '
+            f'PostGIS {report["database"].get("postgis_version")}; '
+            + ", ".join(f"{name} {value}" for name, value in sorted(settings.items()))
+            + f'. Client: {measurement.get("client")}, {measurement.get("concurrency")} client(s), '
+              f'prepared statements {"on" if measurement.get("prepared") else "off"}, '
+              f'{measurement.get("order")} order, {measurement.get("iterations")} timed executions per query '
+              f'after {measurement.get("warmup")} warm-up rounds, {measurement.get("throughput_seconds")} s of '
+              f'throughput per query. Commit {provenance.get("git_commit")}.')
+
+
+def run_section(report):
+    stages = [s["stage"] for s in report["stages"]]
+    features = report["database"]["features"]
+    out = [f'## {features:,} features: run {report["run_id"]}', "",
+           f'Outcome: **{report["outcome"]}**. Database {report["database"]["bytes"] / 1e6:,.0f} MB. '
+           + machine(report), ""]
+    rows = []
+    for query in report["queries"]:
+        first = query["stages"][stages[0]]
+        rows.append([f'{query["query"]} ({first["rows"]:,} rows)']
+                    + [ms(query["stages"][s]["p50_ms"]) for s in stages])
+    rows.append(["**mean latency (ms)**"] + [ms(s["mean_ms"]) for s in report["stages"]])
+    rows.append(["**QPS, mixed workload**"] + [number(s["qps"]) for s in report["stages"]])
+    rows.append(["**cache-hit ratio**"] + [number(s["cache_hit_ratio"], 3) for s in report["stages"]])
+    out += ["### Median latency per query (ms) and stage", "", table(["query"] + stages, rows), ""]
+    qps_rows = [[query["query"]] + [number(query["stages"][s].get("qps")) for s in stages]
+                for query in report["queries"]]
+    out += ["### Throughput per query (QPS, each query alone, prepared)", "", table(["query"] + stages, qps_rows), ""]
+    gated = [o for o in report["optimizations"] if o.get("gate")]
+    if gated:
+        gate_rows = []
+        for query in report["queries"]:
+            cells = []
+            for opt in gated:
+                verdict = next((q for q in opt["gate"]["queries"] if q["query"] == query["query"]), {})
+                shift = verdict.get("shift_ms")
+                cells.append(f'{verdict.get("verdict", "n/a")} ({shift:+.3g} ms)' if shift is not None
+                             else verdict.get("verdict", "n/a"))
+            gate_rows.append([query["query"]] + cells)
+        gate_rows.append(["**gate**"] + [f'**{o["gate"].get("decision", "pass" if o["gate"]["passed"] else "fail")}** '
+                                         f'vs {o["gate"]["reference"]}' for o in gated])
+        out += ["### Gate decisions (verdict and Hodges-Lehmann shift against the last accepted stage)", "",
+                table(["query"] + [o["id"] for o in gated], gate_rows, right_from=99), ""]
+        for opt in gated:
+            if not opt["gate"]["passed"]:
+                out += [f'{opt["id"]}: {opt["gate"]["reason"]}', ""]
+    overall = report.get("overall")
+    if overall:
+        summary = overall["summary"]
+        out += [f'**Overall, {overall["stage"]} against baseline:** geometric-mean speedup of the medians '
+                f'**x{summary["speedup_geomean"]}**; {summary["better"]} better, {summary["unchanged"]} unchanged, '
+                f'{summary["inconclusive"]} inconclusive, {summary["worse"]} worse.', ""]
+        out += ["- " + q["explanation"] for q in overall["queries"]]
+        if overall.get("workload"):
+            out.append("- " + overall["workload"]["explanation"])
+        out.append("")
+    timeline = report.get("timeline") or []
+    timed = [t for t in timeline if t.get("seconds") is not None]
+    if timed:
+        total = sum(t["seconds"] for t in timed)
+        slowest = sorted(timed, key=lambda t: -t["seconds"])[:8]
+        out += [f"### Where the time went ({total:,.0f} s from the end of preflight to the report)", "",
+                table(["step", "outcome", "seconds"], [[t["step"], t["outcome"], number(t["seconds"])] for t in slowest],
+                      right_from=2), ""]
+    return "\n".join(out)
+
+
+def ratio_section(ratio):
+    rows = [[q["query"], number(q["module_qps"]), number(q["pgbench_tps"]), f'{q["ratio"]:.2f}']
+            for q in ratio["queries"]]
+    geomean = math.exp(sum(math.log(q["ratio"]) for q in ratio["queries"]) / len(ratio["queries"]))
+    return "\n".join([
+        "## Client overhead: the module against pgbench -M prepared", "",
+        f'Same query, {ratio["clients"]} client(s), {ratio["seconds"]} s per query and side, median of '
+        f'{ratio["rounds"]} rounds alternating which goes first, on {ratio["dbname"]} '
+        f'(`scripts/pgbench_ratio.py`, {ratio["pgbench"]}). The ratio is module QPS / pgbench TPS.', "",
+        table(["query", "module QPS", "pgbench TPS", "ratio"], rows), "",
+        f'Lowest ratio {ratio["lowest_ratio"]:.2f}, geometric mean {geomean:.2f}.', ""])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", action="append", default=[], help="a run's report.json (repeatable)")
+    parser.add_argument("--ratio", help="scripts/pgbench_ratio.py's JSON")
+    args = parser.parse_args()
+    parts = ["# Benchmarks", "",
+             "Every figure below was measured by this project's code (`library/gis_benchmark.py`, the gate in "
+             "`filter_plugins/stage4_gate.py`, `scripts/pgbench_ratio.py`) and written here by "
+             "`scripts/benchmarks_md.py` from the runs' `report.json`. Reproduce with `make demo` (251 features), "
+             "`make bench-1m` (1,000,000 features) and `make pgbench-ratio`. Latency is the median of the "
+             "timed executions; where the gate says \"unchanged\" no gain is claimed.", ""]
+    parts += [run_section(load(path)) for path in args.run]
+    if args.ratio:
+        parts.append(ratio_section(load(args.ratio)))
+    print("\n".join(parts).rstrip() + "\n")
+
+
+if __name__ == "__main__":
+    main()
