@@ -18,3 +18,16 @@ SELECT stage4.finish_online_rebuild(
     'public.geometrias',
     stage4.yearly_layout('public.geometrias', 'data_referencia',
                          coalesce(nullif(current_setting('stage4.partition_through_year', true), ''), '2028')::int));
+
+-- What partitioning costs the API, and what pays it back (measured by the benchmark, BENCHMARKS.md):
+-- * The radius RPC is a SQL function with a SET clause: planned again at every call, now over
+--   every partition. As PL/pgSQL it keeps its plan for the session (same query, same answers).
+--   The search and dashboard RPCs are rewritten by OPT3 and OPT5, which check their SQL bodies.
+-- * JIT compiles every partition's scan separately: on the bbox, k-nearest and GeoJSON queries it
+--   took most of the time at 1,000,000 features. Off for this database (new sessions); the
+--   revert restores the previous value.
+SELECT stage4.cache_function_plans('opt1_temporal_partitioning', ARRAY(
+    SELECT to_regprocedure(f)
+    FROM unnest(ARRAY['public.geometrias_no_raio(double precision, double precision, double precision)']) f
+    WHERE to_regprocedure(f) IS NOT NULL));
+SELECT stage4.set_database_setting('opt1_temporal_partitioning', 'jit', 'off');

@@ -17,3 +17,7 @@ BEGIN
         '[]',
         ARRAY(SELECT jsonb_array_elements_text(snap->'reloptions')));
 END $$;
+
+-- The radius RPC as it was (a SQL function) and the database's JIT setting as it was.
+SELECT stage4.restore_function_snapshots('opt1_temporal_partitioning');
+SELECT stage4.restore_database_settings('opt1_temporal_partitioning');

@@ -21,5 +21,14 @@ BEGIN
     END IF;
     PERFORM stage4.assert_table_preserved('public.geometrias', snap, true);
     PERFORM stage4.assert_partitions_secured('public.geometrias');
+    SELECT string_agg(s.function, ', ') INTO missing
+    FROM stage4.function_snapshots s JOIN pg_proc p ON p.oid = s.function::regprocedure
+    WHERE s.change = 'opt1_temporal_partitioning' AND p.prolang <> (SELECT oid FROM pg_language WHERE lanname = 'plpgsql');
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'OPT1: RPCs still planned at every call (not PL/pgSQL): %', missing;
+    END IF;
+    IF stage4.database_setting('jit') IS DISTINCT FROM 'off' THEN
+        RAISE EXCEPTION 'OPT1: JIT is not off for this database';
+    END IF;
     PERFORM stage4.assert_api_answers();
 END $$;

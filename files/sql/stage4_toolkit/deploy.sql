@@ -297,6 +297,93 @@ BEGIN
     RETURN restored;
 END $$;
 
+-- Turns SQL-language set-returning functions into PL/pgSQL ones with the same signature,
+-- settings, grants and answers: `RETURN QUERY <the same query>`. Why: a SQL function with a SET
+-- clause (search_path, as every RPC here) is never inlined, and its query is planned again at
+-- every call; on a partitioned table planning costs more than executing. PL/pgSQL keeps the plan
+-- of its query for the session. `#variable_conflict use_column` keeps the SQL-function rule that
+-- a column name wins over a parameter of the same name. The originals are saved under p_change
+-- first (restore_function_snapshots puts them back). Returns how many were rewritten.
+CREATE OR REPLACE FUNCTION stage4.cache_function_plans(p_change text, p_functions regprocedure[])
+RETURNS int LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    f regprocedure;
+    definition text;
+    query text;
+    rewritten int := 0;
+BEGIN
+    PERFORM stage4.save_function_snapshots(p_change, p_functions);
+    FOR f IN
+        SELECT p.oid::regprocedure FROM pg_proc p
+        WHERE p.oid = ANY (p_functions) AND p.proretset AND p.prolang = (SELECT oid FROM pg_language WHERE lanname = 'sql')
+        ORDER BY 1
+    LOOP
+        definition := pg_get_functiondef(f);
+        query := rtrim(btrim((SELECT prosrc FROM pg_proc WHERE oid = f)), E'; \n\t');
+        IF definition !~ E'\n LANGUAGE sql\n' OR position('$function$' IN query) > 0 THEN
+            RAISE EXCEPTION 'stage4: cannot rewrite %: unexpected definition', f;
+        END IF;
+        definition := replace(left(definition, strpos(definition, E'\nAS $function$')), E'\n LANGUAGE sql\n', E'\n LANGUAGE plpgsql\n')
+                      || E'AS $function$\n#variable_conflict use_column\nBEGIN\n    RETURN QUERY\n' || query
+                      || E';\nEND\n$function$';
+        EXECUTE definition;
+        rewritten := rewritten + 1;
+    END LOOP;
+    RETURN rewritten;
+END $$;
+
+-- Database-level settings a change makes (ALTER DATABASE ... SET), with the value each had
+-- before (NULL: not set at the database level), so that the revert puts them back. Sessions
+-- opened from then on use them; open ones keep theirs.
+CREATE TABLE IF NOT EXISTS stage4.database_settings (
+    change   text NOT NULL,
+    name     text NOT NULL,
+    previous text,
+    PRIMARY KEY (change, name)
+);
+
+CREATE OR REPLACE FUNCTION stage4.set_database_setting(p_change text, p_name text, p_value text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- The first value seen is the original: a second deploy must not record its own.
+    INSERT INTO stage4.database_settings (change, name, previous)
+    SELECT p_change, p_name,
+           (SELECT substr(s, length(p_name) + 2)
+            FROM pg_db_role_setting d, unnest(d.setconfig) s
+            WHERE d.setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())
+              AND d.setrole = 0 AND s LIKE p_name || '=%')
+    ON CONFLICT (change, name) DO NOTHING;
+    EXECUTE format('ALTER DATABASE %I SET %s = %L', current_database(), quote_ident(p_name), p_value);
+END $$;
+
+-- Puts back every database-level setting p_change made; returns how many.
+CREATE OR REPLACE FUNCTION stage4.restore_database_settings(p_change text)
+RETURNS int LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    setting stage4.database_settings%ROWTYPE;
+    restored int := 0;
+BEGIN
+    FOR setting IN SELECT * FROM stage4.database_settings WHERE change = p_change ORDER BY name LOOP
+        IF setting.previous IS NULL THEN
+            EXECUTE format('ALTER DATABASE %I RESET %s', current_database(), quote_ident(setting.name));
+        ELSE
+            EXECUTE format('ALTER DATABASE %I SET %s = %L', current_database(), quote_ident(setting.name), setting.previous);
+        END IF;
+        restored := restored + 1;
+    END LOOP;
+    DELETE FROM stage4.database_settings WHERE change = p_change;
+    RETURN restored;
+END $$;
+
+-- The database-level value of a setting (NULL when none is set there).
+CREATE OR REPLACE FUNCTION stage4.database_setting(p_name text)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT substr(s, length(p_name) + 2)
+    FROM pg_db_role_setting d, unnest(d.setconfig) s
+    WHERE d.setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND d.setrole = 0 AND s LIKE p_name || '=%'
+$$;
+
 -- Replaces an ACL by exactly the given GRANT statements. New objects receive default
 -- privileges (Supabase grants anon and authenticated everything in public), which must not
 -- survive on a recreated object.

@@ -6,6 +6,8 @@ DROP FUNCTION IF EXISTS stage4.forget_read_policies(text), stage4.accept_read_po
     stage4.assert_known_read_policies(text), stage4.read_policies();
 DROP FUNCTION IF EXISTS stage4.storage_layout(regclass, name), stage4.assert_can_materialize(text), stage4.assert_partitioned_by_year(text),
     stage4.restore_function_snapshots(text), stage4.save_function_snapshots(text, regprocedure[]),
+    stage4.cache_function_plans(text, regprocedure[]), stage4.set_database_setting(text, text, text),
+    stage4.restore_database_settings(text), stage4.database_setting(text),
     stage4.assert_api_answers(), stage4.yearly_partitions(text, int, int),
     stage4.assert_no_api_readable_matviews(), stage4.assert_partitions_secured(regclass),
     stage4.assert_table_preserved(regclass, jsonb, boolean, jsonb),
@@ -20,4 +22,4 @@ DROP FUNCTION IF EXISTS stage4.storage_layout(regclass, name), stage4.assert_can
     stage4.snapshot(text, text), stage4.save_snapshot(text, regclass), stage4.describe_table(regclass, boolean),
     stage4.grant_statements(aclitem[], text, text), stage4.dependent_objects(regclass), stage4.table_checksum(regclass);
 DROP PROCEDURE IF EXISTS stage4.prepare_online_rebuild(regclass, jsonb, int, text);
-DROP TABLE IF EXISTS stage4.table_snapshots, stage4.function_snapshots, stage4.online_rebuilds, stage4.accepted_read_policies;
+DROP TABLE IF EXISTS stage4.table_snapshots, stage4.function_snapshots, stage4.database_settings, stage4.online_rebuilds, stage4.accepted_read_policies;

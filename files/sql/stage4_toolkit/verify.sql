@@ -8,6 +8,7 @@ BEGIN
                       'snapshot', 'reset_acl', 'create_secured_partition', 'rebuild_table', 'assert_table_preserved',
                       'assert_partitions_secured', 'assert_no_api_readable_matviews', 'yearly_partitions',
                       'assert_api_answers', 'save_function_snapshots', 'restore_function_snapshots',
+                      'cache_function_plans', 'set_database_setting', 'restore_database_settings', 'database_setting',
                       'assert_partitioned_by_year', 'assert_can_materialize', 'storage_layout', 'create_shadow',
                       'complete_shadow', 'swap_shadow', 'drop_online_schema_if_empty', 'yearly_layout',
                       'lock_online_rebuild', 'key_row', 'start_online_rebuild', 'start_capture', 'copy_batch',
@@ -18,7 +19,7 @@ BEGIN
     IF missing IS NOT NULL THEN
         RAISE EXCEPTION 'stage4_toolkit: missing functions: %', missing;
     END IF;
-    PERFORM 'stage4.table_snapshots'::regclass, 'stage4.function_snapshots'::regclass, 'stage4.online_rebuilds'::regclass,
+    PERFORM 'stage4.table_snapshots'::regclass, 'stage4.function_snapshots'::regclass, 'stage4.database_settings'::regclass, 'stage4.online_rebuilds'::regclass,
             'stage4.accepted_read_policies'::regclass, 'stage4.read_policies_fingerprint'::regclass,
             'stage4.visibilidade'::regclass;
 END $$;
