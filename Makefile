@@ -1,7 +1,7 @@
 # Stage 4 rollout. Two commands on a fresh Debian 12 machine (as root):
 #   make demo   installs what is missing, creates the local BIBLIOTECA (251 features) and runs Stage 4
 #   make test   unit tests, lint and the molecule scenarios against throwaway PostGIS clusters
-#   make bench  the same run on a big reference database (1,000,000 features), every stage measured
+#   make bench  the same run on a big reference database (1,000,000 features), the gate judging latency
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
