@@ -57,8 +57,9 @@ def test_mode_c_asks_for_opt1_only_and_applies_everything():
     assert "files/sql/opt1_temporal_partitioning/deploy.sql" in output and "Judged against baseline: mean" in output
     assert "completed: 5 applied" in output
     assert ("confirm_opt1", "confirmed") in audit("mode_c")
-    assert ledger("BIBLIOTECA")[2:] == ["opt1_temporal_partitioning", "opt2_storage_layout", "opt3_search_matview",
-                                        "opt4_future_partitions", "opt5_dashboard_matviews"]
+    assert [change for change in ledger("BIBLIOTECA") if change.startswith("opt")] == [
+        "opt1_temporal_partitioning", "opt2_storage_layout", "opt3_search_matview", "opt4_future_partitions",
+        "opt5_dashboard_matviews"]
 
 
 def test_mode_a_again_finds_nothing_to_do():
