@@ -342,16 +342,21 @@ CREATE TABLE IF NOT EXISTS stage4.database_settings (
     PRIMARY KEY (change, name)
 );
 
+-- The database-level value of a setting (NULL when none is set there).
+CREATE OR REPLACE FUNCTION stage4.database_setting(p_name text)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT substr(s, length(p_name) + 2)
+    FROM pg_db_role_setting d, unnest(d.setconfig) s
+    WHERE d.setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND d.setrole = 0 AND s LIKE p_name || '=%'
+$$;
+
 CREATE OR REPLACE FUNCTION stage4.set_database_setting(p_change text, p_name text, p_value text)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     -- The first value seen is the original: a second deploy must not record its own.
     INSERT INTO stage4.database_settings (change, name, previous)
-    SELECT p_change, p_name,
-           (SELECT substr(s, length(p_name) + 2)
-            FROM pg_db_role_setting d, unnest(d.setconfig) s
-            WHERE d.setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())
-              AND d.setrole = 0 AND s LIKE p_name || '=%')
+    VALUES (p_change, p_name, stage4.database_setting(p_name))
     ON CONFLICT (change, name) DO NOTHING;
     EXECUTE format('ALTER DATABASE %I SET %s = %L', current_database(), quote_ident(p_name), p_value);
 END $$;
@@ -374,15 +379,6 @@ BEGIN
     DELETE FROM stage4.database_settings WHERE change = p_change;
     RETURN restored;
 END $$;
-
--- The database-level value of a setting (NULL when none is set there).
-CREATE OR REPLACE FUNCTION stage4.database_setting(p_name text)
-RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT substr(s, length(p_name) + 2)
-    FROM pg_db_role_setting d, unnest(d.setconfig) s
-    WHERE d.setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())
-      AND d.setrole = 0 AND s LIKE p_name || '=%'
-$$;
 
 -- Replaces an ACL by exactly the given GRANT statements. New objects receive default
 -- privileges (Supabase grants anon and authenticated everything in public), which must not
