@@ -216,6 +216,26 @@ def test_opt3_search_results_identical(opt3, conn, owner_uid, before):  # pylint
     assert before["searches"][("authenticated", "'parque'")] != before["searches"][("anon", "'parque'")]
 
 
+def test_opt3_helper_keeps_the_best_readable_matches(opt3, conn, owner_uid):  # pylint: disable=unused-argument
+    """candidatos(q, bbox, n) stops after the n best matches the caller may read: they are the first n
+    of its whole answer, for each caller; a row deleted since the last refresh takes no place; a
+    negative n fails as the original's LIMIT did."""
+    ranked = "SELECT c.id FROM stage4_search_api.candidatos('parque', NULL{0}) WITH ORDINALITY c ORDER BY c.ordinality"
+    for role in ROLES:
+        every = as_role(conn, role, owner_uid, ranked.format(""))
+        assert len(every) > 5
+        assert as_role(conn, role, owner_uid, ranked.format(", 5")) == every[:5], role
+    every = as_role(conn, None, None, ranked.format(""))
+    with conn.cursor() as cur:
+        cur.execute("DELETE FROM public.geometrias WHERE id = %s", every[0])
+        cur.execute(ranked.format(", 5"))
+        assert cur.fetchall() == every[1:6]
+    conn.rollback()
+    for call in ("public.search_geometrias('parque', NULL, -1)", "stage4_search_api.candidatos('parque', NULL, -1)"):
+        with pytest.raises(psycopg2.errors.InvalidRowCountInLimitClause):
+            as_role(conn, "anon", None, "SELECT count(*) FROM %s" % call)
+
+
 def test_opt5_dashboard_results_identical(opt5, conn, owner_uid, before):  # pylint: disable=unused-argument
     for role in ROLES:
         for key, rows in dashboard_rows(conn, role, owner_uid).items():

@@ -7,10 +7,10 @@
 --                                      index geometrias_fts_gin), bbox (ST_Envelope(geom)) and centroid
 --                                      (ST_PointOnSurface(geom)); UNIQUE (id, data_referencia) so it
 --                                      can be refreshed CONCURRENTLY, GIN on tsv, GiST on bbox.
---   stage4_search_api.candidatos(q, bbox)
+--   stage4_search_api.candidatos(q, bbox, n)
 --                                      SECURITY DEFINER helper returning only (id, data_referencia,
---                                      rank) of the rows whose text matches q and whose bbox overlaps,
---                                      among those the caller may read (stage4.visibilidade).
+--                                      rank) of the best n rows whose text matches q and whose bbox
+--                                      overlaps, among those the caller may read (stage4.visibilidade).
 --   stage4_search_api.papel_exato()    the role the helper answers exactly for, NULL when it cannot.
 --   public.search_geometrias()         same signature, owner, grants, comment, volatility, SECURITY
 --                                      INVOKER and pinned search_path; new body (plpgsql): candidates
@@ -106,41 +106,62 @@ COMMENT ON SCHEMA stage4_search_api IS
 REVOKE ALL ON SCHEMA stage4_search_api FROM PUBLIC;
 GRANT USAGE ON SCHEMA stage4_search_api TO anon, authenticated, service_role;
 
--- A match is kept when its row still exists and the caller may read it (stage4.visibilidade). The
--- lookup runs for every role, also those that read every row: a row deleted since the last refresh
--- must not take a place in search_geometrias()' LIMIT. plpgsql rather than sql: a SQL
--- function that cannot be inlined (SECURITY DEFINER) is planned again at every call, and planning
--- the lookup into every partition of public.geometrias costs more than running it; plpgsql keeps
--- the plan for the session. Parameters are p_-prefixed and every column qualified: parameters and
--- output columns are plpgsql variables.
-CREATE FUNCTION stage4_search_api.candidatos(p_q text, p_bbox extensions.geometry)
+-- The best p_limit matches (rank, then id) whose row still exists and which the caller may read
+-- (stage4.visibilidade), NULL: all of them. The lookup runs for every role, also those that read
+-- every row: a row deleted since the last refresh must not take a place in search_geometrias()'
+-- LIMIT. The matches are ranked first (from the view alone), then looked up one by one in that
+-- order until p_limit are kept: a broad word matches tens of thousands of rows at 1,000,000
+-- features, and joining them all to the table cost a second where about p_limit lookups suffice.
+-- The ranking query is EXECUTEd so that it is planned with the actual words and box (the GIN and
+-- GiST indexes combined); the lookup keeps its plan for the session. Parameters are p_-prefixed
+-- and every column qualified: parameters and output columns are plpgsql variables.
+CREATE FUNCTION stage4_search_api.candidatos(p_q text, p_bbox extensions.geometry, p_limit integer DEFAULT NULL)
 RETURNS TABLE (id bigint, data_referencia date, rank real)
 LANGUAGE plpgsql
 STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, extensions, pg_temp
 AS $$
+DECLARE
+    v stage4.visibilidade%ROWTYPE;
+    match record;
+    kept bigint := 0;
 BEGIN
-    RETURN QUERY
-        SELECT b.id, b.data_referencia, ts_rank(b.tsv, query)
-        FROM stage4_search.geometrias_busca AS b
-        CROSS JOIN websearch_to_tsquery('portuguese', p_q) AS query
-        CROSS JOIN stage4.visibilidade AS v
-        WHERE b.tsv @@ query
-          AND (p_bbox IS NULL OR b.bbox && p_bbox)
-          AND v.exata
-          AND EXISTS (SELECT 1 FROM public.geometrias AS g
-                      WHERE g.id = b.id AND g.data_referencia = b.data_referencia
-                        AND (v.todas OR (g.publico AND v.publicas) OR g.owner_id = v.uid));
+    IF p_limit < 0 THEN
+        RAISE EXCEPTION 'LIMIT must not be negative' USING ERRCODE = 'invalid_row_count_in_limit_clause';
+    END IF;
+    SELECT * INTO v FROM stage4.visibilidade AS w WHERE w.exata;
+    IF NOT FOUND OR p_limit = 0 THEN
+        RETURN;
+    END IF;
+    FOR match IN EXECUTE
+        'SELECT b.id, b.data_referencia, ts_rank(b.tsv, query) AS rank
+         FROM stage4_search.geometrias_busca AS b, websearch_to_tsquery(''portuguese'', $1) AS query
+         WHERE b.tsv @@ query AND ($2::extensions.geometry IS NULL OR b.bbox && $2)
+         ORDER BY rank DESC, b.id'
+        USING p_q, p_bbox
+    LOOP
+        IF EXISTS (SELECT 1 FROM public.geometrias AS g
+                   WHERE g.id = match.id AND g.data_referencia = match.data_referencia
+                     AND (v.todas OR (g.publico AND v.publicas) OR g.owner_id = v.uid)) THEN
+            id := match.id;
+            data_referencia := match.data_referencia;
+            rank := match.rank;
+            RETURN NEXT;
+            kept := kept + 1;
+            EXIT WHEN kept = p_limit;
+        END IF;
+    END LOOP;
 END
 $$;
-COMMENT ON FUNCTION stage4_search_api.candidatos(text, extensions.geometry) IS
-    'OPT3: keys and ts_rank of every feature matching the Portuguese web search p_q whose bounding box overlaps p_bbox '
-    '(NULL: anywhere) that the session''s role may read (stage4.visibilidade; nothing when its rules are not the ones in force). '
+COMMENT ON FUNCTION stage4_search_api.candidatos(text, extensions.geometry, integer) IS
+    'OPT3: keys and ts_rank of the best p_limit (NULL: all) features, by rank then id, matching the Portuguese web '
+    'search p_q whose bounding box overlaps p_bbox (NULL: anywhere) that the session''s role may read '
+    '(stage4.visibilidade; nothing when its rules are not the ones in force). '
     'Reads the materialized view and the table as its owner; returns no row content: public.search_geometrias() '
     'joins the keys back to public.geometrias as the caller, so RLS decides too.';
-REVOKE ALL ON FUNCTION stage4_search_api.candidatos(text, extensions.geometry) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION stage4_search_api.candidatos(text, extensions.geometry) TO anon, authenticated, service_role;
+REVOKE ALL ON FUNCTION stage4_search_api.candidatos(text, extensions.geometry, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION stage4_search_api.candidatos(text, extensions.geometry, integer) TO anon, authenticated, service_role;
 
 -- The role candidatos() answers exactly for, NULL when it cannot (the same accessor as OPT5's, over
 -- the toolkit's view): search_geometrias() uses the helper only when it is current_user, the role
@@ -168,8 +189,8 @@ GRANT EXECUTE ON FUNCTION stage4_search_api.papel_exato() TO anon, authenticated
 -- the owner, the grants and the comment. LANGUAGE plpgsql instead of sql, as OPT5's functions: it
 -- chooses between two queries, keeps its plans for the session and evaluates papel_exato() once.
 -- The ELSE branch is the original query, verbatim. In the first branch the helper returns exactly
--- the existing rows the caller may read, so the LIMIT applies to its keys (same order: rank, then
--- id) and only those rows are fetched; the join back, as the caller under RLS, could only drop a
+-- the best existing rows the caller may read, so it applies the LIMIT itself (same order: rank,
+-- then id) and only those rows are fetched; the join back, as the caller under RLS, could only drop a
 -- row, never add one.
 CREATE OR REPLACE FUNCTION public.search_geometrias(
     q text,
@@ -189,10 +210,7 @@ BEGIN
     IF stage4_search_api.papel_exato() = current_user THEN
         RETURN QUERY
             SELECT g.*
-            FROM (SELECT k.id, k.data_referencia, k.rank
-                  FROM stage4_search_api.candidatos(q, bbox) AS k
-                  ORDER BY k.rank DESC, k.id
-                  LIMIT max_results) AS c
+            FROM stage4_search_api.candidatos(q, bbox, max_results) AS c
             JOIN public.geometrias AS g ON g.id = c.id AND g.data_referencia = c.data_referencia
             ORDER BY c.rank DESC, g.id;
     ELSE

@@ -17,7 +17,7 @@ END $$;
 SELECT stage4.forget_read_policies('opt3_search_matview');
 
 DROP FUNCTION stage4_search_api.papel_exato();
-DROP FUNCTION stage4_search_api.candidatos(text, extensions.geometry);
+DROP FUNCTION stage4_search_api.candidatos(text, extensions.geometry, integer);
 DROP SCHEMA stage4_search_api;
 DROP MATERIALIZED VIEW stage4_search.geometrias_busca;
 DROP SCHEMA stage4_search;
