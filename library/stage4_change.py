@@ -32,6 +32,12 @@ description:
     when prepare or the deploy transaction fails; before C(revert.sql) in the revert transaction when the change
     is marked prepared; and alone (action C(cleaned_up)) when a change that was prepared but never applied is
     reverted.
+  - A change whose checks compare a materialized copy with the live table (a materialized view with its source)
+    declares C(-- stage4:isolation repeatable read) on a line of its C(deploy.sql), as Liquibase's formatted SQL
+    declares changeset attributes. Its deploy transaction then runs in that isolation level: every statement,
+    the copy and the checks, sees the same snapshot, so the application's concurrent writes cannot make them
+    differ. A change that copies rows under a lock it takes must not declare it (the rows committed between the
+    snapshot and the lock would be missed).
   - In check mode nothing is changed; the result says what would happen (whether an interrupted prepare would be
     resumed), and with C(--diff) shows the SQL that would run, prepare included. With I(dry_run_precheck), check mode also runs C(precheck.sql) in a read-only transaction that is
     rolled back, so a dry run reports a refusal before the real run.
@@ -224,6 +230,7 @@ notices:
 """
 
 import hashlib
+import re
 import json
 import os
 import time
@@ -297,6 +304,17 @@ def read_change(sql_root, change):
     if missing:
         raise ValueError("change {0} lacks {1}".format(change, ", ".join(n + ".sql" for n in missing)))
     return scripts
+
+
+# The line of deploy.sql declaring its transaction's isolation level (scripts/export_supabase_migrations.py reads it too).
+ISOLATION_PATTERN = r"^-- stage4:isolation (read committed|repeatable read|serializable)\s*$"
+ISOLATION_DIRECTIVE = re.compile(ISOLATION_PATTERN, re.MULTILINE)
+
+
+def deploy_isolation(scripts):
+    """The isolation level deploy.sql declares for its transaction, or None (the server's default)."""
+    found = ISOLATION_DIRECTIVE.search(scripts["deploy"]["text"])
+    return found.group(1).upper() if found else None
 
 
 def public_files(scripts):
@@ -448,8 +466,11 @@ def rollback(conn):
 
 
 def run_transaction(conn, ledger, action, params, scripts, names):
-    """Runs `names` and the ledger update of `action` in one transaction, committed."""
+    """Runs `names` and the ledger update of `action` in one transaction, committed; a deploy in the
+    isolation level its deploy.sql declares."""
     conn.autocommit = False
+    isolation = deploy_isolation(scripts) if action in ("deploy", "redeploy") else None
+    conn.set_session(isolation_level=isolation or "DEFAULT")
     try:
         with conn.cursor() as cur:
             run_scripts(cur, names, params, scripts)

@@ -19,6 +19,7 @@ import ast
 import datetime
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -48,10 +49,10 @@ TRANSACTION_NOTE = """\
 
 
 def stage4_change_constants():
-    """SCRIPTS, RUN_ON and LEDGER_DDL of library/stage4_change.py, read from its source (no Ansible import),
+    """SCRIPTS, RUN_ON, LEDGER_DDL and ISOLATION_PATTERN of library/stage4_change.py, read from its source (no Ansible import),
     so the export runs the same scripts in the same order and creates the same ledger."""
     tree = ast.parse(STAGE4_CHANGE.read_text(encoding="utf-8"))
-    wanted = {"SCRIPTS", "RUN_ON", "LEDGER_DDL"}
+    wanted = {"SCRIPTS", "RUN_ON", "LEDGER_DDL", "ISOLATION_PATTERN"}
     found = {target.id: ast.literal_eval(node.value)
              for node in tree.body if isinstance(node, ast.Assign)
              for target in node.targets if isinstance(target, ast.Name) and target.id in wanted}
@@ -127,6 +128,10 @@ def migration_sql(change, version, scripts, constants):
 -- run sees it applied (and refuses a changed deploy.sql as drift) and playbooks/rollback.yml can revert it.
 -- Not run here: Stage 4's backup, benchmark and gate; take a backup before `supabase db push`.
 """ + TRANSACTION_NOTE]
+    isolation = re.search(constants["ISOLATION_PATTERN"], scripts["deploy"]["text"], re.MULTILINE)
+    if isolation:
+        parts.append("-- deploy.sql declares its isolation level (stage4_change sets it the same way): first, before any query.\n"
+                     "SET TRANSACTION ISOLATION LEVEL {0};\n".format(isolation.group(1).upper()))
     if change["variables"]:
         parts.append("-- The change's variables, read by its SQL as current_setting('stage4.<name>').\n" + "".join(
             "SELECT set_config({0}, {1}, true);\n".format(literal("stage4." + key), literal(value))

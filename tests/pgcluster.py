@@ -18,6 +18,8 @@ import tempfile
 
 import psycopg2
 
+import stage4_change
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCALDB = os.path.join(REPO, "scripts", "localdb.py")
 REFERENCE_DB = os.path.join(REPO, "scripts", "reference_db.py")
@@ -70,6 +72,15 @@ class Cluster:
         conn.autocommit = autocommit
         return conn
 
+    def preload_pg_cron(self, dbname):
+        """Restarts the cluster with pg_cron loaded, running its jobs in dbname (what the
+        stage4_pg_cron role configures on a self-managed server)."""
+        with open(os.path.join(self.folder, "data", "postgresql.auto.conf"), "a", encoding="utf-8") as conf:
+            conf.write("shared_preload_libraries = 'pg_stat_statements,pg_cron'\n"
+                       "cron.database_name = '%s'\n"
+                       "cron.use_background_workers = on\n" % dbname)
+        self._localdb("restart")
+
     def create_database(self, dbname):
         conn = self.connect()
         try:
@@ -105,6 +116,10 @@ def run_change(conn, change, state="applied", variables=None, prelude_sql=None):
     """Runs a change's scripts in one transaction on conn, as library/stage4_change.py does (without
     its ledger); prelude_sql runs first in the same transaction. Returns the notices raised."""
     conn.notices.clear()
+    if state == "applied":
+        with open(os.path.join(SQL_ROOT, change, "deploy.sql"), encoding="utf-8") as handle:
+            declared = stage4_change.ISOLATION_DIRECTIVE.search(handle.read())
+        conn.set_session(isolation_level=declared.group(1).upper() if declared else "DEFAULT")
     with conn, conn.cursor() as cur:
         if prelude_sql:
             cur.execute(prelude_sql)

@@ -53,9 +53,6 @@ import stage4_change  # noqa: E402  (tests/conftest.py registers its module_util
 DB = "BIBLIOTECA"
 SQL_ROOT = os.path.join(REPO, "files", "sql")
 # What the stage4_pg_cron role sets with ALTER SYSTEM, appended to postgresql.auto.conf.
-PG_CRON_SETTINGS = ("shared_preload_libraries = 'pg_stat_statements,pg_cron'\n"
-                    "cron.database_name = '%s'\n"
-                    "cron.use_background_workers = 'on'\n" % DB)
 
 with open(os.path.join(REPO, "playbooks", "group_vars", "all.yml"), encoding="utf-8") as _handle:
     _GROUP_VARS = yaml.safe_load(_handle)
@@ -546,9 +543,7 @@ def owner_inserts(conn, uids, point):
 @pytest.fixture(scope="module")
 def rollout():
     with pgcluster.running_cluster() as cluster:
-        with open(os.path.join(cluster.folder, "data", "postgresql.auto.conf"), "a", encoding="utf-8") as conf:
-            conf.write(PG_CRON_SETTINGS)
-        cluster._localdb("restart")  # pylint: disable=protected-access
+        cluster.preload_pg_cron(DB)
         cluster.build_reference_db(DB, features=251)
         walker = Rollout(cluster)
         try:

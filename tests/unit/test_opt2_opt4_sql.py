@@ -23,9 +23,6 @@ import pgcluster  # noqa: E402
 PG_DUMP = "/usr/lib/postgresql/15/bin/pg_dump"
 DB = "BIBLIOTECA"  # pg_cron runs its jobs in cron.database_name, set to this name
 TEMPLATE = "stage4_opt1_template"
-PG_CRON_SETTINGS = ("shared_preload_libraries = 'pg_stat_statements,pg_cron'\n"
-                    "cron.database_name = 'BIBLIOTECA'\n"
-                    "cron.use_background_workers = on\n")
 # OPT2 decides which partitions are closed from "now": pinned, so 2019..2025 are closed.
 OPT2_VARS = {"now": "2026-06-15"}
 CLOSED_YEARS = range(2019, 2026)
@@ -107,10 +104,8 @@ def cluster():
         conf = os.path.join(running.folder, "data", "postgresql.auto.conf")
         with open(conf, encoding="utf-8") as handle:
             original = handle.read()
-        with open(conf, "a", encoding="utf-8") as handle:
-            handle.write(PG_CRON_SETTINGS)
         try:
-            running._localdb("restart")  # pylint: disable=protected-access
+            running.preload_pg_cron(DB)
         except RuntimeError:
             with open(conf, "w", encoding="utf-8") as handle:
                 handle.write(original)

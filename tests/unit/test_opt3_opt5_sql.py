@@ -27,9 +27,6 @@ SCHEDULE = "*/10 * * * *"
 OPT5_VARIABLES = {"refresh_schedule": SCHEDULE}
 # pg_cron must be preloaded (scripts/localdb.py leaves it out on purpose): what the stage4_pg_cron
 # role sets with ALTER SYSTEM, appended to the cluster's postgresql.auto.conf.
-PG_CRON_SETTINGS = ("shared_preload_libraries = 'pg_stat_statements,pg_cron'\n"
-                    "cron.database_name = '%s'\n"
-                    "cron.use_background_workers = 'on'\n" % DB)
 
 SP_BOX = "ST_MakeEnvelope(-46.9333, -23.8505, -46.3333, -23.2505, 4326)"
 RJ_BOX = "ST_MakeEnvelope(-43.3229, -23.0568, -43.0229, -22.7568, 4326)"
@@ -132,9 +129,7 @@ def schema_dump(cluster):
 @pytest.fixture(scope="module")
 def cluster():
     with pgcluster.running_cluster() as running:
-        with open(os.path.join(running.folder, "data", "postgresql.auto.conf"), "a", encoding="utf-8") as conf:
-            conf.write(PG_CRON_SETTINGS)
-        running._localdb("restart")  # pylint: disable=protected-access
+        running.preload_pg_cron(DB)
         running.build_reference_db(DB, features=251)
         apply_change(running, "stage4_toolkit")
         apply_change(running, "opt1_temporal_partitioning", variables={"partition_through_year": "2028"})

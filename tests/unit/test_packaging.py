@@ -24,9 +24,6 @@ import stage4_change  # noqa: E402  (library/, made importable by tests/conftest
 BIN = Path(sys.executable).parent
 PSQL = "/usr/lib/postgresql/15/bin/psql"
 DB = "BIBLIOTECA"  # pg_cron runs its jobs in cron.database_name, set to this name
-PG_CRON_SETTINGS = ("shared_preload_libraries = 'pg_stat_statements,pg_cron'\n"
-                    "cron.database_name = 'BIBLIOTECA'\n"
-                    "cron.use_background_workers = on\n")
 CHANGES = ["stage4_toolkit", "opt1_temporal_partitioning", "opt2_storage_layout", "opt3_search_matview",
            "opt4_future_partitions", "opt5_dashboard_matviews"]
 # Row count and order-independent content checksum, without the toolkit (its revert removes it).
@@ -99,9 +96,7 @@ def cluster():
     """A cluster preloading pg_cron, holding the reference database."""
     running = pgcluster.start_cluster()
     try:
-        with open(os.path.join(running.folder, "data", "postgresql.auto.conf"), "a", encoding="utf-8") as handle:
-            handle.write(PG_CRON_SETTINGS)
-        running._localdb("restart")  # pylint: disable=protected-access
+        running.preload_pg_cron(DB)
         running.build_reference_db(DB)
         yield running
     finally:
@@ -145,6 +140,11 @@ def test_export_names_files_and_records_sources(exported):
     assert stage4_change.read_change(str(REPO / "files/sql"), "opt1_temporal_partitioning")["deploy"]["sha256"] in opt1
     assert deploy.read_text() in opt1
     assert "SELECT set_config('stage4.partition_through_year', '2028', true);" in opt1
+    # OPT3 declares repeatable read: set by the file's first statement; OPT1 (copies under a lock) does not.
+    opt3 = (exported / migrations[3]).read_text()
+    statements = [line for line in opt3.splitlines() if line.strip() and not line.startswith("--")]
+    assert statements[0] == "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ;"
+    assert "SET TRANSACTION" not in opt1
     # every Supabase migration file name must match the CLI's pattern
     assert all(re.fullmatch(r"[0-9]+_.*\.sql", name) for name in migrations)
 

@@ -138,6 +138,20 @@ def test_variables_reach_the_sql(cluster, capsys, tmp_path):
     assert scalar(cluster, "SELECT v FROM t8") == "42"
 
 
+def test_deploy_runs_in_the_isolation_its_file_declares(cluster, capsys, tmp_path):
+    record = "CREATE TABLE {0} AS SELECT current_setting('transaction_isolation') AS level;"
+    root = write_change(tmp_path, "c10", "-- stage4:isolation repeatable read\n" + record.format("t10"),
+                        revert=record.format("t10_reverted"))
+    write_change(tmp_path, "c11", record.format("t11"))
+    args = dict(cluster.login_args("scratch"), change="c10", sql_root=root, variables={"answer": "42"})
+    assert run(capsys, args)["action"] == "deployed"
+    assert run(capsys, dict(args, state="reverted"))["action"] == "reverted"
+    assert run(capsys, dict(args, change="c11"))["action"] == "deployed"
+    assert [scalar(cluster, "SELECT level FROM " + t) for t in ("t10", "t10_reverted", "t11")] == [
+        "repeatable read", "read committed", "read committed"]
+    assert stage4_change.deploy_isolation(stage4_change.read_change(root, "c10")) == "REPEATABLE READ"
+
+
 def test_bad_input_is_clear(cluster, capsys, tmp_path):
     missing = run(capsys, dict(cluster.login_args("scratch"), change="nope", sql_root=str(tmp_path)))
     assert missing["failed"] and "does not exist" in missing["msg"]

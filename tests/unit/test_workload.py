@@ -31,7 +31,14 @@ _spec.loader.exec_module(workload)
 @pytest.fixture(scope="module")
 def cluster():
     with pgcluster.running_cluster() as running:
+        running.preload_pg_cron(DB)  # OPT5 schedules its refreshes
         running.build_reference_db(DB, features=FEATURES)
+        conn = running.connect(DB)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("CREATE EXTENSION pg_cron")  # what the stage4_pg_cron role does
+        finally:
+            conn.close()
         yield running
 
 
@@ -129,6 +136,33 @@ def test_no_write_lost_while_opt1_is_applied_and_reverted(cluster, capsys, tmp_p
     assert "0 lost" in stdout and "longest call" in stdout
     assert cluster.password not in stdout + stderr + report_file.read_text()
     assert reference_fingerprint(cluster) == before
+
+
+def test_materialized_views_are_checked_against_one_snapshot_while_the_application_writes(cluster, capsys, tmp_path):
+    """OPT3 and OPT5 compare their materialized views and rewritten functions with the table: while
+    the harness inserts and updates features, their deploys (repeatable read, declared in deploy.sql)
+    still pass verify, and nothing the harness committed is lost through deploy and revert."""
+    change(capsys, cluster, "stage4_toolkit")
+    stop_file, report_file = tmp_path / "playbook.done", tmp_path / "report.json"
+    proc = harness(cluster, "--readers", "1", "--writers", "3", "--until-file", str(stop_file), "--duration", "60",
+                   "--report", str(report_file), "--tag", "matviews")
+    try:
+        for name in ("opt3_search_matview", "opt5_dashboard_matviews"):
+            wait_for_new_rows(cluster, "matviews")
+            applied = change(capsys, cluster, name)
+            assert (applied["action"], applied["attempts"]) == ("deployed", 1), name
+        for name in ("opt5_dashboard_matviews", "opt3_search_matview"):
+            wait_for_new_rows(cluster, "matviews")
+            assert change(capsys, cluster, name, state="reverted")["action"] == "reverted"
+        wait_for_new_rows(cluster, "matviews")
+        assert proc.poll() is None, "the harness ended before the changes did"
+        stop_file.touch()
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stdout + stderr
+    report = json.loads(report_file.read_text())
+    assert report["writes"]["lost"] == 0 and report["writes"]["committed"] > 0
 
 
 def test_verification_reports_deleted_and_changed_writes_as_lost(cluster):

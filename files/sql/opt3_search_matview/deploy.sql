@@ -1,6 +1,11 @@
 -- OPT3 search materialized view: public.search_geometrias() finds its candidates in an indexed
 -- materialized view instead of computing to_tsvector() over the table's rows for every call.
 --
+-- stage4:isolation repeatable read
+-- (read by library/stage4_change.py) The deploy transaction sees one snapshot: the search view is
+-- filled from it and verify.sql compares them, and the functions, with the table as of it, so the
+-- application's writes meanwhile cannot make them differ. Nothing here copies rows under a lock.
+--
 -- What is created
 --   stage4_search.geometrias_busca     materialized view, one row per feature: id, data_referencia,
 --                                      nome, categoria, tsv (the exact expression of the table's GIN

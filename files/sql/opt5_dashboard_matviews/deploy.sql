@@ -3,6 +3,11 @@
 -- public.geometrias at every call; pg_cron refreshes the views (REFRESH ... CONCURRENTLY: readers
 -- are never blocked) every stage4.refresh_schedule (default '*/15 * * * *').
 --
+-- stage4:isolation repeatable read
+-- (read by library/stage4_change.py) The deploy transaction sees one snapshot: the dashboard views are
+-- filled from it and verify.sql compares them, and the functions, with the table as of it, so the
+-- application's writes meanwhile cannot make them differ. Nothing here copies rows under a lock.
+--
 -- What is created
 --   stage4_dashboard.resumo_categoria_ano  count and sum(area_m2) per (year, categoria, publico,
 --                                          owner_id); serves area_por_categoria() and resumo_anual(),
