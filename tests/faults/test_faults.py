@@ -90,6 +90,7 @@ def test_user_without_privileges_is_told_which(cluster):
     assert rc != 0 and CANARY_PASSWORD not in output
     assert "Missing privileges: analista does not own public.geometrias (its owner is postgres)" in output
     assert "analista may not create schemas in bad_privileges (CREATE on the database)" in output
+    assert "analista does not own database bad_privileges (its owner is postgres)" in output
 
 
 @pytest.fixture()

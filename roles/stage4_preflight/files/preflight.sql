@@ -37,6 +37,11 @@ SELECT current_setting('server_version') AS server_version,
                    AND NOT pg_has_role((SELECT relowner FROM pg_class WHERE oid = to_regclass('public.geometrias')), 'USAGE')
                   THEN format('%%s does not own public.geometrias (its owner is %%s)', current_user,
                               (SELECT relowner::regrole FROM pg_class WHERE oid = to_regclass('public.geometrias'))) END),
+            -- OPT1 turns JIT off for the database (ALTER DATABASE ... SET jit): its owner's right.
+            (CASE WHEN NOT pg_has_role((SELECT datdba FROM pg_database WHERE datname = current_database()), 'USAGE')
+                  THEN format('%%s does not own database %%s (its owner is %%s), which OPT1 needs to turn JIT off for it',
+                              current_user, current_database(),
+                              (SELECT datdba::regrole FROM pg_database WHERE datname = current_database())) END),
             (CASE WHEN NOT has_database_privilege(current_database(), 'CREATE')
                   THEN format('%%s may not create schemas in %%s (CREATE on the database)', current_user, current_database()) END),
             (CASE WHEN NOT has_schema_privilege('public', 'CREATE')
