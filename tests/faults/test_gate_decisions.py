@@ -3,9 +3,10 @@
 The injected change (tests/fixtures/sql/injected_slowdown) makes the radius RPC behind q02 sleep
 20 ms and return the same rows: only latency can tell. The run judges latency, as production does.
 """
+import json
 import os
 
-from stage4_runs import REPO, assert_untouched, clone, ledger, run_stage4, sql, state
+from stage4_runs import REPO, assert_untouched, clone, ledger, run_dirs, run_stage4, sql, state
 
 INJECTED = os.path.join(REPO, "tests", "fixtures", "sql", "injected_slowdown")
 
@@ -40,3 +41,29 @@ def test_injected_slowdown_is_worse_reverted_and_stops_the_run(cluster, tmp_path
     events = sql(cluster, dbname, "SELECT action FROM stage4.ledger_events WHERE change = 'injected_slowdown' ORDER BY id")
     assert [e[0] for e in events] == ["deploy", "revert"]
     assert "injected_slowdown" not in [change for change, _ in ledger(cluster, dbname)]
+
+
+def test_an_inconclusive_stage_is_measured_again_longer_then_fails(cluster, tmp_path):
+    """Two samples per query decide nothing: the gate measures the stage again twice, each time with
+    stage4_optimization_gate_more_iterations executions (even though -e fixes stage4_benchmark_iterations),
+    then fails it as still inconclusive and the rollout reverts it."""
+    dbname = clone(cluster, "inconclusive")
+    before = state(cluster, dbname)
+    runs = run_dirs(cluster)
+    rc, output = run_stage4(
+        cluster, dbname,
+        "-e", "stage4_sql_root=%s" % sql_root_with_injected_change(tmp_path),
+        "-e", '{"stage4_optimizations": [{"id": "slow", "change": "injected_slowdown", '
+              '"title": "A change that makes the radius RPC sleep 20 ms"}]}',
+        "-e", "stage4_benchmark_iterations=2", "-e", "stage4_optimization_gate_more_iterations=3",
+        "-e", "stage4_optimization_gate_judge_latency=true")
+    assert rc != 0, output
+    assert output.count("slow: marginal - inconclusive, measuring again") == 2
+    assert "Gate failed for slow against baseline: still inconclusive with every allowed sample" in output
+    (run_dir,) = run_dirs(cluster) - runs
+    executions = {}
+    for stage in ("slow", "slow_more1", "slow_more2"):
+        with open(os.path.join(run_dir, "metrics_%s.json" % stage), encoding="utf-8") as handle:
+            executions[stage] = json.load(handle)["iterations"]
+    assert executions == {"slow": 2, "slow_more1": 3, "slow_more2": 3}
+    assert_untouched(cluster, dbname, before)
