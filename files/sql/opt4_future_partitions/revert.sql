@@ -16,13 +16,14 @@ DECLARE
     moved bigint;
     checksum text;
 BEGIN
+    -- Locked first, so that the rows verify_reverted compares with are those the revert moves.
+    EXECUTE format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', geometrias);
     PERFORM stage4.save_snapshot('opt4_future_partitions:before_revert', geometrias);
 
     IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron') THEN
         EXECUTE 'SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = $1' USING job;
     END IF;
 
-    EXECUTE format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', geometrias);
     SELECT partition INTO default_part FROM stage4.opt4_partition_ranges(geometrias) WHERE is_default;
     IF default_part IS NOT NULL THEN
         EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', default_part);
