@@ -90,26 +90,38 @@ def wait_for_new_rows(cluster, tag, timeout=20):
         time.sleep(0.1)
 
 
-def test_no_write_lost_while_opt1_is_applied_and_reverted(cluster, capsys, tmp_path):
-    before = reference_fingerprint(cluster)
-    change(capsys, cluster, "stage4_toolkit")
+def under_harness(cluster, tmp_path, tag, steps, readers=2, writers=2):
+    """Runs each step while the harness plays the application, after seeing it commit new features
+    (and once more after the last step); returns its stdout, stderr and report file."""
     stop_file, report_file = tmp_path / "playbook.done", tmp_path / "report.json"
-    proc = harness(cluster, "--readers", "2", "--writers", "2", "--until-file", str(stop_file), "--duration", "60",
-                   "--report", str(report_file), "--tag", "opt1-round-trip")
+    proc = harness(cluster, "--readers", str(readers), "--writers", str(writers), "--until-file", str(stop_file),
+                   "--duration", "120", "--report", str(report_file), "--tag", tag)
     try:
-        wait_for_new_rows(cluster, "opt1-round-trip")
-        applied = change(capsys, cluster, "opt1_temporal_partitioning",
-                         variables={"partition_through_year": "2028"})
-        assert applied["action"] == "deployed"
-        wait_for_new_rows(cluster, "opt1-round-trip")  # writes went on into the partitioned table
-        assert change(capsys, cluster, "opt1_temporal_partitioning", state="reverted")["action"] == "reverted"
-        wait_for_new_rows(cluster, "opt1-round-trip")
+        for step in steps:
+            wait_for_new_rows(cluster, tag)
+            step()
+        wait_for_new_rows(cluster, tag)
         assert proc.poll() is None, "the harness ended before the changes did"
         stop_file.touch()
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 0, stdout + stderr
+    return stdout, stderr, report_file
+
+
+def test_no_write_lost_while_opt1_is_applied_and_reverted(cluster, capsys, tmp_path):
+    before = reference_fingerprint(cluster)
+    change(capsys, cluster, "stage4_toolkit")
+
+    def apply_opt1():
+        assert change(capsys, cluster, "opt1_temporal_partitioning",
+                      variables={"partition_through_year": "2028"})["action"] == "deployed"
+
+    def revert_opt1():  # the writes went on into the partitioned table meanwhile
+        assert change(capsys, cluster, "opt1_temporal_partitioning", state="reverted")["action"] == "reverted"
+
+    stdout, stderr, report_file = under_harness(cluster, tmp_path, "opt1-round-trip", [apply_opt1, revert_opt1])
 
     report = json.loads(report_file.read_text())
     assert set(report) == {"tag", "marker", "workload_user", "started_at", "duration_s", "settings", "database",
@@ -144,28 +156,19 @@ def test_every_optimization_deploys_and_reverts_while_the_application_writes(clu
     attempt (OPT3 and OPT5 in repeatable read, declared in deploy.sql; OPT4 counts the rows under its
     lock), and nothing the harness committed is lost."""
     change(capsys, cluster, "stage4_toolkit")
-    stop_file, report_file = tmp_path / "playbook.done", tmp_path / "report.json"
-    proc = harness(cluster, "--readers", "1", "--writers", "3", "--until-file", str(stop_file), "--duration", "120",
-                   "--report", str(report_file), "--tag", "every-change")
     variables = {"opt1_temporal_partitioning": {"partition_through_year": "2028"},
                  "opt5_dashboard_matviews": {"refresh_schedule": "*/15 * * * *"}}
     names = ["opt1_temporal_partitioning", "opt2_storage_layout", "opt3_search_matview", "opt4_future_partitions",
              "opt5_dashboard_matviews"]
-    try:
-        for name in names:
-            wait_for_new_rows(cluster, "every-change")
-            applied = change(capsys, cluster, name, variables=variables.get(name, {}))
-            assert (applied["action"], applied["attempts"]) == ("deployed", 1), name
-        for name in reversed(names):
-            wait_for_new_rows(cluster, "every-change")
-            assert change(capsys, cluster, name, state="reverted")["action"] == "reverted", name
-        wait_for_new_rows(cluster, "every-change")
-        assert proc.poll() is None, "the harness ended before the changes did"
-        stop_file.touch()
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, stdout + stderr
+
+    def step(name, state):
+        def run():
+            done = change(capsys, cluster, name, state=state, variables=variables.get(name, {}))
+            assert (done["action"], done["attempts"]) == ({"applied": "deployed"}.get(state, "reverted"), 1), name
+        return run
+
+    steps = [step(n, "applied") for n in names] + [step(n, "reverted") for n in reversed(names)]
+    _, _, report_file = under_harness(cluster, tmp_path, "every-change", steps, readers=1, writers=3)
     report = json.loads(report_file.read_text())
     assert report["writes"]["lost"] == 0 and report["writes"]["committed"] > 0
 
