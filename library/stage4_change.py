@@ -34,8 +34,8 @@ description:
     reverted.
   - A change whose checks compare a materialized copy with the live table (a materialized view with its source)
     declares C(-- stage4:isolation repeatable read) on a line of its C(deploy.sql), as Liquibase's formatted SQL
-    declares changeset attributes. Its deploy transaction then runs in that isolation level: every statement,
-    the copy and the checks, sees the same snapshot, so the application's concurrent writes cannot make them
+    declares changeset attributes. Its deploy transaction then runs in that isolation level, so every statement
+    (the copy and the checks) sees the same snapshot and the application's concurrent writes cannot make them
     differ. A change that copies rows under a lock it takes must not declare it (the rows committed between the
     snapshot and the lock would be missed).
   - In check mode nothing is changed; the result says what would happen (whether an interrupted prepare would be
