@@ -230,9 +230,9 @@ notices:
 """
 
 import hashlib
-import re
 import json
 import os
+import re
 import time
 
 from ansible.module_utils.basic import AnsibleModule

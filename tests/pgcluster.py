@@ -116,10 +116,8 @@ def run_change(conn, change, state="applied", variables=None, prelude_sql=None):
     """Runs a change's scripts in one transaction on conn, as library/stage4_change.py does (without
     its ledger); prelude_sql runs first in the same transaction. Returns the notices raised."""
     conn.notices.clear()
-    if state == "applied":
-        with open(os.path.join(SQL_ROOT, change, "deploy.sql"), encoding="utf-8") as handle:
-            declared = stage4_change.ISOLATION_DIRECTIVE.search(handle.read())
-        conn.set_session(isolation_level=declared.group(1).upper() if declared else "DEFAULT")
+    isolation = stage4_change.deploy_isolation(stage4_change.read_change(SQL_ROOT, change)) if state == "applied" else None
+    conn.set_session(isolation_level=isolation or "DEFAULT")
     with conn, conn.cursor() as cur:
         if prelude_sql:
             cur.execute(prelude_sql)
