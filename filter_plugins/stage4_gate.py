@@ -20,7 +20,7 @@ again, longer) when something is inconclusive and nothing failed; otherwise it p
 from __future__ import annotations
 
 import math
-from statistics import NormalDist, fmean, median, pvariance
+from statistics import NormalDist, fmean, median, variance
 
 DOCUMENTATION = r"""
 name: stage4_gate
@@ -65,6 +65,9 @@ options:
     description: What an inconclusive gate decides when it cannot measure again. False (the default) fails it.
     type: bool
 """
+
+# Fewest samples per query, on each side, for the workload's interval to have bounds.
+WORKLOAD_MIN_SAMPLES = 5
 
 VERDICTS = ("better", "unchanged", "worse", "inconclusive", "result changed", "missing from one side")
 
@@ -120,13 +123,17 @@ def mean_difference_interval(reference_sets, current_sets, level):
     """Difference of the workload mean (mean over queries of each query's mean) and its interval.
 
     Normal approximation: each query's mean has variance s^2/n, the workload mean is their
-    average, so its variance is the sum of theirs divided by the number of queries squared.
+    average, so its variance is the sum of theirs divided by the number of queries squared. With
+    fewer than WORKLOAD_MIN_SAMPLES samples of some query the variance estimate means nothing (two
+    samples can agree by chance), so the bounds are None, as hodges_lehmann's are.
     """
     queries = len(reference_sets)
     difference = (sum(fmean(c) for c in current_sets) - sum(fmean(r) for r in reference_sets)) / queries
-    variance = sum(pvariance(r) / len(r) + pvariance(c) / len(c)
-                   for r, c in zip(reference_sets, current_sets)) / queries ** 2
-    half_width = NormalDist().inv_cdf(1 - (1 - level) / 2) * math.sqrt(variance)
+    if min(len(samples) for samples in reference_sets + current_sets) < WORKLOAD_MIN_SAMPLES:
+        return difference, None, None
+    spread = sum(variance(r) / len(r) + variance(c) / len(c)
+                 for r, c in zip(reference_sets, current_sets)) / queries ** 2
+    half_width = NormalDist().inv_cdf(1 - (1 - level) / 2) * math.sqrt(spread)
     return difference, difference - half_width, difference + half_width
 
 
@@ -205,7 +212,8 @@ def judge_workload(current, reference, query_ids, tolerance_ms, tolerance_pct, l
                     tolerance))
     return {"verdict": verdict, "reference_mean_ms": round(reference_mean, 4),
             "mean_ms": round(reference_mean + difference, 4), "change_ms": round(difference, 4),
-            "change_low_ms": round(low, 4), "change_high_ms": round(high, 4), "tolerance_ms": round(tolerance, 4),
+            "change_low_ms": None if low is None else round(low, 4),
+            "change_high_ms": None if high is None else round(high, 4), "tolerance_ms": round(tolerance, 4),
             "explanation": line}
 
 

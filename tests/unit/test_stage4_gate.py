@@ -126,6 +126,16 @@ def test_workload_regression_fails_when_no_single_query_does():
     assert verdict["reason"].startswith("workload mean latency 99.9")
 
 
+def test_workload_with_a_few_samples_is_inconclusive_not_worse():
+    # Two samples a query that happen to agree: their variance says nothing, whatever the shift.
+    reference = bench({"q%02d" % i: query([1.0, 1.001]) for i in range(10)})
+    current = bench(dict(reference["queries"], q02=query([21.0, 21.001])))
+    verdict = stage4_gate(current, reference, may_measure_again=True)
+    assert verdict["workload"]["verdict"] == "inconclusive"
+    assert verdict["workload"]["change_low_ms"] is None and "[?, ?]" in verdict["workload"]["explanation"]
+    assert verdict["decision"] == "marginal"
+
+
 def test_changed_result_always_fails_even_unjudged():
     verdict = stage4_gate(bench({"q": query(noisy(1.0, 14), "new")}), bench({"q": query(noisy(1.0, 15), "old")}),
                           judge_latency=False)
