@@ -4,6 +4,7 @@ against a real cluster holding the reference fixture at 20,000 features; every t
 copy of that database (with the toolkit installed).
 """
 import datetime
+import json
 import os
 import random
 import subprocess
@@ -148,7 +149,52 @@ def test_writes_during_prepare_and_cutover_are_kept(cluster, db, capsys):
     assert not lost
     assert fetch(cluster, db, "SELECT relkind FROM pg_class WHERE oid = 'public.geometrias'::regclass")[0][0] == "p"
     assert leftovers(cluster, db) == (0, False, 0, 11)
+    # The cutover compared only the keys written since the prepare's proof, not every row.
+    proof = fetch(cluster, db, "SELECT snapshot->'rows_proof' FROM stage4.table_snapshots WHERE change = %s", (OPT1,))[0][0]
+    assert proof["keys_replayed_at_cutover"] > 0 and int(proof["row_count"]) > 0
     # How long the writer waited is a measurement (printed above), not a pass/fail criterion.
+
+
+LAYOUT = "stage4.yearly_layout('public.geometrias', 'data_referencia', 2028)"
+
+
+def test_the_proof_catches_a_differing_shadow_and_the_cutover_compares_the_replayed_keys(cluster, db):
+    """prove_shadow() compares the shadow with the table outside the lock, but for the logged keys;
+    the cutover then compares only those. A replay after the proof voids it: the cutover then
+    checksums every row."""
+    conn = cluster.connect(db)
+    with conn.cursor() as cur:
+        cur.execute("CALL stage4.prepare_online_rebuild('public.geometrias', %s, 2000, '2s')" % LAYOUT)
+        cur.execute("SELECT proof FROM stage4.online_rebuilds")
+        assert cur.fetchone()[0]["row_count"] == FEATURES
+        # A shadow row that differs on a key nobody wrote: the proof refuses it.
+        cur.execute("UPDATE stage4_online.geometrias SET nome = nome || ' (stale)' WHERE id = 5")
+        with pytest.raises(Exception, match="differs from it on keys not written since the copy"):
+            cur.execute("SELECT stage4.prove_shadow('public.geometrias')")
+        # Written by the application since: logged, so left to the cutover, which replays and compares it.
+        cur.execute("UPDATE public.geometrias SET nome = 'written after the copy' WHERE id = 5")
+        cur.execute("SELECT stage4.prove_shadow('public.geometrias')")
+        conn.autocommit = False
+        cur.execute("SELECT stage4.finish_online_rebuild('opt1_temporal_partitioning', 'public.geometrias', %s)" % LAYOUT)
+        cur.execute("SELECT snapshot FROM stage4.table_snapshots WHERE change = 'opt1_temporal_partitioning'")
+        snapshot = cur.fetchone()[0]
+        assert snapshot["rows_proof"]["keys_replayed_at_cutover"] == 1 and "checksum" not in snapshot
+        cur.execute("SELECT nome FROM public.geometrias WHERE id = 5")
+        assert cur.fetchone()[0] == "written after the copy"
+        cur.execute("SELECT stage4.assert_table_preserved('public.geometrias', %s, true)", (json.dumps(snapshot),))
+        conn.rollback()
+        # A replay after the proof voids it; the cutover then checksums both tables whole.
+        cur.execute("UPDATE public.geometrias SET nome = 'replayed after the proof' WHERE id = 6")
+        cur.execute("SELECT stage4.apply_delta('public.geometrias', NULL)")
+        cur.execute("SELECT proof FROM stage4.online_rebuilds")
+        assert cur.fetchone()[0] is None
+        cur.execute("SELECT stage4.finish_online_rebuild('opt1_temporal_partitioning', 'public.geometrias', %s)" % LAYOUT)
+        cur.execute("SELECT snapshot FROM stage4.table_snapshots WHERE change = 'opt1_temporal_partitioning'")
+        snapshot = cur.fetchone()[0]
+        assert "rows_proof" not in snapshot and snapshot["row_count"] == FEATURES
+        cur.execute("SELECT stage4.assert_table_preserved('public.geometrias', %s, true)", (json.dumps(snapshot),))
+        conn.rollback()
+    conn.close()
 
 
 def terminate_prepare_mid_copy(cluster, db):

@@ -35,6 +35,19 @@ BEGIN
     RETURN result;
 END $$;
 
+-- Row count and content checksum (as table_checksum()) of the rows of p_table (alias t) that meet
+-- p_condition. STABLE: called twice in one statement, both read the statement's snapshot.
+CREATE OR REPLACE FUNCTION stage4.rows_checksum(p_table regclass, p_condition text)
+RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    result jsonb;
+BEGIN
+    EXECUTE format('SELECT jsonb_build_object(''row_count'', count(*), ''checksum'', md5(coalesce(string_agg(h, '''' ORDER BY h), ''''))) '
+                   'FROM (SELECT md5(t::text) AS h FROM %s t WHERE %s) rows', p_table, p_condition)
+        INTO result;
+    RETURN result;
+END $$;
+
 -- Objects that must be dropped and recreated when p_table is replaced: views and functions
 -- that depend on the table or on its row type (a function RETURNS SETOF table is bound to the
 -- row type's OID), transitively, with the depth at which they depend.
@@ -239,6 +252,25 @@ RETURNS jsonb LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     ON CONFLICT (change, relation) DO UPDATE SET snapshot = EXCLUDED.snapshot, captured_at = now()
     RETURNING snapshot
 $$;
+
+-- The snapshot of a table whose rows an online rebuild proved equal to its replacement's, key by
+-- key (finish_online_rebuild()): everything describe_table() records, the row count, and p_proof
+-- where the checksum of every row would be (computing it takes seconds per million rows, under
+-- the rebuild's ACCESS EXCLUSIVE lock).
+CREATE OR REPLACE FUNCTION stage4.save_proven_snapshot(p_change text, p_table regclass, p_proof jsonb)
+RETURNS jsonb LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    row_count bigint;
+    result jsonb;
+BEGIN
+    EXECUTE format('SELECT count(*) FROM %s', p_table) INTO row_count;
+    INSERT INTO stage4.table_snapshots (change, relation, snapshot)
+    VALUES (p_change, p_table::text,
+            stage4.describe_table(p_table, false) || jsonb_build_object('row_count', row_count, 'rows_proof', p_proof))
+    ON CONFLICT (change, relation) DO UPDATE SET snapshot = EXCLUDED.snapshot, captured_at = now()
+    RETURNING snapshot INTO result;
+    RETURN result;
+END $$;
 
 CREATE OR REPLACE FUNCTION stage4.snapshot(p_change text, p_relation text)
 RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -674,22 +706,29 @@ END $$;
 
 -- Raises unless p_table still carries everything p_snapshot recorded and exactly the rows
 -- p_rows recorded (count and content checksum; p_rows defaults to p_snapshot, a revert
--- passes the rows it started from). p_layout_changed relaxes only what a layout change must
--- alter: the primary key's columns.
+-- passes the rows it started from). A snapshot saved by save_proven_snapshot() has no checksum:
+-- the rebuild that saved it, in this transaction, compared the rows key by key. p_layout_changed
+-- relaxes only what a layout change must alter: the primary key's columns.
 CREATE OR REPLACE FUNCTION stage4.assert_table_preserved(
     p_table regclass, p_snapshot jsonb, p_layout_changed boolean, p_rows jsonb DEFAULT NULL)
 RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    now_ jsonb := stage4.describe_table(p_table);
+    now_ jsonb := stage4.describe_table(p_table, false);
     rows_ jsonb := coalesce(p_rows, p_snapshot);
+    row_count bigint;
+    checksum text;
     key text;
     missing jsonb;
 BEGIN
-    IF (now_->>'row_count') <> (rows_->>'row_count') THEN
-        RAISE EXCEPTION 'stage4: % has % rows, expected %', p_table, now_->>'row_count', rows_->>'row_count';
+    EXECUTE format('SELECT count(*) FROM %s', p_table) INTO row_count;
+    IF row_count <> (rows_->>'row_count')::bigint THEN
+        RAISE EXCEPTION 'stage4: % has % rows, expected %', p_table, row_count, rows_->>'row_count';
     END IF;
-    IF (now_->>'checksum') <> (rows_->>'checksum') THEN
-        RAISE EXCEPTION 'stage4: content checksum of % changed (% <> %)', p_table, now_->>'checksum', rows_->>'checksum';
+    IF NOT rows_ ? 'rows_proof' THEN
+        checksum := stage4.table_checksum(p_table);
+        IF checksum IS DISTINCT FROM rows_->>'checksum' THEN
+            RAISE EXCEPTION 'stage4: content checksum of % changed (% <> %)', p_table, checksum, rows_->>'checksum';
+        END IF;
     END IF;
     FOREACH key IN ARRAY ARRAY['columns', 'acl', 'policies', 'triggers', 'indexes', 'constraints', 'rls', 'force_rls',
                                'owner', 'comment', 'publications'] LOOP
@@ -808,8 +847,11 @@ CREATE TABLE IF NOT EXISTS stage4.online_rebuilds (
     upper_key   jsonb,                 -- the last key when capture started: later rows come through the log
     last_key    jsonb,                 -- the last key copied
     copied      bigint      NOT NULL DEFAULT 0,
-    started_at  timestamptz NOT NULL DEFAULT now()
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    proof       jsonb                  -- the shadow equals the original but for the logged keys (prove_shadow())
 );
+-- Toolkits deployed before the proof existed.
+ALTER TABLE stage4.online_rebuilds ADD COLUMN IF NOT EXISTS proof jsonb;
 
 -- The online rebuild of p_table, locked for this transaction; raises when there is none.
 CREATE OR REPLACE FUNCTION stage4.lock_online_rebuild(p_table regclass)
@@ -969,7 +1011,8 @@ END $$;
 -- Step 5: replays up to p_limit logged writes (all when NULL), oldest first: the shadow's rows of
 -- those keys are replaced by the original's current rows. Returns how many log entries it used.
 -- The log entries are taken before the rows are read, so a write committed in between is still
--- logged for the next replay.
+-- logged for the next replay. Taking entries voids the proof (prove_shadow()): it relies on every
+-- key then logged staying logged until the cutover.
 CREATE OR REPLACE FUNCTION stage4.apply_delta(p_table regclass, p_limit int)
 RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -995,6 +1038,7 @@ BEGIN
                        state.shadow, p_table, stage4.key_row(p_table, state.key_columns, 't'),
                        (SELECT string_agg(format('k.%I', c), ', ') FROM unnest(state.key_columns) c), p_table)
             USING keys;
+        UPDATE stage4.online_rebuilds SET proof = NULL WHERE relation = state.relation AND proof IS NOT NULL;
     END IF;
     RETURN taken;
 END $$;
@@ -1005,7 +1049,35 @@ BEGIN
     EXECUTE format('ANALYZE %s', (stage4.lock_online_rebuild(p_table)).shadow);
 END $$;
 
--- Steps 1 to 5 (and statistics), each in its own transactions; CALL it outside a transaction
+-- Step 6: proves, outside any exclusive lock, that the shadow holds exactly the original's rows but
+-- for the keys still logged. One statement reads both tables and the log, at one snapshot: every
+-- write is logged, and a replay takes its entries in the transaction that copies the rows, so at
+-- that snapshot a key without an entry has the same row on both sides. The cutover then compares
+-- only the keys logged by then (these and later ones: nothing replays in between), so it holds
+-- its lock for the size of the log, not of the table.
+CREATE OR REPLACE FUNCTION stage4.prove_shadow(p_table regclass)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    state stage4.online_rebuilds := stage4.lock_online_rebuild(p_table);
+    not_logged text := format('NOT EXISTS (SELECT 1 FROM %s d WHERE %s = %s)', state.delta,
+                              stage4.key_row(p_table, state.key_columns, 'd'), stage4.key_row(p_table, state.key_columns, 't'));
+    original jsonb;
+    shadow jsonb;
+BEGIN
+    IF state.phase <> 'catch_up' THEN
+        RAISE EXCEPTION 'stage4: the shadow of % is not complete yet (phase %)', p_table, state.phase;
+    END IF;
+    SELECT stage4.rows_checksum(p_table, not_logged), stage4.rows_checksum(state.shadow::regclass, not_logged)
+        INTO original, shadow;
+    IF original IS DISTINCT FROM shadow THEN
+        RAISE EXCEPTION 'stage4: the shadow of % differs from it on keys not written since the copy: % rows (checksum %), shadow % rows (checksum %)',
+            p_table, original->>'row_count', original->>'checksum', shadow->>'row_count', shadow->>'checksum';
+    END IF;
+    UPDATE stage4.online_rebuilds SET proof = original || jsonb_build_object('proven_at', now())
+    WHERE relation = state.relation;
+END $$;
+
+-- Steps 1 to 6 (and statistics), each in its own transactions; CALL it outside a transaction
 -- block. A procedure with a SET clause cannot COMMIT, hence the schema-qualified names and the
 -- settings made per transaction. p_lock_timeout bounds every lock wait; once the trigger is in
 -- place nothing here locks out the application.
@@ -1038,18 +1110,23 @@ BEGIN
     PERFORM pg_catalog.set_config('lock_timeout', p_lock_timeout, true);
     PERFORM stage4.analyze_shadow(p_table);
     COMMIT;
+    PERFORM stage4.prove_shadow(p_table);
+    COMMIT;
 END $$;
 
 -- The cutover, in the caller's transaction: locks p_table (ACCESS EXCLUSIVE, within the caller's
 -- lock_timeout), replays the writes logged since the prepare, saves p_change's snapshot of the
--- table and swaps the shadow in. Without a prepared rebuild it does the whole rebuild here
--- (rebuild_table(), the copy under the lock), so the change also runs as one transaction (a
--- Supabase migration).
+-- table and swaps the shadow in. A proven shadow (prove_shadow()) is compared with the table on the
+-- replayed keys only; otherwise both tables' rows are checksummed whole, under the lock. Without a
+-- prepared rebuild it does the whole rebuild here (rebuild_table(), the copy under the lock), so
+-- the change also runs as one transaction (a Supabase migration).
 CREATE OR REPLACE FUNCTION stage4.finish_online_rebuild(p_change text, p_table regclass, p_layout jsonb)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     state stage4.online_rebuilds;
     before jsonb;
+    replayed jsonb;
+    in_replayed text;
 BEGIN
     EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', p_table);
     SELECT * INTO state FROM stage4.online_rebuilds WHERE relation = p_table::text FOR UPDATE;
@@ -1066,8 +1143,24 @@ BEGIN
         RAISE EXCEPTION 'stage4: the online rebuild of % was not prepared to the end (phase %)', p_table, state.phase;
     END IF;
     EXECUTE format('DROP TRIGGER stage4_online_capture ON %1$s; DROP TRIGGER stage4_online_no_truncate ON %1$s', p_table);
-    PERFORM stage4.apply_delta(p_table, NULL);
-    before := stage4.save_snapshot(p_change, p_table);
+    IF state.proof IS NULL THEN
+        PERFORM stage4.apply_delta(p_table, NULL);
+        before := stage4.save_snapshot(p_change, p_table);
+    ELSE
+        EXECUTE format('SELECT coalesce(jsonb_agg(DISTINCT to_jsonb(k)), ''[]'') FROM (SELECT %s FROM %s) k',
+                       (SELECT string_agg(quote_ident(c), ', ') FROM unnest(state.key_columns) c), state.delta)
+            INTO replayed;
+        PERFORM stage4.apply_delta(p_table, NULL);
+        in_replayed := format('%s IN (SELECT %s FROM jsonb_populate_recordset(NULL::%s, %L) k)',
+                              stage4.key_row(p_table, state.key_columns, 't'),
+                              (SELECT string_agg(format('k.%I', c), ', ') FROM unnest(state.key_columns) c), p_table, replayed);
+        IF stage4.rows_checksum(p_table, in_replayed) IS DISTINCT FROM stage4.rows_checksum(state.shadow::regclass, in_replayed) THEN
+            RAISE EXCEPTION 'stage4: after the replay, the shadow of % differs from it on the % keys written since its proof',
+                p_table, jsonb_array_length(replayed);
+        END IF;
+        before := stage4.save_proven_snapshot(p_change, p_table, state.proof
+                                              || jsonb_build_object('keys_replayed_at_cutover', jsonb_array_length(replayed)));
+    END IF;
     PERFORM stage4.swap_shadow(p_table, state.shadow::regclass, before);
     EXECUTE format('DROP TABLE %s', state.delta);
     EXECUTE format('DROP FUNCTION %s', state.capture);

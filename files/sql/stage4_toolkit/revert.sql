@@ -12,14 +12,15 @@ DROP FUNCTION IF EXISTS stage4.storage_layout(regclass, name), stage4.assert_can
     stage4.assert_no_api_readable_matviews(), stage4.assert_partitions_secured(regclass),
     stage4.assert_table_preserved(regclass, jsonb, boolean, jsonb),
     stage4.abort_online_rebuild(regclass), stage4.finish_online_rebuild(text, regclass, jsonb),
-    stage4.analyze_shadow(regclass), stage4.apply_delta(regclass, int), stage4.index_shadow(regclass),
+    stage4.prove_shadow(regclass), stage4.analyze_shadow(regclass), stage4.apply_delta(regclass, int), stage4.index_shadow(regclass),
     stage4.copy_batch(regclass, int), stage4.start_capture(regclass), stage4.start_online_rebuild(regclass, jsonb),
     stage4.key_row(regclass, text[], text, jsonb), stage4.lock_online_rebuild(regclass), stage4.yearly_layout(regclass, name, int),
     stage4.rebuild_table(regclass, text, text[], jsonb, text[]), stage4.drop_online_schema_if_empty(),
     stage4.swap_shadow(regclass, regclass, jsonb, text[]), stage4.complete_shadow(regclass, jsonb, text[]),
     stage4.create_shadow(regclass, text, jsonb),
     stage4.create_secured_partition(regclass, text, text, text), stage4.reset_acl(text, jsonb),
-    stage4.snapshot(text, text), stage4.save_snapshot(text, regclass), stage4.describe_table(regclass, boolean),
-    stage4.grant_statements(aclitem[], text, text), stage4.dependent_objects(regclass), stage4.table_checksum(regclass);
+    stage4.snapshot(text, text), stage4.save_proven_snapshot(text, regclass, jsonb), stage4.save_snapshot(text, regclass), stage4.describe_table(regclass, boolean),
+    stage4.grant_statements(aclitem[], text, text), stage4.dependent_objects(regclass), stage4.rows_checksum(regclass, text),
+    stage4.table_checksum(regclass);
 DROP PROCEDURE IF EXISTS stage4.prepare_online_rebuild(regclass, jsonb, int, text);
 DROP TABLE IF EXISTS stage4.table_snapshots, stage4.function_snapshots, stage4.database_settings, stage4.online_rebuilds, stage4.accepted_read_policies;

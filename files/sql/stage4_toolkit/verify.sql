@@ -4,7 +4,7 @@ DECLARE
     missing text;
 BEGIN
     SELECT string_agg(f, ', ') INTO missing
-    FROM unnest(ARRAY['table_checksum', 'dependent_objects', 'grant_statements', 'describe_table', 'save_snapshot',
+    FROM unnest(ARRAY['table_checksum', 'rows_checksum', 'save_proven_snapshot', 'prove_shadow', 'dependent_objects', 'grant_statements', 'describe_table', 'save_snapshot',
                       'snapshot', 'reset_acl', 'create_secured_partition', 'rebuild_table', 'assert_table_preserved',
                       'assert_partitions_secured', 'assert_no_api_readable_matviews', 'yearly_partitions',
                       'assert_api_answers', 'save_function_snapshots', 'restore_function_snapshots',
