@@ -85,14 +85,18 @@ test: unit lint faults-fast molecule
 # gate is inconclusive: on 2 cores some queries' latencies are bimodal at this size, and with 10 per
 # stage the gate stayed inconclusive on q06 (runs 20261127T030509Z and 20261127T032910Z): measuring
 # the current stage again cannot narrow the interval below the reference stage's own noise.
-# BENCH_ARGS adds ansible-playbook options.
+# The cluster is restarted with BENCH_SHARED_BUFFERS, enough to hold the database and its views
+# (scripts/localdb.py says why). BENCH_ARGS adds ansible-playbook options.
 BENCH_FEATURES ?= 1000000
 BENCH_DIR ?= /tmp/stage4-bench
 BENCH_PORT ?= 55433
-BENCH_DB_ENV = STAGE4_LOCALDB_DIR=$(BENCH_DIR) STAGE4_LOCALDB_PORT=$(BENCH_PORT) DB_HOST=127.0.0.1 \
+BENCH_SHARED_BUFFERS ?= 4GB
+BENCH_CLUSTER_ENV = STAGE4_LOCALDB_DIR=$(BENCH_DIR) STAGE4_LOCALDB_PORT=$(BENCH_PORT) \
+	STAGE4_LOCALDB_SHARED_BUFFERS=$(BENCH_SHARED_BUFFERS)
+BENCH_DB_ENV = $(BENCH_CLUSTER_ENV) DB_HOST=127.0.0.1 \
 	DB_PORT=$(BENCH_PORT) DB_NAME=BIBLIOTECA_BENCH DB_USER=postgres DB_PASSWORD="$$(cat $(BENCH_DIR)/password)"
 bench: setup
-	STAGE4_LOCALDB_DIR=$(BENCH_DIR) STAGE4_LOCALDB_PORT=$(BENCH_PORT) $(BIN)/python scripts/localdb.py start
+	$(BENCH_CLUSTER_ENV) $(BIN)/python scripts/localdb.py restart
 	$(BENCH_DB_ENV) $(BIN)/python scripts/reference_db.py --host 127.0.0.1 --port $(BENCH_PORT) --user postgres \
 	  --dbname BIBLIOTECA_BENCH --features $(BENCH_FEATURES) $(if $(BENCH_RECREATE),--recreate)
 	$(BENCH_DB_ENV) $(BIN)/ansible-playbook stage4.yml -i local -e stage4_expected_features=$(BENCH_FEATURES) \
