@@ -197,6 +197,34 @@ def test_the_proof_catches_a_differing_shadow_and_the_cutover_compares_the_repla
     conn.close()
 
 
+def test_the_rebuild_locks_the_views_before_the_table(cluster, db):
+    """A reader of public.geometrias_publicas locks the view, then the table. The rebuild takes its
+    locks in that order too: taken table first, the reader would hold the view while waiting for
+    the table, and the swap's DROP VIEW would deadlock with it (seen at 1,000,000 features)."""
+    rebuild = cluster.connect(db, autocommit=False)
+    reader = cluster.connect(db)
+    with rebuild.cursor() as cur:
+        cur.execute("SET deadlock_timeout = '100ms'")
+        cur.execute("SELECT stage4.lock_for_rebuild('public.geometrias')")
+        read = threading.Thread(target=lambda: reader.cursor().execute("SELECT count(*) FROM public.geometrias_publicas"),
+                                daemon=True)
+        read.start()
+        for _ in range(100):  # the reader is queued behind the rebuild's locks
+            if fetch(cluster, db, "SELECT count(*) FROM pg_locks WHERE NOT granted")[0][0]:
+                break
+            time.sleep(0.05)
+        cur.execute("SELECT c.relname FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                    "WHERE NOT l.granted AND l.locktype = 'relation'")
+        assert cur.fetchall() == [("geometrias_publicas",)]
+        cur.execute("DROP VIEW public.geometrias_publicas")  # what swap_shadow() does; no deadlock
+        time.sleep(0.3)
+    rebuild.rollback()
+    read.join(10)
+    assert not read.is_alive()
+    rebuild.close()
+    reader.close()
+
+
 def terminate_prepare_mid_copy(cluster, db):
     """Waits until the copy has committed a few batches, then terminates the backend running it."""
     for _ in range(600):

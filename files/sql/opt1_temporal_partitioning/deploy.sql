@@ -11,7 +11,8 @@
 -- (the transaction is retried); statement_timeout bounds the time the lock is held.
 SELECT set_config('lock_timeout', coalesce(nullif(current_setting('stage4.lock_timeout', true), ''), '2s'), true),
        set_config('statement_timeout', coalesce(nullif(current_setting('stage4.statement_timeout', true), ''), '5min'), true);
-LOCK TABLE public.geometrias IN ACCESS EXCLUSIVE MODE;
+-- The dependent views first, then the table (stage4.lock_for_rebuild() says why).
+SELECT stage4.lock_for_rebuild('public.geometrias');
 
 SELECT stage4.finish_online_rebuild(
     'opt1_temporal_partitioning',

@@ -2,7 +2,8 @@
 -- storage parameters, keeping the rows it has now (including any written since OPT1).
 SET LOCAL lock_timeout = '2s';
 SET LOCAL statement_timeout = '30min';
-LOCK TABLE public.geometrias IN ACCESS EXCLUSIVE MODE;
+-- The dependent views first, then the table (stage4.lock_for_rebuild() says why).
+SELECT stage4.lock_for_rebuild('public.geometrias');
 
 DO $$
 DECLARE
