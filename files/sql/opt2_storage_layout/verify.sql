@@ -21,10 +21,7 @@ BEGIN
 
     -- Every closed leaf partition is recorded (the same "now" as deploy: same transaction).
     SELECT count(*) INTO closed_now
-    FROM pg_partition_tree(parent) pt JOIN pg_class c ON c.oid = pt.relid
-    WHERE pt.isleaf AND c.relkind = 'r'
-      AND (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']*)''\)$'))[1]::date
-          <= (info.details->>'closed_before')::date;
+    FROM stage4.leaf_partitions(parent, (info.details->>'closed_before')::date) WHERE closed;
     IF closed_now <> (SELECT count(*) FROM stage4.opt2_layout WHERE closed) THEN
         RAISE EXCEPTION 'OPT2: % closed partitions, % recorded', closed_now, (SELECT count(*) FROM stage4.opt2_layout WHERE closed);
     END IF;

@@ -119,6 +119,8 @@ BEGIN
         'owner', pg_get_userbyid(rel.relowner),
         'partitioned', rel.relkind = 'p',
         'partition_key', pg_get_partkeydef(p_table),
+        'partition_of', (SELECT i.inhparent::regclass::text FROM pg_inherits i WHERE rel.relispartition AND i.inhrelid = p_table),
+        'partition_bound', CASE WHEN rel.relispartition THEN pg_get_expr(rel.relpartbound, p_table) END,
         'rls', rel.relrowsecurity,
         'force_rls', rel.relforcerowsecurity,
         'reloptions', coalesce(to_jsonb(rel.reloptions), '[]'),
@@ -519,14 +521,29 @@ BEGIN
             EXECUTE format('COMMENT ON CONSTRAINT %I ON %s IS %L', item->>'name', p_shadow, item->>'comment');
         END IF;
     END LOOP;
-    -- pg_get_indexdef() names the original table: point the definition at the shadow.
     FOR item IN SELECT jsonb_array_elements(p_before->'indexes') LOOP
-        EXECUTE replace(item->>'definition', format(' ON %s USING ', p_before->>'relation'),
-                        format(' ON %s USING ', p_shadow));
-        IF item->>'comment' IS NOT NULL THEN
-            EXECUTE format('COMMENT ON INDEX stage4_online.%I IS %L', item->>'name', item->>'comment');
-        END IF;
+        PERFORM stage4.create_shadow_index(p_shadow, p_before, item->>'name');
     END LOOP;
+END $$;
+
+-- The index p_name of the original (p_before) on its shadow, same name and comment, unless the
+-- shadow has it already (the index a clustered layout is ordered by is built first).
+CREATE OR REPLACE FUNCTION stage4.create_shadow_index(p_shadow regclass, p_before jsonb, p_name text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    item jsonb := (SELECT i FROM jsonb_array_elements(p_before->'indexes') i WHERE i->>'name' = p_name);
+BEGIN
+    IF item IS NULL THEN
+        RAISE EXCEPTION 'stage4: % has no index %', p_before->>'relation', p_name;
+    END IF;
+    IF to_regclass(format('stage4_online.%I', p_name)) IS NOT NULL THEN
+        RETURN;
+    END IF;
+    -- pg_get_indexdef() names the original table: point the definition at the shadow.
+    EXECUTE replace(item->>'definition', format(' ON %s USING ', p_before->>'relation'), format(' ON %s USING ', p_shadow));
+    IF item->>'comment' IS NOT NULL THEN
+        EXECUTE format('COMMENT ON INDEX stage4_online.%I IS %L', p_name, item->>'comment');
+    END IF;
 END $$;
 
 -- Replaces p_table by its completed shadow, in the caller's transaction (which must hold an
@@ -534,7 +551,9 @@ END $$;
 -- table itself, moves the shadow into place, then puts back the identity's position and
 -- everything else p_before (describe_table() of the old table) lists: triggers, RLS and
 -- policies, storage parameters (p_reloptions), owner, grants, comments, publications, and the
--- dependent views and functions. Catalog work only: no row is read or written.
+-- dependent views and functions. The shadow of a partition is attached in its place (the
+-- parent clones its triggers; a stage4_partition_bound CHECK on the shadow, index_shadow(),
+-- spares ATTACH the scan of its rows). Catalog work only: no row is read or written.
 CREATE OR REPLACE FUNCTION stage4.swap_shadow(p_table regclass, p_shadow regclass, p_before jsonb,
                                               p_reloptions text[] DEFAULT NULL)
 RETURNS regclass LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -568,6 +587,10 @@ BEGIN
     -- The table's indexes, constraints and identity sequence move with it.
     EXECUTE format('ALTER TABLE %s SET SCHEMA %s', p_shadow, schema_name);
     work_table := format('%s.%I', schema_name, before->>'name')::regclass;
+    IF before->>'partition_of' IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %s ATTACH PARTITION %s %s', before->>'partition_of', work_table, before->>'partition_bound');
+        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS stage4_partition_bound', work_table);
+    END IF;
     IF identity_seq IS NOT NULL THEN
         identity_seq := format('%s.%I', schema_name, (parse_ident(identity_seq))[2]);
         IF identity_seq <> before->'identity'->>'sequence' THEN
@@ -856,10 +879,13 @@ END $$;
 --   finish_online_rebuild()  (in the deploy transaction, under ACCESS EXCLUSIVE) replays the keys
 --       logged since, swaps the shadow in and drops what the rebuild used: no row is copied again.
 --   abort_online_rebuild()   removes everything a prepare left: trigger, shadow, log.
+-- A partition is rebuilt the same way, into a plain shadow that the cutover attaches in its place
+-- (OPT2 rebuilds each closed partition with clustered_layout(): its TOAST setting and GiST order).
 -- One row per table being rebuilt; the row lock (FOR UPDATE) serialises every step on it.
 CREATE TABLE IF NOT EXISTS stage4.online_rebuilds (
     relation    text        PRIMARY KEY,
-    layout      jsonb       NOT NULL,  -- partition_by, primary_key, partitions (as rebuild_table() takes them)
+    layout      jsonb       NOT NULL,  -- partition_by, primary_key, partitions (as rebuild_table() takes them);
+                                       -- optional: toast, cluster_on (clustered_layout())
     shadow      text        NOT NULL,  -- the new table, in schema stage4_online
     delta       text        NOT NULL,  -- the keys written since capture started
     capture     text        NOT NULL,  -- the trigger function that logs them
@@ -883,6 +909,18 @@ BEGIN
     SELECT * INTO state FROM stage4.online_rebuilds WHERE relation = p_table::text FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'stage4: no online rebuild of % in progress', p_table;
+    END IF;
+    RETURN state;
+END $$;
+
+-- The same, for a step that needs the shadow complete (its rows, keys and indexes in).
+CREATE OR REPLACE FUNCTION stage4.lock_complete_shadow(p_table regclass)
+RETURNS stage4.online_rebuilds LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    state stage4.online_rebuilds := stage4.lock_online_rebuild(p_table);
+BEGIN
+    IF state.phase <> 'catch_up' THEN
+        RAISE EXCEPTION 'stage4: the shadow of % is not complete yet (phase %)', p_table, state.phase;
     END IF;
     RETURN state;
 END $$;
@@ -929,6 +967,10 @@ BEGIN
     key_columns := ARRAY(SELECT jsonb_array_elements_text(before->'primary_key'->'columns'));
     columns := (SELECT string_agg(quote_ident(c), ', ') FROM unnest(key_columns) c);
     shadow := stage4.create_shadow(p_table, p_layout->>'partition_by', p_layout->'partitions');
+    IF p_layout ? 'toast' THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I %s', shadow, p_layout->'toast'->>'column',
+                       CASE p_layout->'toast'->>'mode' WHEN 'lz4' THEN 'SET COMPRESSION lz4' ELSE 'SET STORAGE EXTERNAL' END);
+    END IF;
     delta := format('stage4_online.%I', (before->>'name') || '_delta');
     EXECUTE format('CREATE TABLE %s AS SELECT %s FROM %s WITH NO DATA', delta, columns, p_table);
     EXECUTE format('ALTER TABLE %s ADD COLUMN seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY', delta);
@@ -1016,17 +1058,52 @@ BEGIN
 END $$;
 
 -- Step 4: the shadow's primary key, constraints and indexes, built in bulk once the rows are in.
+-- A layout with toast first rewrites the values stored otherwise (a copy keeps a value compressed
+-- as it was); one with cluster_on then orders the rows by that index (CLUSTER of the shadow, which
+-- no one else reads). The shadow of a partition gets its partition constraint as a CHECK, so that
+-- the cutover's ATTACH does not scan it under the lock.
 CREATE OR REPLACE FUNCTION stage4.index_shadow(p_table regclass)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     state stage4.online_rebuilds := stage4.lock_online_rebuild(p_table);
+    before jsonb := stage4.describe_table(p_table, false);
 BEGIN
     IF state.phase <> 'index' THEN
         RETURN;
     END IF;
-    PERFORM stage4.complete_shadow(state.shadow::regclass, stage4.describe_table(p_table, false),
+    IF state.layout ? 'toast' THEN
+        PERFORM stage4.rewrite_stale_toast(state.shadow::regclass, state.layout->'toast', 'true');
+    END IF;
+    IF state.layout ? 'cluster_on' THEN
+        PERFORM stage4.create_shadow_index(state.shadow::regclass, before, state.layout->>'cluster_on');
+        EXECUTE format('CLUSTER %s USING %I', state.shadow, state.layout->>'cluster_on');
+    END IF;
+    PERFORM stage4.complete_shadow(state.shadow::regclass, before,
                                    ARRAY(SELECT jsonb_array_elements_text(state.layout->'primary_key')));
+    IF before->>'partition_of' IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %s ADD CONSTRAINT stage4_partition_bound CHECK (%s)', state.shadow,
+                       pg_get_partition_constraintdef(p_table));
+    END IF;
     UPDATE stage4.online_rebuilds SET phase = 'catch_up' WHERE relation = state.relation;
+END $$;
+
+-- Rewrites the values of p_toast's column (alias t, rows meeting p_condition) that are not stored
+-- as its mode asks (lz4: compressed with lz4; external: not compressed), with identical content:
+-- a value copied or clustered keeps the compression it had. Returns how many rows it rewrote.
+-- The caller disables the table's UPDATE triggers if it has any.
+CREATE OR REPLACE FUNCTION stage4.rewrite_stale_toast(p_table regclass, p_toast jsonb, p_condition text)
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    column_name text := p_toast->>'column';
+    column_type text := (SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+                         WHERE attrelid = p_table AND attname = column_name AND NOT attisdropped);
+    rewritten bigint;
+BEGIN
+    EXECUTE format('UPDATE ONLY %1$s t SET %2$I = (%2$I::text)::%3$s WHERE (%4$s) AND %5$s', p_table, column_name, column_type,
+                   p_condition, CASE p_toast->>'mode' WHEN 'lz4' THEN format('pg_column_compression(%I) <> ''lz4''', column_name)
+                                                      ELSE format('pg_column_compression(%I) IS NOT NULL', column_name) END);
+    GET DIAGNOSTICS rewritten = ROW_COUNT;
+    RETURN rewritten;
 END $$;
 
 -- Step 5: replays up to p_limit logged writes (all when NULL), oldest first: the shadow's rows of
@@ -1037,14 +1114,11 @@ END $$;
 CREATE OR REPLACE FUNCTION stage4.apply_delta(p_table regclass, p_limit int)
 RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    state stage4.online_rebuilds := stage4.lock_online_rebuild(p_table);
+    state stage4.online_rebuilds := stage4.lock_complete_shadow(p_table);
     columns text := (SELECT string_agg(quote_ident(c), ', ') FROM unnest(state.key_columns) c);
     taken bigint;
     keys jsonb;
 BEGIN
-    IF state.phase <> 'catch_up' THEN
-        RAISE EXCEPTION 'stage4: the shadow of % is not complete yet (phase %)', p_table, state.phase;
-    END IF;
     EXECUTE format('WITH taken AS (DELETE FROM %1$s WHERE seq IN (SELECT seq FROM %1$s ORDER BY seq%2$s) RETURNING %3$s) '
                    'SELECT count(*), jsonb_agg(DISTINCT to_jsonb(taken)) FROM taken',
                    state.delta, CASE WHEN p_limit IS NULL THEN '' ELSE ' LIMIT ' || p_limit END, columns)
@@ -1079,15 +1153,12 @@ END $$;
 CREATE OR REPLACE FUNCTION stage4.prove_shadow(p_table regclass)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    state stage4.online_rebuilds := stage4.lock_online_rebuild(p_table);
+    state stage4.online_rebuilds := stage4.lock_complete_shadow(p_table);
     not_logged text := format('NOT EXISTS (SELECT 1 FROM %s d WHERE %s = %s)', state.delta,
                               stage4.key_row(p_table, state.key_columns, 'd'), stage4.key_row(p_table, state.key_columns, 't'));
     original jsonb;
     shadow jsonb;
 BEGIN
-    IF state.phase <> 'catch_up' THEN
-        RAISE EXCEPTION 'stage4: the shadow of % is not complete yet (phase %)', p_table, state.phase;
-    END IF;
     SELECT stage4.rows_checksum(p_table, not_logged), stage4.rows_checksum(state.shadow::regclass, not_logged)
         INTO original, shadow;
     IF original IS DISTINCT FROM shadow THEN
@@ -1182,7 +1253,13 @@ BEGIN
         before := stage4.save_proven_snapshot(p_change, p_table, state.proof
                                               || jsonb_build_object('keys_replayed_at_cutover', jsonb_array_length(replayed)));
     END IF;
-    PERFORM stage4.swap_shadow(p_table, state.shadow::regclass, before);
+    IF state.layout ? 'toast' THEN
+        PERFORM stage4.rewrite_stale_toast(state.shadow::regclass, state.layout->'toast', coalesce(in_replayed, 'true'));
+    END IF;
+    -- A plain table keeps its storage parameters (a partitioned one has none).
+    PERFORM stage4.swap_shadow(p_table, state.shadow::regclass, before,
+                               CASE WHEN p_layout->>'partition_by' IS NULL
+                                    THEN ARRAY(SELECT jsonb_array_elements_text(before->'reloptions')) END);
     EXECUTE format('DROP TABLE %s', state.delta);
     EXECUTE format('DROP FUNCTION %s', state.capture);
     DELETE FROM stage4.online_rebuilds WHERE relation = state.relation;
@@ -1241,6 +1318,67 @@ RETURNS jsonb LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     JOIN pg_namespace n ON n.oid = c.relnamespace
     LEFT JOIN pg_am am ON am.oid = c.relam
     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = p_column AND NOT a.attisdropped
+$$;
+
+-- The leaf partitions of p_parent; closed: a RANGE partition on a date whose upper bound is on or
+-- before p_closed_before (the rows of past years, which the application no longer writes).
+CREATE OR REPLACE FUNCTION stage4.leaf_partitions(p_parent regclass, p_closed_before date)
+RETURNS TABLE (rel regclass, name text, closed boolean)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.oid::regclass, format('%I.%I', n.nspname, c.relname),
+           coalesce((regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']*)''\)$'))[1]::date <= p_closed_before,
+                    false)
+    FROM pg_partition_tree(p_parent) pt
+    JOIN pg_class c ON c.oid = pt.relid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE pt.isleaf AND c.relkind = 'r'
+    ORDER BY c.relname
+$$;
+
+-- The name of p_table's plain, valid GiST index on p_column alone (NULL when it has none).
+CREATE OR REPLACE FUNCTION stage4.gist_index_on(p_table regclass, p_column name)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ic.relname::text
+    FROM pg_index i
+    JOIN pg_class ic ON ic.oid = i.indexrelid
+    JOIN pg_am am ON am.oid = ic.relam
+    JOIN pg_attribute a ON a.attrelid = p_table AND a.attname = p_column
+    WHERE i.indrelid = p_table AND am.amname = 'gist' AND i.indnatts = 1 AND i.indkey[0] = a.attnum
+      AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indisvalid
+    ORDER BY ic.relname
+    LIMIT 1
+$$;
+
+-- OPT2's choice: the path (columnar where a "columnar" table access method exists, else portable)
+-- and the TOAST mode of the portable path (lz4 where the server has it, else external), unless
+-- p_path or p_toast names one ('auto' lets it choose).
+CREATE OR REPLACE FUNCTION stage4.storage_choice(p_path text, p_toast text)
+RETURNS jsonb LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object(
+        'path', CASE WHEN lower(p_path) <> 'auto' THEN lower(p_path)
+                     WHEN EXISTS (SELECT 1 FROM pg_am WHERE amname = 'columnar' AND amtype = 't') THEN 'columnar'
+                     ELSE 'portable' END,
+        'toast', CASE WHEN lower(p_toast) <> 'auto' THEN lower(p_toast)
+                      WHEN EXISTS (SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals))
+                      THEN 'lz4' ELSE 'external' END,
+        'lz4_available', EXISTS (SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals)))
+$$;
+
+-- The layout of an online rebuild (prepare_online_rebuild()) that keeps p_table as it is (same
+-- kind, same primary key) but stores p_column with TOAST mode p_toast (lz4 or external) and
+-- orders the rows by the GiST index on p_column: OPT2 on one partition, outside any lock.
+CREATE OR REPLACE FUNCTION stage4.clustered_layout(p_table regclass, p_column name, p_toast text)
+RETURNS jsonb LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    -- Without a GiST index on p_column (or a primary key) the key is left out, not null.
+    SELECT jsonb_strip_nulls(jsonb_build_object(
+        'partition_by', NULL,
+        'primary_key', (SELECT jsonb_agg(a.attname ORDER BY k.ord)
+                        FROM pg_constraint c, unnest(c.conkey) WITH ORDINALITY k(attnum, ord)
+                        JOIN pg_attribute a ON a.attrelid = p_table AND a.attnum = k.attnum
+                        WHERE c.conrelid = p_table AND c.contype = 'p'),
+        'partitions', '[]'::jsonb,
+        'toast', jsonb_build_object('column', p_column, 'mode', p_toast),
+        'cluster_on', stage4.gist_index_on(p_table, p_column)))
 $$;
 
 -- Preconditions shared by the optimizations' prechecks; p_label names the change in the message.

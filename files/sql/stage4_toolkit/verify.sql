@@ -10,8 +10,9 @@ BEGIN
                       'assert_api_answers', 'save_function_snapshots', 'restore_function_snapshots',
                       'cache_function_plans', 'set_database_setting', 'restore_database_settings', 'database_setting',
                       'assert_partitioned_by_year', 'assert_can_materialize', 'storage_layout', 'create_shadow',
-                      'complete_shadow', 'swap_shadow', 'drop_online_schema_if_empty', 'yearly_layout',
-                      'lock_online_rebuild', 'lock_for_rebuild', 'key_row', 'start_online_rebuild', 'start_capture', 'copy_batch',
+                      'complete_shadow', 'create_shadow_index', 'rewrite_stale_toast', 'leaf_partitions', 'gist_index_on',
+                      'storage_choice', 'clustered_layout', 'swap_shadow', 'drop_online_schema_if_empty', 'yearly_layout',
+                      'lock_online_rebuild', 'lock_complete_shadow', 'lock_for_rebuild', 'key_row', 'start_online_rebuild', 'start_capture', 'copy_batch',
                       'index_shadow', 'apply_delta', 'analyze_shadow', 'prepare_online_rebuild',
                       'finish_online_rebuild', 'abort_online_rebuild',
                       'read_policies', 'assert_known_read_policies', 'accept_read_policies', 'forget_read_policies']) f

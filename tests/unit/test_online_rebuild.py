@@ -1,7 +1,8 @@
-"""OPT1 online: prepare.sql copies the live table in batches while the application writes, the deploy
-transaction only replays the logged writes and swaps the tables. Through library/stage4_change.py
-against a real cluster holding the reference fixture at 20,000 features; every test gets its own
-copy of that database (with the toolkit installed).
+"""Online rebuilds: prepare.sql copies live data in batches while the application writes, the deploy
+transaction only replays the logged writes and swaps the tables in. OPT1 rebuilds the whole table
+as a partitioned one; OPT2 rebuilds each closed partition, clustered, and attaches it in place.
+Through library/stage4_change.py against a real cluster holding the reference fixture at 20,000
+features; every test gets its own copy of that database (with the toolkit installed).
 """
 import datetime
 import json
@@ -19,6 +20,7 @@ import stage4_change
 FEATURES = 20000
 TEMPLATE = "opt1_online_template"
 OPT1 = "opt1_temporal_partitioning"
+OPT2 = "opt2_storage_layout"
 # Small batches: many short transactions, so that the writer and the kills meet the copy mid-way.
 VARIABLES = {"partition_through_year": "2028", "batch_rows": "2000", "lock_timeout": "2s"}
 CHECKSUM = "SELECT count(*), stage4.table_checksum('public.geometrias') FROM public.geometrias"
@@ -335,3 +337,96 @@ def test_a_cutover_that_never_gets_its_lock_fails_cleanly(cluster, db, capsys):
     cleaned = run(capsys, opt1_args(cluster, db, state="reverted"))
     assert cleaned["action"] == "cleaned_up", cleaned.get("msg")
     assert leftovers(cluster, db) == (0, False, 0, 0)
+
+
+def opt2_args(cluster, db, **extra):
+    return opt1_args(cluster, db, change=OPT2, variables={"batch_rows": "2000", "lock_timeout": "2s"}, **extra)
+
+
+PARTITION_STATE = """
+    SELECT c.relname, c.relrowsecurity, c.relacl::text, obj_description(c.oid, 'pg_class'),
+           (SELECT array_agg(ic.relname::text || ':' || (ip.inhparent IS NOT NULL)::text ORDER BY ic.relname)
+            FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+            LEFT JOIN pg_inherits ip ON ip.inhrelid = i.indexrelid
+            WHERE i.indrelid = c.oid),
+           (SELECT array_agg(t.tgname::text ORDER BY t.tgname) FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal),
+           (SELECT array_agg(con.conname::text ORDER BY con.conname) FROM pg_constraint con WHERE con.conrelid = c.oid)
+    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+    WHERE i.inhparent = 'public.geometrias'::regclass
+    ORDER BY c.relname"""
+
+
+def test_opt2_rebuilds_the_closed_partitions_online_and_keeps_every_write(cluster, db, capsys):
+    """OPT2 after OPT1: each closed partition is copied, clustered and proven while the writer runs;
+    the deploy swaps them in. Every committed write is kept, each new partition carries what the old
+    one did (RLS, grants, comment, indexes attached to the parent's, the parent's triggers), and the
+    revert restores the storage settings."""
+    assert run(capsys, opt1_args(cluster, db))["action"] == "deployed"
+    partitions_before = fetch(cluster, db, PARTITION_STATE)
+    writer = Writer(cluster, db)
+    writer.start()
+    time.sleep(0.5)
+    applied = run(capsys, opt2_args(cluster, db))
+    time.sleep(0.5)
+    writer.stop.set()
+    writer.join(30)
+    assert applied["action"] == "deployed", applied.get("msg")
+    assert applied["executed"] == ["precheck", "prepare", "precheck", "deploy", "verify"]
+    print("\nOPT2 online at %d features: prepare %.2f s, cutover transaction %.2f s, writer: %d statements, "
+          "longest %.3f s" % (FEATURES, applied["prepare_s"], applied["duration_s"], writer.statements, writer.longest))
+    assert not writer.errors
+    rows = dict((r[0], (r[1], r[2])) for r in fetch(
+        cluster, db, "SELECT id, nome, data_referencia FROM public.geometrias WHERE id = ANY (%s)",
+        (list(writer.expected),)))
+    assert {i: want for i, want in writer.expected.items() if rows.get(i) != want} == {}
+    # The closed partitions were swapped (new tables), the open ones left in place; nothing else moved.
+    rebuilt = fetch(cluster, db, "SELECT relation, details->>'clustered_on', details->'rows_proof' ? 'row_count' "
+                                 "FROM stage4.opt2_layout WHERE (details->>'rebuilt_online')::boolean ORDER BY 1")
+    closed = fetch(cluster, db, "SELECT name FROM stage4.leaf_partitions('public.geometrias', "
+                                "date_trunc('year', current_date)::date) WHERE closed ORDER BY 1")
+    assert [r[0] for r in rebuilt] == [c[0] for c in closed] and len(closed) >= 6
+    assert all(r[1] and r[2] for r in rebuilt)
+    assert fetch(cluster, db, PARTITION_STATE) == partitions_before
+    assert leftovers(cluster, db) == (0, False, 0, 11)
+    assert fetch(cluster, db, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'stage4_online%%'")[0][0] == 0
+    # The parent's snapshot holds the partitions' proofs, not a checksum taken under the lock.
+    snapshot = fetch(cluster, db, "SELECT snapshot FROM stage4.table_snapshots WHERE change = %s AND relation = %s",
+                     (OPT2, "public.geometrias"))[0][0]
+    assert "checksum" not in snapshot and len(snapshot["rows_proof"]["partitions_rebuilt_online"]) == len(closed)
+    # The rows of a closed partition are stored in GiST order now: neighbours on the map share pages.
+    assert fetch(cluster, db, "SELECT bool_and(i.indisclustered) FROM stage4.opt2_layout l "
+                              "JOIN pg_index i ON i.indrelid = l.relation::regclass "
+                              "JOIN pg_class ic ON ic.oid = i.indexrelid AND ic.relname = l.details->>'clustered_on' "
+                              "WHERE l.closed")[0][0] is True
+    before_revert = fetch(cluster, db, CHECKSUM)
+    reverted = run(capsys, opt2_args(cluster, db, state="reverted"))
+    assert reverted["action"] == "reverted", reverted.get("msg")
+    assert fetch(cluster, db, CHECKSUM) == before_revert
+    assert fetch(cluster, db, PARTITION_STATE) == partitions_before
+
+
+def test_an_interrupted_opt2_prepare_is_cleaned_up_by_its_revert(cluster, db, capsys):
+    """A prepare that stopped after the first partitions (their shadows built, capture triggers in
+    place) leaves nothing behind once the change is reverted: triggers, shadows and logs go, the
+    partitions and their rows stay as they were."""
+    assert run(capsys, opt1_args(cluster, db))["action"] == "deployed"
+    before = fetch(cluster, db, CHECKSUM)
+    schema = schema_dump(cluster, db)
+    conn = cluster.connect(db)
+    with conn.cursor() as cur:
+        # As the module does before prepare.sql: the mark that tells a later run to resume or clean up.
+        cur.execute("INSERT INTO stage4.prepared (change, run_id, files) VALUES (%s, 'killed', '{}')", (OPT2,))
+        cur.execute("SELECT rel FROM stage4.leaf_partitions('public.geometrias', date_trunc('year', current_date)::date) "
+                    "WHERE closed ORDER BY name LIMIT 2")
+        for (partition,) in cur.fetchall():
+            cur.execute("CALL stage4.prepare_online_rebuild(%s::regclass, "
+                        "stage4.clustered_layout(%s::regclass, 'geom', 'lz4'), 2000, '2s')", (partition, partition))
+        cur.execute("SELECT count(*) FROM stage4.online_rebuilds")
+        assert cur.fetchone()[0] == 2
+    conn.close()
+    cleaned = run(capsys, opt2_args(cluster, db, state="reverted"))
+    assert cleaned["action"] == "cleaned_up" and cleaned["executed"] == ["cleanup"], cleaned.get("msg")
+    assert fetch(cluster, db, "SELECT count(*) FROM stage4.online_rebuilds")[0][0] == 0
+    assert leftovers(cluster, db) == (0, False, 0, 11)
+    assert fetch(cluster, db, CHECKSUM) == before
+    assert schema_dump(cluster, db) == schema
