@@ -338,7 +338,10 @@ benchmark:
       description:
         - The O(provenance) given, with C(server) (version, settings that shape plans and caching),
           C(client) (CPU count, CPU model and load average of the host running the module, Python and psycopg2
-          versions) and C(measurement) (the options that shape the measurement) added.
+          versions) and C(measurement) (the options that shape the measurement, and C(throughput_client), how the
+          throughput phase executed its prepared statements - C(libpq PQexecPrepared) on the session's own
+          connection, as pgbench -M prepared does, or C(psycopg2 EXECUTE + fetchall) where that libpq cannot be
+          found) added.
       type: dict
       sample:
         git_commit: "5834190"
@@ -354,6 +357,7 @@ benchmark:
         measurement:
           concurrency: 2
           client: psycopg2, one process and connection per client
+          throughput_client: libpq PQexecPrepared
           prepared: true
           order: interleaved
           seed: 2882400001
@@ -432,6 +436,7 @@ benchmark:
             execution_ms: 0.198
 """
 
+import ctypes
 import datetime
 import hashlib
 import json
@@ -470,6 +475,12 @@ LIVENESS_POLL_S = 1.0
 START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
 PREPARED_NAME = "stage4_bench_%d"
 CLIENT_KIND = "psycopg2, one process and connection per client"
+# How the throughput loop executes a prepared statement: libpq's PQexecPrepared on psycopg2's own
+# connection (as pgbench -M prepared: extended protocol, every row received, none turned into a
+# Python object), or psycopg2's EXECUTE and fetchall where that libpq cannot be found.
+THROUGHPUT_CLIENTS = ("libpq PQexecPrepared", "psycopg2 EXECUTE + fetchall")
+PGRES_COMMAND_OK = 1  # libpq's ExecStatusType
+PGRES_TUPLES_OK = 2
 PROVENANCE_SETTINGS = (
     "shared_buffers", "work_mem", "effective_cache_size", "random_page_cost", "jit",
     "max_parallel_workers_per_gather", "enable_partitionwise_aggregate", "enable_partitionwise_join",
@@ -858,11 +869,13 @@ def wall_seconds(payloads):
 
 
 def throughput(payloads):
-    """executions, seconds and qps of a throughput phase from its (start, end, count) per worker."""
-    executions = sum(count for _, _, count in payloads)
+    """executions, seconds, qps and client of a throughput phase from its (start, end, count, client)
+    per worker."""
+    executions = sum(payload[2] for payload in payloads)
     wall = wall_seconds(payloads)
     return dict(executions=executions, seconds=round(wall, 6),
-                qps=round(executions / wall, 3) if wall > 0 else None)
+                qps=round(executions / wall, 3) if wall > 0 else None,
+                client=", ".join(sorted({payload[3] for payload in payloads})))
 
 
 def with_defaults(params):
@@ -1046,26 +1059,84 @@ def run_schedule(cur, texts, schedule):
     return start, clock(), samples
 
 
-def run_for(cur, text, seconds):
-    """Execute text back to back for seconds; returns (start, end, executions).
+def loaded_libpq():
+    """The libpq psycopg2 runs on (psycopg2-binary loads its own copy), as a ctypes library with the
+    four functions the throughput loop calls; None unless exactly one libpq is mapped in this
+    process (Linux's /proc/self/maps)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            paths = {fields[-1] for fields in (line.split() for line in maps)
+                     if len(fields) >= 6 and os.path.basename(fields[-1]).startswith(("libpq.", "libpq-"))}
+    except OSError:
+        return None
+    if len(paths) != 1:
+        return None
+    libpq = ctypes.CDLL(paths.pop())
+    libpq.PQexecPrepared.restype = ctypes.c_void_p
+    libpq.PQexecPrepared.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p,
+                                     ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    libpq.PQresultStatus.restype = ctypes.c_int
+    libpq.PQresultStatus.argtypes = [ctypes.c_void_p]
+    libpq.PQresultErrorMessage.restype = ctypes.c_char_p
+    libpq.PQresultErrorMessage.argtypes = [ctypes.c_void_p]
+    libpq.PQclear.restype = None
+    libpq.PQclear.argtypes = [ctypes.c_void_p]
+    return libpq
 
-    The loop does nothing but execute, fetch all rows and read the clock, to keep the client's
-    share of the time as small as pgbench's.
+
+def prepared_executor(conn, text):
+    """For "EXECUTE <name>" on an autocommit connection: a function that executes that prepared
+    statement through libpq on conn's own PGconn and discards the rows it received, raising
+    QueryFailed on an error. None where that is not possible (then psycopg2 executes)."""
+    if not text.startswith("EXECUTE ") or not conn.autocommit or not hasattr(conn, "pgconn_ptr"):
+        return None
+    libpq = loaded_libpq()
+    if libpq is None:
+        return None
+    pgconn = ctypes.c_void_p(conn.pgconn_ptr)
+    name = text[len("EXECUTE "):].encode()
+    exec_prepared, result_status, clear = libpq.PQexecPrepared, libpq.PQresultStatus, libpq.PQclear
+
+    def execute():
+        result = exec_prepared(pgconn, name, 0, None, None, None, 0)
+        if result_status(result) not in (PGRES_COMMAND_OK, PGRES_TUPLES_OK):
+            message = (libpq.PQresultErrorMessage(result) or b"no result").decode(errors="replace")
+            clear(result)
+            raise QueryFailed(None, message)
+        clear(result)
+    return execute
+
+
+def fetching_executor(cur, text):
+    def execute():
+        cur.execute(text)
+        cur.fetchall()
+    return execute
+
+
+def run_for(cur, text, seconds):
+    """Execute text back to back for seconds; returns (start, end, executions, client).
+
+    The loop does nothing but execute, receive all rows and read the clock, to keep the client's
+    share of the time as small as pgbench's (client: which of THROUGHPUT_CLIENTS ran).
     """
-    execute_text, fetch_all, clock = cur.execute, cur.fetchall, time.perf_counter
+    execute_prepared = prepared_executor(cur.connection, text)
+    client = THROUGHPUT_CLIENTS[0]
+    if execute_prepared is None:
+        execute_prepared, client = fetching_executor(cur, text), THROUGHPUT_CLIENTS[1]
+    clock = time.perf_counter
     count = 0
     start = clock()
     deadline = start + seconds
     try:
         while True:
-            execute_text(text)
-            fetch_all()
+            execute_prepared()
             count += 1
             if clock() >= deadline:
                 break
     except psycopg2.Error as exc:
         raise QueryFailed(None, exc) from exc
-    return start, clock(), count
+    return start, clock(), count, client
 
 
 def wait_for_signal(signal, parent_pid):
@@ -1189,7 +1260,7 @@ def measure_throughput(params, statement, clients, seconds):
     Like pgbench -M prepared -c clients -j clients -T seconds -f <file>: each client prepares
     the statement on its connection and executes it back to back, fetching all rows; the time
     to connect and prepare is not counted. params are the module's options (login_* at least).
-    Returns dict(executions, seconds (wall time), qps).
+    Returns dict(executions, seconds (wall time), qps, client: which of THROUGHPUT_CLIENTS ran).
     """
     params = dict(with_defaults(params), prepared=True)
     queries = [dict(query_id="statement", sql=strip_statement(statement))]
@@ -1299,6 +1370,8 @@ def run_benchmark(params, queries):
         for conn in (control, observer):
             if conn is not None:
                 conn.close()
+    provenance["measurement"]["throughput_client"] = (
+        ", ".join(sorted({item["client"] for item in throughputs})) if throughputs else None)
     results = {}
     for index, query in enumerate(queries):
         stats = summarize(samples[index])

@@ -50,7 +50,8 @@ def machine(report):
               f'prepared statements {"on" if measurement.get("prepared") else "off"}, '
               f'{measurement.get("order")} order, {measurement.get("iterations")} timed executions per query '
               f'after {measurement.get("warmup")} warm-up rounds, {measurement.get("throughput_seconds")} s of '
-              f'throughput per query. Commit {provenance.get("git_commit")}.')
+              f'throughput per query ({measurement.get("throughput_client") or "psycopg2 EXECUTE + fetchall"}). '
+              f'Commit {provenance.get("git_commit")}.')
 
 
 def run_section(report):
@@ -118,7 +119,8 @@ def ratio_section(ratio):
         "## Client overhead: the module against pgbench -M prepared", "",
         f'Same query, {ratio["clients"]} client(s), {ratio["seconds"]} s per query and side, median of '
         f'{ratio["rounds"]} rounds alternating which goes first, on {ratio["dbname"]} '
-        f'(`scripts/pgbench_ratio.py`, {ratio["pgbench"]}). The ratio is module QPS / pgbench TPS.', "",
+        f'(`scripts/pgbench_ratio.py`, {ratio["pgbench"]}); the module executed through '
+        f'{ratio.get("module_client") or "psycopg2 EXECUTE + fetchall"}. The ratio is module QPS / pgbench TPS.', "",
         table(["query", "module QPS", "pgbench TPS", "ratio"], rows), "",
         f'Lowest ratio {ratio["lowest_ratio"]:.2f}, geometric mean {geomean:.2f}.', ""])
 

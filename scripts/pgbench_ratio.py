@@ -114,6 +114,7 @@ def main():
                   server=server, client_cpus=os.cpu_count(), client_machine=platform.platform(),
                   pgbench=subprocess.run([pgbench_binary(), "--version"], capture_output=True, text=True,
                                          check=False).stdout.strip(),
+                  module_client=measured["provenance"]["measurement"]["throughput_client"],
                   lowest_ratio=min(row["ratio"] for row in rows), queries=rows)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

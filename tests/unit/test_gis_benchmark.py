@@ -279,8 +279,9 @@ def test_statement_counters_arithmetic():
 
 
 def test_throughput_of_workers():
-    assert gis_benchmark.throughput([(10.0, 11.0, 300), (10.5, 12.0, 500)]) == dict(
-        executions=800, seconds=2.0, qps=400.0)
+    assert gis_benchmark.throughput([(10.0, 11.0, 300, "libpq PQexecPrepared"),
+                                     (10.5, 12.0, 500, "libpq PQexecPrepared")]) == dict(
+        executions=800, seconds=2.0, qps=400.0, client="libpq PQexecPrepared")
 
 
 def test_check_args_accepts_defaults():
@@ -445,6 +446,8 @@ def test_run_returns_server_counters_plans_and_throughput(cluster, capsys):
     assert "public.geometrias" in bench["queries"]["q01_bbox_intersects"]["plan"]["relations"]
     assert bench["queries"]["q03_knn"]["plan"]["shape"].startswith("Limit(")
     assert bench["queries"]["q01_bbox_intersects"]["plan"]["partitions_scanned"] == 0  # not partitioned here
+    # As pgbench -M prepared: the prepared statements through libpq, no row turned into Python objects.
+    assert bench["provenance"]["measurement"]["throughput_client"] == "libpq PQexecPrepared"
 
 
 def test_without_pg_stat_statements_falls_back(cluster, db, capsys):
@@ -487,6 +490,23 @@ def test_measure_throughput(cluster):
     assert measured["executions"] >= 2
     assert measured["seconds"] >= 0.2
     assert measured["qps"] == pytest.approx(measured["executions"] / measured["seconds"], rel=1e-3)
+    assert measured["client"] == "libpq PQexecPrepared"
+
+
+def test_measure_throughput_reports_an_error_raised_while_executing(cluster):
+    """Planned at its first execution, through libpq: the error is the server's, as for a psycopg2 call."""
+    with pytest.raises(gis_benchmark.BenchmarkError, match="query statement failed: .*division by zero"):
+        gis_benchmark.measure_throughput(cluster.login_args(DB), "SELECT 1 / (random() * 0)::int;", 2, 0.1)
+
+
+def test_an_unprepared_throughput_phase_fetches_with_psycopg2(cluster):
+    conn = gis_benchmark.connect(gis_benchmark.with_defaults(cluster.login_args(DB)))
+    try:
+        with conn.cursor() as cur:
+            start, end, count, client = gis_benchmark.run_for(cur, "SELECT 1", 0.05)
+    finally:
+        conn.close()
+    assert count >= 1 and end - start >= 0.05 and client == "psycopg2 EXECUTE + fetchall"
 
 
 def test_measure_throughput_reports_a_failing_statement(cluster):
