@@ -30,5 +30,5 @@ BEGIN
     IF stage4.database_setting('jit') IS DISTINCT FROM 'off' THEN
         RAISE EXCEPTION 'OPT1: JIT is not off for this database';
     END IF;
-    PERFORM stage4.assert_api_answers();
+    PERFORM stage4.assert_api_answers(false);  -- under the table's lock
 END $$;

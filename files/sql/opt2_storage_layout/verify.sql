@@ -68,5 +68,5 @@ BEGIN
 
     PERFORM stage4.assert_table_preserved(parent, stage4.snapshot('opt2_storage_layout', 'public.geometrias'), false);
     PERFORM stage4.assert_partitions_secured(parent);
-    PERFORM stage4.assert_api_answers();
+    PERFORM stage4.assert_api_answers(false);  -- under the table's lock
 END $$;

@@ -8,7 +8,7 @@ DROP FUNCTION IF EXISTS stage4.storage_layout(regclass, name), stage4.assert_can
     stage4.restore_function_snapshots(text), stage4.save_function_snapshots(text, regprocedure[]),
     stage4.cache_function_plans(text, regprocedure[]), stage4.set_database_setting(text, text, text),
     stage4.restore_database_settings(text), stage4.database_setting(text),
-    stage4.assert_api_answers(), stage4.yearly_partitions(text, int, int),
+    stage4.assert_api_answers(boolean), stage4.yearly_partitions(text, int, int),
     stage4.assert_no_api_readable_matviews(), stage4.assert_partitions_secured(regclass),
     stage4.assert_table_preserved(regclass, jsonb, boolean, jsonb),
     stage4.abort_online_rebuild(regclass), stage4.finish_online_rebuild(text, regclass, jsonb),
