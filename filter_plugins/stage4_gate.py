@@ -224,38 +224,10 @@ def geometric_mean_speedup(queries):
     return round(math.exp(fmean(math.log(r) for r in ratios)), 3) if ratios else None
 
 
-def machine_speed_factor(current, reference):
-    """Median of the reference stage's machine-speed probe over the current stage's (gis_benchmark's
-    calibration): what the current stage's latencies are multiplied by to be judged at the speed the
-    machine had when the reference was measured. 1.0 when either stage has no probe."""
-    reference_probe = (reference.get("calibration") or {}).get("samples_ms")
-    current_probe = (current.get("calibration") or {}).get("samples_ms")
-    if not reference_probe or not current_probe or median(current_probe) <= 0:
-        return 1.0
-    return median(reference_probe) / median(current_probe)
-
-
-def at_speed(benchmark, factor):
-    """benchmark with every latency multiplied by factor (samples, medians, means)."""
-    if factor == 1.0:
-        return benchmark
-    queries = {query_id: dict(query, samples_ms=[sample * factor for sample in query.get("samples_ms") or []],
-                              p50_ms=query["p50_ms"] * factor, mean_ms=query["mean_ms"] * factor)
-               for query_id, query in benchmark["queries"].items()}
-    return dict(benchmark, queries=queries, mean_ms=benchmark["mean_ms"] * factor)
-
-
 def stage4_gate(current, reference, max_slowdown_ms=2.0, max_slowdown_pct=25.0, max_workload_slowdown_pct=10.0,
                 confidence=0.95, force_fail=False, judge_latency=True, may_measure_again=False,
-                inconclusive_passes=False, calibrate=True):
-    """Returns {"decision", "passed", "reason", "queries", "workload", "regressions", "summary", "level",
-    "machine_speed"}. With calibrate, the current stage's latencies are first brought to the reference's
-    machine speed (machine_speed_factor()); the medians in "queries" are then those scaled ones."""
-    raw_speedup = geometric_mean_speedup([
-        {"reference_p50_ms": reference["queries"][q]["p50_ms"], "p50_ms": current["queries"][q]["p50_ms"]}
-        for q in set(current["queries"]) & set(reference["queries"])])
-    factor = machine_speed_factor(current, reference) if calibrate else 1.0
-    current = at_speed(current, factor)
+                inconclusive_passes=False):
+    """Returns {"decision", "passed", "reason", "queries", "workload", "regressions", "summary", "level"}."""
     common = sorted(set(current["queries"]) & set(reference["queries"]))
     # One interval per query plus the workload's, together at `confidence` (Bonferroni).
     level = 1 - (1 - float(confidence)) / (len(common) + 1)
@@ -285,12 +257,6 @@ def stage4_gate(current, reference, max_slowdown_ms=2.0, max_slowdown_pct=25.0, 
         undecided = [q for q in queries if q["verdict"] == "inconclusive"]
         undecided += [workload] if workload and workload["verdict"] == "inconclusive" else []
 
-    if factor != 1.0:
-        speed = ("latencies of this stage x{0:.3f} to the reference's machine speed (probe median {1:.3f} -> "
-                 "{2:.3f} ms)".format(factor, median(reference["calibration"]["samples_ms"]),
-                                      median(current["calibration"]["samples_ms"])))
-    else:
-        speed = None
     if reasons:
         decision = "fail"
     elif undecided and may_measure_again:
@@ -307,9 +273,7 @@ def stage4_gate(current, reference, max_slowdown_ms=2.0, max_slowdown_pct=25.0, 
     return {
         "decision": decision,
         "passed": decision == "pass",
-        "reason": ("; ".join(reasons) if reasons else "no query is worse, the workload is not worse and every result is unchanged")
-        + ("; " + speed if speed else ""),
-        "machine_speed": {"factor": round(factor, 4), "explanation": speed},
+        "reason": "; ".join(reasons) if reasons else "no query is worse, the workload is not worse and every result is unchanged",
         "queries": queries,
         "workload": workload,
         "level": round(level, 6),
@@ -321,7 +285,6 @@ def stage4_gate(current, reference, max_slowdown_ms=2.0, max_slowdown_pct=25.0, 
                     "failing": len(failing),
                     "samples": min((q.get("samples") or 0 for q in queries), default=0),
                     "speedup_geomean": geometric_mean_speedup(queries),
-                    "speedup_geomean_raw": raw_speedup,
                     "mean_ms_delta": round(current["mean_ms"] - reference["mean_ms"], 4),
                     "qps_delta_pct": round((current["qps"] / reference["qps"] - 1) * 100.0, 1)
                     if reference.get("qps") and current.get("qps") else None},
@@ -332,12 +295,8 @@ def stage4_pooled(benchmark, more):
     """benchmark with the samples of `more` (the same stage measured again) added to each query's.
 
     The medians and means are recomputed from the pooled samples; the rest (fingerprint, plan,
-    stage figures) stays that of the first measurement, so a changed result cannot hide. Where both
-    have the machine-speed probe, `more` is first brought to the first measurement's machine speed,
-    its probe samples too: the pool is then one measurement at that speed.
+    stage figures) stays that of the first measurement, so a changed result cannot hide.
     """
-    factor = machine_speed_factor(more, benchmark)
-    more = at_speed(more, factor)
     pooled = dict(benchmark, queries={}, executions=benchmark["executions"] + more["executions"])
     for query_id, first in benchmark["queries"].items():
         samples = list(first.get("samples_ms") or []) + list((more["queries"].get(query_id) or {}).get("samples_ms") or [])
@@ -345,10 +304,6 @@ def stage4_pooled(benchmark, more):
                                            p50_ms=round(median(samples), 3), mean_ms=round(fmean(samples), 3))
         if more["queries"].get(query_id, {}).get("fingerprint") not in (None, first.get("fingerprint")):
             pooled["queries"][query_id]["fingerprint"] = "unstable: " + more["queries"][query_id]["fingerprint"]
-    if benchmark.get("calibration") and more.get("calibration"):
-        samples = list(benchmark["calibration"]["samples_ms"]) + [s * factor for s in more["calibration"]["samples_ms"]]
-        pooled["calibration"] = dict(benchmark["calibration"], samples_ms=samples, calls=len(samples),
-                                     p50_ms=round(median(samples), 3), mean_ms=round(fmean(samples), 3))
     all_samples = [s for q in pooled["queries"].values() for s in q["samples_ms"]]
     pooled["mean_ms"] = round(fmean(all_samples), 3) if all_samples else benchmark["mean_ms"]
     return pooled

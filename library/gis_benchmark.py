@@ -148,14 +148,6 @@ options:
     description: Confidence level of the intervals returned for the mean and the percentiles (between 0 and 1).
     type: float
     default: 0.95
-  calibrate:
-    description:
-      - Time a machine-speed probe with the queries, in the same rounds and order - a statement that reads no
-        table (a sum over C(generate_series), CPU only) - and return its latencies as C(calibration).
-      - On a virtual machine whose speed drifts between minutes, the gate scales a stage's latencies by the
-        ratio of the two stages' probe medians, so that it compares the databases, not the minutes.
-    type: bool
-    default: true
   provenance:
     description:
       - What the caller knows about the run (for example the git commit, the checksums of the SQL
@@ -306,15 +298,6 @@ benchmark:
       description: The O(ci_level) given.
       type: float
       sample: 0.95
-    calibration:
-      description:
-        - The machine-speed probe (O(calibrate)) - its SQL and latency statistics as for a query (C(calls),
-          C(mean_ms), C(p50_ms), ... C(samples_ms)); null with O(calibrate=false).
-      type: dict
-      sample:
-        sql: SELECT sum(i) FROM generate_series(1, 50000) AS i
-        calls: 200
-        p50_ms: 3.1
     executions:
       description: Timed executions of all queries in the latency phase.
       type: int
@@ -496,8 +479,6 @@ CLIENT_KIND = "psycopg2, one process and connection per client"
 # connection (as pgbench -M prepared: extended protocol, every row received, none turned into a
 # Python object), or psycopg2's EXECUTE and fetchall where that libpq cannot be found.
 THROUGHPUT_CLIENTS = ("libpq PQexecPrepared", "psycopg2 EXECUTE + fetchall")
-# The machine-speed probe (option calibrate): CPU and memory only, a few ms, no table, no plan change.
-CALIBRATION = dict(query_id="calibration", file=None, sql="SELECT sum(i) FROM generate_series(1, 50000) AS i")
 PGRES_COMMAND_OK = 1  # libpq's ExecStatusType
 PGRES_TUPLES_OK = 2
 PROVENANCE_SETTINGS = (
@@ -506,7 +487,7 @@ PROVENANCE_SETTINGS = (
     "plan_cache_mode",
 )
 MEASUREMENT_PARAMETERS = ("concurrency", "prepared", "order", "seed", "iterations", "warmup",
-                          "throughput_seconds", "ci_level", "calibrate", "statement_timeout_ms", "as_role")
+                          "throughput_seconds", "ci_level", "statement_timeout_ms", "as_role")
 PERCENTILES = (50, 95, 99)
 STATS_SOURCES = ("pg_stat_statements", "pg_stat_database")
 
@@ -523,7 +504,6 @@ ARGUMENT_SPEC = dict(
     seed=dict(type="int"),
     throughput_seconds=dict(type="float", default=1.0),
     ci_level=dict(type="float", default=0.95),
-    calibrate=dict(type="bool", default=True),
     provenance=dict(type="dict", default={}),
     as_role=dict(type="str"),
     statement_timeout_ms=dict(type="int", default=60000),
@@ -1354,9 +1334,8 @@ def run_phases(params, queries, phases, control, counters, queryids):
             timed = {index for schedule in phases[phase_number]["schedules"] for index in schedule}
             totals = [counters_delta(before.get(queryid), after.get(queryid), total) if index in timed else total
                       for index, (queryid, total) in enumerate(zip(queryids, totals))]
-        # While the workers wait: the plans of the warm state that was just measured (the queries'
-        # only: those beyond queryids are the machine-speed probe).
-        explained = explain_queries(control, queries[:len(queryids)])
+        # While the workers wait: the plans of the warm state that was just measured.
+        explained = explain_queries(control, queries)
         for phase_number in range(latency_count, len(phases)):
             throughputs.append(throughput(pool.run_phase(phase_number)))
         pool.wait_all("exit")
@@ -1375,15 +1354,13 @@ def run_benchmark(params, queries):
         relation = statements_relation(observer)
         queryids = [item["queryid"] for item in inspected]
         use_statements = relation is not None and None not in queryids
-        # The probe is timed in the same rounds as the queries, last in the list, never explained.
-        timed = queries + [dict(CALIBRATION)] if params["calibrate"] else queries
-        phases = latency_phases(len(timed), params, params["concurrency"], seed)
+        phases = latency_phases(len(queries), params, params["concurrency"], seed)
         if params["throughput_seconds"] > 0:
             phases += [dict(query=index, seconds=params["throughput_seconds"]) for index in range(len(queries))]
         before = database_blocks(observer)
         started_at = datetime.datetime.now(datetime.timezone.utc)
         wall, samples, throughputs, explained, totals = run_phases(
-            params, timed, phases, control,
+            params, queries, phases, control,
             (lambda: statement_counters(observer, relation, queryids)) if use_statements else None, queryids)
         finished_at = datetime.datetime.now(datetime.timezone.utc)
         for conn in (control, observer):
@@ -1406,12 +1383,7 @@ def run_benchmark(params, queries):
                      throughput_executions=throughputs[index]["executions"] if throughputs else None,
                      **explained[index])
         results[query["query_id"]] = stats
-    calibration = None
-    if params["calibrate"]:
-        calibration = dict(sql=CALIBRATION["sql"], **summarize(samples[len(queries)]))
-        # The mixed workload's QPS is the queries': the probe's time, spread over the clients, is not.
-        wall -= sum(calibration["samples_ms"]) / 1000.0 / min(params["concurrency"], params["iterations"])
-    all_samples = [sample for per_query in samples[:len(queries)] for sample in per_query]
+    all_samples = [sample for per_query in samples for sample in per_query]
     blks_hit, blks_read = after[0] - before[0], after[1] - before[1]
     executions = len(all_samples)
     return dict(
@@ -1427,7 +1399,7 @@ def run_benchmark(params, queries):
         cache_hit_ratio=hit_ratio(blks_hit, blks_read), blks_hit=blks_hit, blks_read=blks_read,
         stats_source=STATS_SOURCES[0] if use_statements else STATS_SOURCES[1],
         server_version=provenance["server"]["version"], as_role=params["as_role"],
-        provenance=provenance, queries=results, calibration=calibration,
+        provenance=provenance, queries=results,
     )
 
 

@@ -68,8 +68,6 @@ def run_section(report):
     rows.append(["**mean latency (ms)**"] + [ms(s["mean_ms"]) for s in report["stages"]])
     rows.append(["**QPS, mixed workload**"] + [number(s["qps"]) for s in report["stages"]])
     rows.append(["**cache-hit ratio**"] + [number(s["cache_hit_ratio"], 3) for s in report["stages"]])
-    if any(s.get("probe_p50_ms") for s in report["stages"]):
-        rows.append(["**machine-speed probe (ms)**"] + [ms(s.get("probe_p50_ms")) for s in report["stages"]])
     out += ["### Median latency per query (ms) and stage", "", table(["query"] + stages, rows), ""]
     qps_rows = [[query["query"]] + [number(query["stages"][s].get("qps")) for s in stages]
                 for query in report["queries"]]
@@ -95,11 +93,8 @@ def run_section(report):
     overall = report.get("overall")
     if overall:
         summary = overall["summary"]
-        speed = overall.get("machine_speed") or {}
-        raw = (f' (x{summary["speedup_geomean_raw"]} from the raw medians; {speed["explanation"]})'
-               if speed.get("explanation") else "")
         out += [f'**Overall, {overall["stage"]} against baseline:** geometric-mean speedup of the medians '
-                f'**x{summary["speedup_geomean"]}**{raw}; {summary["better"]} better, {summary["unchanged"]} unchanged, '
+                f'**x{summary["speedup_geomean"]}**; {summary["better"]} better, {summary["unchanged"]} unchanged, '
                 f'{summary["inconclusive"]} inconclusive, {summary["worse"]} worse.', ""]
         out += ["- " + q["explanation"] for q in overall["queries"]]
         if overall.get("workload"):

@@ -320,7 +320,7 @@ def test_documentation_matches_argument_spec():
         "run_id", "stage", "started_at", "finished_at", "iterations", "warmup", "concurrency",
         "executions", "duration_s", "qps", "mean_ms", "cache_hit_ratio", "blks_hit",
         "blks_read", "server_version", "as_role", "stored", "queries", "prepared", "order", "seed",
-        "throughput_seconds", "ci_level", "calibration", "stats_source", "provenance"}
+        "throughput_seconds", "ci_level", "stats_source", "provenance"}
 
 
 # --------------------------------------------------------------------------
@@ -446,9 +446,6 @@ def test_run_returns_server_counters_plans_and_throughput(cluster, capsys):
     assert "public.geometrias" in bench["queries"]["q01_bbox_intersects"]["plan"]["relations"]
     assert bench["queries"]["q03_knn"]["plan"]["shape"].startswith("Limit(")
     assert bench["queries"]["q01_bbox_intersects"]["plan"]["partitions_scanned"] == 0  # not partitioned here
-    # The machine-speed probe was timed in the same rounds, and is not one of the queries.
-    assert bench["calibration"]["calls"] == 6 and bench["calibration"]["p50_ms"] > 0
-    assert "calibration" not in bench["queries"] and bench["provenance"]["measurement"]["calibrate"] is True
     # As pgbench -M prepared: the prepared statements through libpq, no row turned into Python objects.
     assert bench["provenance"]["measurement"]["throughput_client"] == "libpq PQexecPrepared"
 
@@ -470,9 +467,9 @@ def test_sequential_unprepared_run_gives_the_same_answers(cluster, capsys):
                                                 store=False))["benchmark"]
     sequential = run_module(capsys, bench_args(cluster, run_id="run-orders", iterations=3, order="sequential",
                                                prepared=False, throughput_seconds=0, concurrency=3,
-                                               seed=11, calibrate=False, store=False))["benchmark"]
+                                               seed=11, store=False))["benchmark"]
     assert (sequential["order"], sequential["prepared"], sequential["seed"]) == ("sequential", False, 11)
-    assert sequential["executions"] == 30 and sequential["concurrency"] == 3 and sequential["calibration"] is None
+    assert sequential["executions"] == 30 and sequential["concurrency"] == 3
     for query_id, stats in sequential["queries"].items():
         assert stats["fingerprint"] == interleaved["queries"][query_id]["fingerprint"], query_id
         assert stats["calls"] == 3 and stats["statements"]["calls"] == 3, query_id
