@@ -128,27 +128,34 @@ class Writer(threading.Thread):
         self.conn.close()
 
 
-def test_writes_during_prepare_and_cutover_are_kept(cluster, db, capsys):
+def deploy_while_writing(cluster, db, capsys, args, label):
+    """Deploys a change with a prepare through the module while the Writer runs; asserts it deployed
+    with its prepare and that every committed write is there with its content (deleted rows gone).
+    Returns the module's result and the writer."""
     writer = Writer(cluster, db)
     writer.start()
     time.sleep(0.5)
-    applied = run(capsys, opt1_args(cluster, db))
+    applied = run(capsys, args)
     time.sleep(0.5)
     writer.stop.set()
     writer.join(30)
     assert applied["action"] == "deployed", applied.get("msg")
     assert applied["executed"] == ["precheck", "prepare", "precheck", "deploy", "verify"]
-    assert applied["prepared"] == "started"
-    print("\nOPT1 online at %d features: prepare %.2f s, cutover transaction %.2f s, writer: %d statements, "
-          "longest %.3f s" % (FEATURES, applied["prepare_s"], applied["duration_s"], writer.statements, writer.longest))
+    print("\n%s online at %d features: prepare %.2f s, cutover transaction %.2f s, writer: %d statements, "
+          "longest %.3f s" % (label, FEATURES, applied["prepare_s"], applied["duration_s"], writer.statements,
+                              writer.longest))
     assert not writer.errors
-    assert writer.statements > 100
-    # Every committed write is there with its content, and deleted rows are gone.
     rows = dict((r[0], (r[1], r[2])) for r in fetch(
         cluster, db, "SELECT id, nome, data_referencia FROM public.geometrias WHERE id = ANY (%s)",
         (list(writer.expected),)))
-    lost = {i: want for i, want in writer.expected.items() if rows.get(i) != want}
-    assert not lost
+    assert {i: want for i, want in writer.expected.items() if rows.get(i) != want} == {}
+    return applied, writer
+
+
+def test_writes_during_prepare_and_cutover_are_kept(cluster, db, capsys):
+    applied, writer = deploy_while_writing(cluster, db, capsys, opt1_args(cluster, db), "OPT1")
+    assert applied["prepared"] == "started"
+    assert writer.statements > 100
     assert fetch(cluster, db, "SELECT relkind FROM pg_class WHERE oid = 'public.geometrias'::regclass")[0][0] == "p"
     assert leftovers(cluster, db) == (0, False, 0, 11)
     # The cutover compared only the keys written since the prepare's proof, not every row.
@@ -363,22 +370,7 @@ def test_opt2_rebuilds_the_closed_partitions_online_and_keeps_every_write(cluste
     revert restores the storage settings."""
     assert run(capsys, opt1_args(cluster, db))["action"] == "deployed"
     partitions_before = fetch(cluster, db, PARTITION_STATE)
-    writer = Writer(cluster, db)
-    writer.start()
-    time.sleep(0.5)
-    applied = run(capsys, opt2_args(cluster, db))
-    time.sleep(0.5)
-    writer.stop.set()
-    writer.join(30)
-    assert applied["action"] == "deployed", applied.get("msg")
-    assert applied["executed"] == ["precheck", "prepare", "precheck", "deploy", "verify"]
-    print("\nOPT2 online at %d features: prepare %.2f s, cutover transaction %.2f s, writer: %d statements, "
-          "longest %.3f s" % (FEATURES, applied["prepare_s"], applied["duration_s"], writer.statements, writer.longest))
-    assert not writer.errors
-    rows = dict((r[0], (r[1], r[2])) for r in fetch(
-        cluster, db, "SELECT id, nome, data_referencia FROM public.geometrias WHERE id = ANY (%s)",
-        (list(writer.expected),)))
-    assert {i: want for i, want in writer.expected.items() if rows.get(i) != want} == {}
+    deploy_while_writing(cluster, db, capsys, opt2_args(cluster, db), "OPT2")
     # The closed partitions were swapped (new tables), the open ones left in place; nothing else moved.
     rebuilt = fetch(cluster, db, "SELECT relation, details->>'clustered_on', details->'rows_proof' ? 'row_count' "
                                  "FROM stage4.opt2_layout WHERE (details->>'rebuilt_online')::boolean ORDER BY 1")
