@@ -111,7 +111,7 @@ bench-1m: bench
 RATIO_CLIENTS ?= 1
 pgbench-ratio: fixture
 	$(LOCAL_DB_ENV) $(BIN)/python scripts/pgbench_ratio.py --host 127.0.0.1 --port $(LOCALDB_PORT) --user postgres \
-	  --dbname BIBLIOTECA --clients $(RATIO_CLIENTS) --seconds 5 --rounds 3 --json reports/pgbench_ratio.json
+	  --dbname BIBLIOTECA --clients $(RATIO_CLIENTS) --seconds 3 --rounds 5 --json reports/pgbench_ratio.json
 
 clean:
 	-$(BIN)/python scripts/localdb.py destroy

@@ -112,16 +112,18 @@ def run_section(report):
 
 
 def ratio_section(ratio):
-    rows = [[q["query"], number(q["module_qps"]), number(q["pgbench_tps"]), f'{q["ratio"]:.2f}']
+    rows = [[q["query"], number(q["module_qps"]), number(q["pgbench_tps"]), f'{q["ratio"]:.2f}',
+             ", ".join(f"{r:.2f}" for r in q.get("round_ratios", []))]
             for q in ratio["queries"]]
     geomean = math.exp(sum(math.log(q["ratio"]) for q in ratio["queries"]) / len(ratio["queries"]))
     return "\n".join([
         "## Client overhead: the module against pgbench -M prepared", "",
         f'Same query, {ratio["clients"]} client(s), {ratio["seconds"]} s per query and side, median of '
-        f'{ratio["rounds"]} rounds alternating which goes first, on {ratio["dbname"]} '
+        f'{ratio["rounds"]} rounds (the two sides of a query back to back, alternating which goes first), on '
+        f'{ratio["dbname"]} '
         f'(`scripts/pgbench_ratio.py`, {ratio["pgbench"]}); the module executed through '
         f'{ratio.get("module_client") or "psycopg2 EXECUTE + fetchall"}. The ratio is module QPS / pgbench TPS.', "",
-        table(["query", "module QPS", "pgbench TPS", "ratio"], rows), "",
+        table(["query", "module QPS", "pgbench TPS", "ratio", "ratio per round"], rows), "",
         f'Lowest ratio {ratio["lowest_ratio"]:.2f}, geometric mean {geomean:.2f}.', ""])
 
 

@@ -5,8 +5,10 @@ For each benchmark query, the same number of clients run it back to back for the
 seconds, once through the gis_benchmark module's own code (its per-query throughput phase:
 worker processes, prepared statements, every row fetched) and once with
 `pgbench -n -M prepared -c N -j N -T S -f <query>`. The ratio module QPS / pgbench TPS tells how
-much of the time the Python client adds: at 1.0 none, at 0.9 a tenth. Rounds alternate which of
-the two goes first, and the medians over the rounds are reported.
+much of the time the Python client adds: at 1.0 none, at 0.9 a tenth. The two sides of one query
+run back to back (who goes first alternates between rounds), so that both see the same minute of a
+machine whose speed drifts: on a shared 2-core VM the same side's rounds a minute apart differed by up
+to 30%. Each round gives one ratio; the median over the rounds is reported.
 
     DB_PASSWORD=... scripts/pgbench_ratio.py --host 127.0.0.1 --port 55432 --user postgres \\
         --dbname BIBLIOTECA --clients 2 --seconds 5 --rounds 3 --json reports/pgbench_ratio.json
@@ -55,7 +57,7 @@ def pgbench_tps(args, statement, workdir):
 
 
 def module_qps(args, queries):
-    """Per-query QPS from the module's throughput phase, as a rollout stage measures it."""
+    """QPS of each of queries from the module's throughput phase, as a rollout stage measures it."""
     params = gis_benchmark.with_defaults(dict(
         login_host=args.host, login_port=args.port, login_user=args.user, login_password=args.password,
         login_db=args.dbname, queries_dir=args.queries_dir, run_id="pgbench-ratio", stage="ratio",
@@ -88,45 +90,51 @@ def main():
     queries = gis_benchmark.load_queries(args.queries_dir)
     ours = {q["query_id"]: [] for q in queries}
     theirs = {q["query_id"]: [] for q in queries}
-    server = None
+    ratios = {q["query_id"]: [] for q in queries}
+    measured = None
     with tempfile.TemporaryDirectory(prefix="pgbench-ratio-") as workdir:
         for round_number in range(args.rounds):
-            # Alternate who goes first, so that a drift of the machine does not favour one side.
-            steps = ["module", "pgbench"] if round_number % 2 == 0 else ["pgbench", "module"]
-            for step in steps:
-                if step == "module":
-                    qps, measured = module_qps(args, queries)
-                    server = measured["provenance"]["server"]
-                    for query_id, value in qps.items():
-                        ours[query_id].append(value)
+            for query in queries:
+                query_id = query["query_id"]
+                # Alternate who goes first, so that a drift of the machine does not favour one side.
+                if round_number % 2 == 0:
+                    qps, measured = module_qps(args, [query])
+                    tps = pgbench_tps(args, query["sql"], workdir)
                 else:
-                    for query in queries:
-                        theirs[query["query_id"]].append(pgbench_tps(args, query["sql"], workdir))
+                    tps = pgbench_tps(args, query["sql"], workdir)
+                    qps, measured = module_qps(args, [query])
+                ours[query_id].append(qps[query_id])
+                theirs[query_id].append(tps)
+                ratios[query_id].append(qps[query_id] / tps)
             print("round %d of %d done" % (round_number + 1, args.rounds), file=sys.stderr)
     rows = []
     for query in queries:
         query_id = query["query_id"]
-        module_median, pgbench_median = statistics.median(ours[query_id]), statistics.median(theirs[query_id])
-        rows.append(dict(query=query_id, module_qps=round(module_median, 1), pgbench_tps=round(pgbench_median, 1),
-                         ratio=round(module_median / pgbench_median, 3), module_rounds=ours[query_id],
-                         pgbench_rounds=theirs[query_id]))
+        rows.append(dict(query=query_id, module_qps=round(statistics.median(ours[query_id]), 1),
+                         pgbench_tps=round(statistics.median(theirs[query_id]), 1),
+                         ratio=round(statistics.median(ratios[query_id]), 3), module_rounds=ours[query_id],
+                         pgbench_rounds=theirs[query_id], round_ratios=[round(r, 3) for r in ratios[query_id]]))
     result = dict(clients=args.clients, seconds=args.seconds, rounds=args.rounds, dbname=args.dbname,
-                  server=server, client_cpus=os.cpu_count(), client_machine=platform.platform(),
+                  server=measured["provenance"]["server"], client_cpus=os.cpu_count(), client_machine=platform.platform(),
                   pgbench=subprocess.run([pgbench_binary(), "--version"], capture_output=True, text=True,
                                          check=False).stdout.strip(),
                   module_client=measured["provenance"]["measurement"]["throughput_client"],
-                  lowest_ratio=min(row["ratio"] for row in rows), queries=rows)
+                  lowest_ratio=min(row["ratio"] for row in rows),
+                  geometric_mean_ratio=round(statistics.geometric_mean([row["ratio"] for row in rows]), 3),
+                  queries=rows)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(result, handle, indent=2, sort_keys=True)
             handle.write("\n")
-    print("| Query | module QPS | pgbench -M prepared TPS | ratio |")
-    print("|---|---:|---:|---:|")
+    print("| Query | module QPS | pgbench -M prepared TPS | ratio | ratio per round |")
+    print("|---|---:|---:|---:|---|")
     for row in rows:
-        print("| {query} | {module_qps:,.1f} | {pgbench_tps:,.1f} | {ratio:.2f} |".format(**row))
-    print("\n%d client(s), %d s per query and side, median of %d rounds; lowest ratio %.2f"
-          % (args.clients, args.seconds, args.rounds, result["lowest_ratio"]))
+        print("| {query} | {module_qps:,.1f} | {pgbench_tps:,.1f} | {ratio:.2f} | {rounds} |".format(
+            rounds=", ".join("%.2f" % ratio for ratio in row["round_ratios"]), **row))
+    print("\n%d client(s), %d s per query and side, the two sides back to back; median of %d rounds; "
+          "lowest ratio %.2f, geometric mean %.2f"
+          % (args.clients, args.seconds, args.rounds, result["lowest_ratio"], result["geometric_mean_ratio"]))
 
 
 if __name__ == "__main__":
