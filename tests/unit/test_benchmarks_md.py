@@ -1,0 +1,27 @@
+"""scripts/benchmarks_md.py writes BENCHMARKS.md from a real run's report and a pgbench ratio file."""
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPORT = os.path.join(REPO, "tests", "fixtures", "report_sample.json")
+
+
+def test_run_and_ratio_sections(tmp_path):
+    ratio = dict(clients=1, seconds=3, rounds=2, dbname="BIBLIOTECA", pgbench="pgbench (PostgreSQL) 15.18",
+                 module_client="libpq PQexecPrepared", lowest_ratio=0.8,
+                 queries=[dict(query="q01_bbox_intersects", module_qps=900.0, pgbench_tps=1000.0, ratio=0.9,
+                               round_ratios=[0.88, 0.92]),
+                          dict(query="q02_radius", module_qps=800.0, pgbench_tps=1000.0, ratio=0.8,
+                               round_ratios=[0.8, 0.8])])
+    ratio_file = tmp_path / "ratio.json"
+    ratio_file.write_text(json.dumps(ratio))
+    done = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "benchmarks_md.py"), "--run", REPORT,
+                           "--ratio", str(ratio_file)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    report = json.load(open(REPORT, encoding="utf-8"))
+    assert report["run_id"] in done.stdout
+    assert "| q01_bbox_intersects | 900.0 | 1,000.0 | 0.90 | 0.88, 0.92 |" in done.stdout
+    # geometric mean of 0.9 and 0.8
+    assert "Lowest ratio 0.80, geometric mean 0.85." in done.stdout
