@@ -313,6 +313,30 @@ def test_opt4_future_partitions_time_travel_rows_and_revert(cluster, db):
     assert schema_dump(cluster) == dump_before
 
 
+def test_opt4_revert_checks_the_rows_it_moves(db):
+    """The revert checksums only the rows it moves back into DEFAULT (not every row, under its lock):
+    one of them changed between the revert and its verify is caught."""
+    query(db, """
+        INSERT INTO public.geometrias (nome, categoria, descricao, geom, area_m2, propriedades, data_referencia,
+                                       owner_id, publico)
+        SELECT nome || ' (futuro)', categoria, descricao, geom, area_m2, propriedades, '2031-03-01',
+               owner_id, publico
+        FROM public.geometrias WHERE id = 7""")
+    deploy(db, "opt4_future_partitions", {"partition_years_ahead": "2", "now": "2030-06-15"})
+    assert scalar(db, "SELECT tableoid::regclass::text FROM public.geometrias WHERE data_referencia = '2031-03-01'") \
+        == "geometrias_p2031"
+    scripts = {name: open(os.path.join(REPO, "files", "sql", "opt4_future_partitions", name + ".sql"),
+                          encoding="utf-8").read() for name in ("revert", "verify_reverted")}
+    with pytest.raises(psycopg2.Error, match="are not those before the revert"):
+        with db, db.cursor() as cur:
+            cur.execute(scripts["revert"])
+            cur.execute("UPDATE public.geometrias SET nome = nome || ' alterado' WHERE data_referencia = '2031-03-01'")
+            cur.execute(scripts["verify_reverted"])
+    revert(db, "opt4_future_partitions")
+    assert scalar(db, "SELECT tableoid::regclass::text FROM public.geometrias WHERE data_referencia = '2031-03-01'") \
+        == "geometrias_default"
+
+
 def test_opt4_precheck_refuses_a_bad_years_ahead(db):
     with pytest.raises(psycopg2.Error, match="partition_years_ahead"):
         deploy(db, "opt4_future_partitions", {"partition_years_ahead": "-1"})

@@ -1,10 +1,12 @@
 -- OPT4 verify after revert: the functions, the job and the config are gone, no partition beyond
 -- those that existed before OPT4 remains, the structure is as before OPT4 and the rows as before
--- the revert (rows of dropped partitions are in DEFAULT now).
+-- the revert: their count, and the rows it moved (those of the dropped partitions, in DEFAULT
+-- now) by their checksum.
 DO $$
 DECLARE
     geometrias regclass := 'public.geometrias';
     snap jsonb := stage4.snapshot('opt4_future_partitions', 'public.geometrias');
+    moved jsonb := stage4.snapshot('opt4_future_partitions:before_revert', 'public.geometrias')->'rows_proof';
     left_over text;
 BEGIN
     SELECT string_agg(f, ', ') INTO left_over
@@ -35,6 +37,10 @@ BEGIN
     END IF;
     PERFORM stage4.assert_table_preserved(geometrias, snap, false,
                                           stage4.snapshot('opt4_future_partitions:before_revert', 'public.geometrias'));
+    IF stage4.rows_checksum(geometrias, moved->>'condition') IS DISTINCT FROM moved - 'condition' THEN
+        RAISE EXCEPTION 'OPT4 revert: the rows where % are not those before the revert: now %, were %',
+            moved->>'condition', stage4.rows_checksum(geometrias, moved->>'condition'), moved - 'condition';
+    END IF;
     PERFORM stage4.assert_partitions_secured(geometrias);
     PERFORM stage4.assert_api_answers(false);  -- under the table's lock
 END $$;
