@@ -11,7 +11,7 @@ machine whose speed drifts: on a shared 2-core VM the same side's rounds a minut
 to 30%. Each round gives one ratio; the median over the rounds is reported.
 
     DB_PASSWORD=... scripts/pgbench_ratio.py --host 127.0.0.1 --port 55432 --user postgres \\
-        --dbname BIBLIOTECA --clients 2 --seconds 5 --rounds 3 --json reports/pgbench_ratio.json
+        --dbname BIBLIOTECA --clients 1 --seconds 3 --rounds 5 --json reports/pgbench_ratio.json
 
 Prints a Markdown table (for BENCHMARKS.md) and writes the figures as JSON.
 """
@@ -57,7 +57,7 @@ def pgbench_tps(args, statement, workdir):
 
 
 def module_qps(args, queries):
-    """QPS of each of queries from the module's throughput phase, as a rollout stage measures it."""
+    """Per-query QPS from the module's throughput phase, as a rollout stage measures it."""
     params = gis_benchmark.with_defaults(dict(
         login_host=args.host, login_port=args.port, login_user=args.user, login_password=args.password,
         login_db=args.dbname, queries_dir=args.queries_dir, run_id="pgbench-ratio", stage="ratio",
