@@ -28,10 +28,13 @@ description:
     statement (a C(DO) block or C(CALL)), so it can C(COMMIT) as it goes. It must be idempotent and resumable;
     after an interruption the next run runs it again. It is retried like a transaction when a lock is not granted.
     The change counts as applied only when the deploy transaction commits, which also clears the prepared mark.
-  - C(cleanup.sql) removes what C(prepare.sql) left. It runs, in a transaction with the prepared mark's removal,
-    when prepare or the deploy transaction fails; before C(revert.sql) in the revert transaction when the change
-    is marked prepared; and alone (action C(cleaned_up)) when a change that was prepared but never applied is
-    reverted.
+  - A change may likewise have C(prepare_revert.sql), run the same way before the revert transaction (copying the
+    table back outside any exclusive lock); the prepared mark records which of the two it was made for.
+  - C(cleanup.sql) removes what C(prepare.sql) or C(prepare_revert.sql) left. It runs, in a transaction with the
+    prepared mark's removal, when a prepare or the transaction after it fails; before C(revert.sql) in the revert
+    transaction when the change is marked prepared for a deploy; alone (action C(cleaned_up)) when a change that
+    was prepared but never applied is reverted, or when a change whose revert was prepared but never committed is
+    to stay applied.
   - A change whose checks compare a materialized copy with the live table (a materialized view with its source)
     declares C(-- stage4:isolation repeatable read) on a line of its C(deploy.sql), as Liquibase's formatted SQL
     declares changeset attributes. Its deploy transaction then runs in that isolation level, so every statement
@@ -133,7 +136,7 @@ requirements:
   - psycopg2
 notes:
   - Statements that cannot run in a transaction block (C(VACUUM), C(CREATE INDEX CONCURRENTLY)) do not belong
-    in the scripts that run in a transaction (all but C(prepare.sql)).
+    in the scripts that run in a transaction (all but C(prepare.sql) and C(prepare_revert.sql)).
 """
 
 EXAMPLES = r"""
@@ -185,13 +188,14 @@ executed:
   elements: str
   sample: ["precheck", "prepare", "precheck", "deploy", "verify"]
 prepared:
-  description: What happened to C(prepare.sql) - C(started), C(resumed) (an earlier run was interrupted), or
-    C(none) (no prepare.sql, or no deploy). In check mode, what would happen.
+  description: What happened to C(prepare.sql) (deploy) or C(prepare_revert.sql) (revert) - C(started),
+    C(resumed) (an earlier run was interrupted), or C(none) (no such script, or neither a deploy nor a revert).
+    In check mode, what would happen.
   returned: always
   type: str
   sample: started
 prepare_s:
-  description: Seconds C(prepare.sql) ran (in the run that succeeded).
+  description: Seconds C(prepare.sql) or C(prepare_revert.sql) ran (in the run that succeeded).
   returned: always
   type: float
   sample: 25.9
@@ -245,11 +249,13 @@ try:
 except ImportError:  # connect() reports it
     pass
 
-SCRIPTS = ("precheck", "prepare", "deploy", "verify", "revert", "verify_reverted", "cleanup")
+SCRIPTS = ("precheck", "prepare", "deploy", "verify", "prepare_revert", "revert", "verify_reverted", "cleanup")
 REQUIRED_SCRIPTS = ("deploy", "verify", "revert")
 RUN_ON = {"deploy": ("precheck", "deploy", "verify"), "redeploy": ("deploy", "verify"),
           "revert": ("revert", "verify_reverted"), "cleanup": ("cleanup",)}
 DONE = {"deploy": "deployed", "redeploy": "redeployed", "revert": "reverted", "cleanup": "cleaned_up"}
+# The script run in autocommit before the transaction of an action, when the change has it.
+PREPARE = {"deploy": "prepare", "redeploy": "prepare", "revert": "prepare_revert"}
 
 LEDGER_DDL = """
 CREATE SCHEMA IF NOT EXISTS {schema};
@@ -262,13 +268,17 @@ CREATE TABLE IF NOT EXISTS {schema}.ledger (
     files       jsonb NOT NULL,
     variables   jsonb NOT NULL
 );
--- Changes whose prepare.sql ran (or is running) and whose deploy has not committed yet.
+-- Changes whose prepare.sql (or prepare_revert.sql) ran or is running, and whose deploy (revert) has not
+-- committed yet.
 CREATE TABLE IF NOT EXISTS {schema}.prepared (
     change      text PRIMARY KEY,
     started_at  timestamptz NOT NULL DEFAULT now(),
     run_id      text NOT NULL,
     files       jsonb NOT NULL
 );
+-- What the prepare was for. A ledger made before this column existed held only deploys' prepares.
+ALTER TABLE {schema}.prepared ADD COLUMN IF NOT EXISTS action text NOT NULL DEFAULT 'deploy'
+    CHECK (action IN ('deploy', 'revert'));
 CREATE TABLE IF NOT EXISTS {schema}.ledger_events (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     at          timestamptz NOT NULL DEFAULT now(),
@@ -299,7 +309,7 @@ def read_change(sql_root, change):
             scripts[name] = {"path": path, "sha256": hashlib.sha256(data).hexdigest(),
                              "text": data.decode("utf-8")}
     missing = [name for name in REQUIRED_SCRIPTS if name not in scripts]
-    if "prepare" in scripts and "cleanup" not in scripts:
+    if ("prepare" in scripts or "prepare_revert" in scripts) and "cleanup" not in scripts:
         missing.append("cleanup")
     if missing:
         raise ValueError("change {0} lacks {1}".format(change, ", ".join(n + ".sql" for n in missing)))
@@ -321,8 +331,9 @@ def public_files(scripts):
     return {name: {"path": item["path"], "sha256": item["sha256"]} for name, item in scripts.items()}
 
 
-def plan(state, ledger_row, scripts, later_changes, repeatable=False, prepared=False):
-    """Decides what to do from the ledger: returns (action, error)."""
+def plan(state, ledger_row, scripts, later_changes, repeatable=False, prepared=None):
+    """Decides what to do from the ledger and the prepared mark (None, "deploy" or "revert"): returns
+    (action, error)."""
     if state == "applied":
         if ledger_row is None:
             return "deploy", None
@@ -333,7 +344,8 @@ def plan(state, ledger_row, scripts, later_changes, repeatable=False, prepared=F
             return None, ("drift: {0} was applied with deploy.sql {1}, the file is now {2}; revert it with the "
                           "script it was applied with, or restore that file".format(
                               ledger_row["change"], recorded, scripts["deploy"]["sha256"]))
-        return "unchanged", None
+        # A revert that was prepared and never committed: the change stays applied, its copy goes.
+        return ("cleanup", None) if prepared == "revert" else ("unchanged", None)
     if ledger_row is None:
         return ("cleanup", None) if prepared and "cleanup" in scripts else ("unchanged", None)
     if later_changes:
@@ -365,21 +377,26 @@ class Ledger:
             found = cur.fetchone()
         return None if found is None else {"change": found[0], "seq": found[1], "files": found[2]}
 
-    def is_prepared(self, change):
+    def prepared_for(self, change):
+        """The action the change was prepared for ("deploy" or "revert"), or None."""
         with self.conn.cursor() as cur:
             cur.execute("SELECT to_regclass(format('%%I.prepared', %s::text)) IS NOT NULL", (self.schema_name,))
             if not cur.fetchone()[0]:
-                return False
-            cur.execute(sql.SQL("SELECT count(*) FROM {0}.prepared WHERE change = %s").format(self.schema), (change,))
-            return cur.fetchone()[0] > 0
+                return None
+            # to_jsonb(p): a ledger made before the action column (check mode does not add it) still reads.
+            cur.execute(sql.SQL("SELECT coalesce(to_jsonb(p)->>'action', 'deploy') FROM {0}.prepared p WHERE change = %s")
+                        .format(self.schema), (change,))
+            found = cur.fetchone()
+        return found[0] if found else None
 
-    def mark_prepared(self, cur, change, run_id, files):
-        """Recorded (and committed) before prepare.sql runs, so a later run knows what to resume or clean up."""
-        cur.execute(sql.SQL("INSERT INTO {0}.prepared (change, run_id, files) VALUES (%s, %s, %s) "
+    def mark_prepared(self, cur, action, change, run_id, files):
+        """Recorded (and committed) before prepare.sql (prepare_revert.sql) runs, so a later run knows what to
+        resume or clean up."""
+        cur.execute(sql.SQL("INSERT INTO {0}.prepared (change, run_id, files, action) VALUES (%s, %s, %s, %s) "
                             "ON CONFLICT (change) DO NOTHING").format(self.schema),
-                    (change, run_id, json.dumps(files)))
+                    (change, run_id, json.dumps(files), "revert" if action == "revert" else "deploy"))
         cur.execute(sql.SQL("INSERT INTO {0}.ledger_events (change, action, run_id, files) VALUES (%s, %s, %s, %s)")
-                    .format(self.schema), (change, "prepare", run_id, json.dumps(files)))
+                    .format(self.schema), (change, PREPARE[action], run_id, json.dumps(files)))
 
     def applied_after(self, seq):
         with self.conn.cursor() as cur:
@@ -410,10 +427,20 @@ class ScriptFailed(Exception):
         self.error = error
 
 
+def steps_before_transaction(action, scripts, prepared):
+    """The scripts run before the transaction of `action`: a deploy's precheck (rolled back) and prepare, or a
+    revert's prepare_revert, when the change has them. None when a prepare for the other action is pending: a
+    revert then cleans up a deploy's prepare in its transaction and copies back there, as without a prepare."""
+    prepare = PREPARE.get(action)
+    if prepare not in scripts or prepared not in (None, "revert" if action == "revert" else "deploy"):
+        return []
+    return [n for n in ("precheck", prepare) if n in scripts and not (n == "precheck" and action == "revert")]
+
+
 def transaction_scripts(action, scripts, prepared):
-    """The scripts of the transaction of `action`; a revert first cleans up what a prepare left."""
+    """The scripts of the transaction of `action`; a revert first cleans up what a deploy's prepare left."""
     names = list(RUN_ON[action])
-    if action == "revert" and prepared:
+    if action == "revert" and prepared == "deploy":
         names.insert(0, "cleanup")
     return [n for n in names if n in scripts]
 
@@ -423,7 +450,7 @@ def sql_diff(change, action, row, scripts, names, prepared):
     before = ("applied with deploy.sql {0}".format(row["files"].get("deploy", {}).get("sha256"))
               if row else "not applied")
     if prepared:
-        before += ", prepared (interrupted or failed earlier)"
+        before += ", prepared for a {0} (interrupted or failed earlier)".format(prepared)
     body = "".join("-- ===== {0}.sql  sha256 {1}\n{2}\n".format(n, scripts[n]["sha256"], scripts[n]["text"].rstrip("\n"))
                    for n in names)
     return {"before_header": "{0}: {1}".format(change, before), "before": "",
@@ -492,15 +519,15 @@ def run_precheck(conn, params, scripts):
         rollback(conn)
 
 
-def run_prepare(conn, ledger, params, scripts):
-    """Marks the change prepared (committed), then runs prepare.sql in autocommit."""
+def run_prepare(conn, ledger, action, params, scripts):
+    """Marks the change prepared for `action` (committed), then runs its prepare script in autocommit."""
     conn.autocommit = False
     with conn.cursor() as cur:
-        ledger.mark_prepared(cur, params["change"], params["run_id"], public_files(scripts))
+        ledger.mark_prepared(cur, action, params["change"], params["run_id"], public_files(scripts))
     conn.commit()
     conn.autocommit = True
     with conn.cursor() as cur:
-        run_scripts(cur, ["prepare"], params, scripts, local=False)
+        run_scripts(cur, [PREPARE[action]], params, scripts, local=False)
 
 
 def with_lock_retries(conn, params, step):
@@ -557,18 +584,18 @@ def main():
     conn = connect(module, application_name="stage4_change", autocommit=True)
     ledger = Ledger(conn, params["ledger_schema"])
     row = ledger.row(params["change"])
-    prepared = ledger.is_prepared(params["change"])
+    prepared = ledger.prepared_for(params["change"])
     later = ledger.applied_after(row["seq"]) if row and params["state"] == "reverted" else []
     action, error = plan(params["state"], row, scripts, later, params["repeatable"], prepared)
     if error:
         module.fail_json(msg="change {0}: {1}".format(params["change"], error), **result)
     if action == "unchanged":
         module.exit_json(changed=False, action="unchanged", applied=row is not None, **result)
-    uses_prepare = action in ("deploy", "redeploy") and "prepare" in scripts
+    before_transaction = steps_before_transaction(action, scripts, prepared)
+    uses_prepare = bool(before_transaction)
     result["prepared"] = ("resumed" if prepared else "started") if uses_prepare else "none"
     names = transaction_scripts(action, scripts, prepared)
     if module._diff:
-        before_transaction = [n for n in ("precheck", "prepare") if uses_prepare and n in scripts]
         result["diff"] = sql_diff(params["change"], action, row, scripts, before_transaction + names, prepared)
     if module.check_mode:
         if params["dry_run_precheck"] and action == "deploy":
@@ -578,18 +605,18 @@ def main():
                     params["change"], refusal), **result)
             result["precheck"] = "passed"
         module.exit_json(changed=True, action="would_" + action.replace("cleanup", "clean_up"),
-                         applied=action in ("deploy", "redeploy"), **result)
+                         applied=params["state"] == "applied", **result)
 
     ledger.ensure()
     try:
         if uses_prepare:
-            if "precheck" in names:
+            if "precheck" in before_transaction:
                 with_lock_retries(conn, params, lambda: run_precheck(conn, params, scripts))
                 result["executed"].append("precheck")
             started = time.monotonic()
-            with_lock_retries(conn, params, lambda: run_prepare(conn, ledger, params, scripts))
+            with_lock_retries(conn, params, lambda: run_prepare(conn, ledger, action, params, scripts))
             result["prepare_s"] = round(time.monotonic() - started, 3)
-            result["executed"].append("prepare")
+            result["executed"].append(PREPARE[action])
 
         def transaction():
             result["attempts"] += 1
@@ -602,24 +629,25 @@ def main():
         result["notices"] = [] if conn.closed else [n.strip() for n in conn.notices]
         message = failure_message(params["change"], failure)
         if uses_prepare:
-            message += "; " + clean_up_after_failure(module, params, scripts)
+            message += "; " + clean_up_after_failure(module, params, scripts, PREPARE[action])
         module.fail_json(msg=message, **result)
     result["notices"] = [n.strip() for n in conn.notices]
     conn.close()
-    module.exit_json(changed=True, action=DONE[action], applied=action in ("deploy", "redeploy"), **result)
+    module.exit_json(changed=True, action=DONE[action], applied=params["state"] == "applied", **result)
 
 
-def clean_up_after_failure(module, params, scripts):
-    """Runs cleanup.sql after a failed prepare or deploy (on a new connection: the old one may be gone)."""
+def clean_up_after_failure(module, params, scripts, prepare):
+    """Runs cleanup.sql after a failed prepare, deploy or revert (on a new connection: the old one may be gone)."""
     conn = connect(module, application_name="stage4_change", autocommit=True)
     ledger = Ledger(conn, params["ledger_schema"])
     try:
-        if not ledger.is_prepared(params["change"]):
+        if not ledger.prepared_for(params["change"]):
             return "nothing was prepared"
         with_lock_retries(conn, params, lambda: run_transaction(conn, ledger, "cleanup", params, scripts, ["cleanup"]))
-        return "what prepare.sql built was removed (cleanup.sql)"
+        return "what {0}.sql built was removed (cleanup.sql)".format(prepare)
     except ScriptFailed as failure:
-        return "cleanup.sql failed too ({0}): run the change again to resume, or revert it to clean up".format(failure)
+        retry, other = ("revert it again", "apply it") if prepare == "prepare_revert" else ("run the change again", "revert it")
+        return "cleanup.sql failed too ({0}): {1} to resume, or {2} to clean up".format(failure, retry, other)
     finally:
         conn.close()
 

@@ -226,8 +226,8 @@ def test_killed_between_deploy_and_gate_is_reverted_and_judged_again(cluster, un
     assert "First it reverts opt1_temporal_partitioning: applied by a run that ended before its gate" in output
     events = sql(cluster, "killed_at_opt1_temporal_partitioning",
                  "SELECT action FROM stage4.ledger_events WHERE change = 'opt1_temporal_partitioning' ORDER BY id")
-    # OPT1 copies online: a prepare (outside the deploy transaction) comes before each deploy.
-    assert [e[0] for e in events] == ["prepare", "deploy", "revert", "prepare", "deploy"]
+    # OPT1 copies online both ways: a prepare (outside the transaction) comes before each deploy and revert.
+    assert [e[0] for e in events] == ["prepare", "deploy", "prepare_revert", "revert", "prepare", "deploy"]
 
 
 EVERY_STEP = ["preflight", "backup", "stage4_toolkit", "benchmark_schema", "benchmark_provenance", "benchmark_baseline",

@@ -1,6 +1,7 @@
 """Online rebuilds: prepare.sql copies live data in batches while the application writes, the deploy
 transaction only replays the logged writes and swaps the tables in. OPT1 rebuilds the whole table
-as a partitioned one; OPT2 rebuilds each closed partition, clustered, and attaches it in place.
+as a partitioned one, and its revert (prepare_revert.sql) as a plain one again; OPT2 rebuilds each
+closed partition, clustered, and attaches it in place.
 Through library/stage4_change.py against a real cluster holding the reference fixture at 20,000
 features; every test gets its own copy of that database (with the toolkit installed).
 """
@@ -132,6 +133,13 @@ def deploy_while_writing(cluster, db, capsys, args, label):
     """Deploys a change with a prepare through the module while the Writer runs; asserts it deployed
     with its prepare and that every committed write is there with its content (deleted rows gone).
     Returns the module's result and the writer."""
+    return change_while_writing(cluster, db, capsys, args, label, "deployed",
+                                ["precheck", "prepare", "precheck", "deploy", "verify"])
+
+
+def change_while_writing(cluster, db, capsys, args, label, action, executed):
+    """Runs the module while the Writer runs; asserts it did `action` with the scripts `executed` and
+    that every committed write is there with its content. Returns the module's result and the writer."""
     writer = Writer(cluster, db)
     writer.start()
     time.sleep(0.5)
@@ -139,8 +147,8 @@ def deploy_while_writing(cluster, db, capsys, args, label):
     time.sleep(0.5)
     writer.stop.set()
     writer.join(30)
-    assert applied["action"] == "deployed", applied.get("msg")
-    assert applied["executed"] == ["precheck", "prepare", "precheck", "deploy", "verify"]
+    assert applied["action"] == action, applied.get("msg")
+    assert applied["executed"] == executed
     print("\n%s online at %d features: prepare %.2f s, cutover transaction %.2f s, writer: %d statements, "
           "longest %.3f s" % (label, FEATURES, applied["prepare_s"], applied["duration_s"], writer.statements,
                               writer.longest))
@@ -247,16 +255,17 @@ def terminate_prepare_mid_copy(cluster, db):
     raise AssertionError("the copy never got under way")
 
 
-def interrupted_prepare(cluster, db):
-    """A run killed during the copy: the module had marked the change prepared, its backend dies mid-copy.
-    Returns how many rows were copied."""
+def interrupted_prepare(cluster, db, action="deploy"):
+    """A run killed during the copy of OPT1's deploy (or revert): the module had marked the change prepared,
+    its backend dies mid-copy. Returns how many rows were copied."""
     conn = cluster.connect(db)
     with conn.cursor() as cur:
         cur.execute(stage4_change.LEDGER_DDL.replace("{schema}", "stage4"))
-        cur.execute("INSERT INTO stage4.prepared (change, run_id, files) VALUES (%s, 'killed', '{}')", (OPT1,))
+        cur.execute("INSERT INTO stage4.prepared (change, run_id, files, action) VALUES (%s, 'killed', '{}', %s)",
+                    (OPT1, action))
         for key, value in VARIABLES.items():
             cur.execute("SELECT set_config(%s, %s, false)", ("stage4." + key, value))
-    with open(os.path.join(pgcluster.SQL_ROOT, OPT1, "prepare.sql"), encoding="utf-8") as handle:
+    with open(os.path.join(pgcluster.SQL_ROOT, OPT1, stage4_change.PREPARE[action] + ".sql"), encoding="utf-8") as handle:
         prepare = handle.read()
 
     def prepare_until_killed():
@@ -344,6 +353,49 @@ def test_a_cutover_that_never_gets_its_lock_fails_cleanly(cluster, db, capsys):
     cleaned = run(capsys, opt1_args(cluster, db, state="reverted"))
     assert cleaned["action"] == "cleaned_up", cleaned.get("msg")
     assert leftovers(cluster, db) == (0, False, 0, 0)
+
+
+def test_opt1_reverts_online_and_keeps_every_write(cluster, db, capsys):
+    """The revert copies the table back into a plain one while the writer runs (prepare_revert.sql),
+    then replays and compares only the keys written since the copy's proof under its lock. The table
+    is then exactly as before OPT1 (its schema dump) with every committed write."""
+    dump = schema_dump(cluster, db)
+    assert run(capsys, opt1_args(cluster, db))["action"] == "deployed"
+    reverted, writer = change_while_writing(cluster, db, capsys, opt1_args(cluster, db, state="reverted"), "OPT1 revert",
+                                            "reverted", ["prepare_revert", "revert", "verify_reverted"])
+    assert reverted["prepared"] == "started" and writer.statements > 100
+    assert leftovers(cluster, db) == (0, False, 0, 0)
+    assert schema_dump(cluster, db) == dump
+    proof = fetch(cluster, db, "SELECT snapshot->'rows_proof' FROM stage4.table_snapshots WHERE change = %s",
+                  (OPT1 + ":before_revert",))[0][0]
+    assert proof["keys_replayed_at_cutover"] > 0 and int(proof["row_count"]) > 0
+    events = fetch(cluster, db, "SELECT action FROM stage4.ledger_events WHERE change = %s ORDER BY id", (OPT1,))
+    assert [e[0] for e in events] == ["prepare", "deploy", "prepare_revert", "revert"]
+
+
+def test_an_interrupted_revert_is_cleaned_up_when_opt1_stays_and_resumed_when_it_goes(cluster, db, capsys):
+    """A run killed while copying OPT1's revert: applying OPT1 again removes the copy (OPT1 stays as
+    it was); a revert after another interruption resumes the copy and completes."""
+    dump = schema_dump(cluster, db)
+    assert run(capsys, opt1_args(cluster, db))["action"] == "deployed"
+    applied = fetch(cluster, db, CHECKSUM)[0]
+    interrupted_prepare(cluster, db, "revert")
+    assert leftovers(cluster, db) == (2, True, 1, 11)
+    would = run(capsys, opt1_args(cluster, db), check_mode=True)
+    assert would["action"] == "would_clean_up" and would["applied"] is True
+    cleaned = run(capsys, opt1_args(cluster, db))
+    assert cleaned["action"] == "cleaned_up" and cleaned["executed"] == ["cleanup"], cleaned.get("msg")
+    assert leftovers(cluster, db) == (0, False, 0, 11)
+    assert fetch(cluster, db, CHECKSUM)[0] == applied
+    assert not run(capsys, opt1_args(cluster, db))["changed"]
+
+    copied = interrupted_prepare(cluster, db, "revert")
+    assert 0 < copied < FEATURES
+    reverted = run(capsys, opt1_args(cluster, db, state="reverted"))
+    assert reverted["action"] == "reverted" and reverted["prepared"] == "resumed", reverted.get("msg")
+    assert leftovers(cluster, db) == (0, False, 0, 0)
+    assert fetch(cluster, db, CHECKSUM)[0] == applied
+    assert schema_dump(cluster, db) == dump
 
 
 def opt2_args(cluster, db, **extra):

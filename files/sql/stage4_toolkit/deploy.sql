@@ -847,6 +847,15 @@ $$;
 -- The layout of a table partitioned by year on p_column, for rebuild_table() and the online
 -- rebuild: RANGE (p_column), one partition per year from the oldest row's (or the current) year
 -- through p_through_year plus DEFAULT, and a primary key extended by p_column.
+-- The plain table p_change's snapshot of p_relation describes, as a layout for the online rebuild
+-- that reverts the change: its primary key and storage parameters, not partitioned.
+CREATE OR REPLACE FUNCTION stage4.layout_in_snapshot(p_change text, p_relation text)
+RETURNS jsonb LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object('partition_by', NULL, 'primary_key', s->'primary_key'->'columns', 'partitions', '[]'::jsonb,
+                              'reloptions', coalesce(s->'reloptions', '[]'::jsonb))
+    FROM stage4.snapshot(p_change, p_relation) s
+$$;
+
 CREATE OR REPLACE FUNCTION stage4.yearly_layout(p_table regclass, p_column name, p_through_year int)
 RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -885,7 +894,8 @@ END $$;
 CREATE TABLE IF NOT EXISTS stage4.online_rebuilds (
     relation    text        PRIMARY KEY,
     layout      jsonb       NOT NULL,  -- partition_by, primary_key, partitions (as rebuild_table() takes them);
-                                       -- optional: toast, cluster_on (clustered_layout())
+                                       -- optional: toast, cluster_on (clustered_layout()), reloptions
+                                       -- (layout_in_snapshot())
     shadow      text        NOT NULL,  -- the new table, in schema stage4_online
     delta       text        NOT NULL,  -- the keys written since capture started
     capture     text        NOT NULL,  -- the trigger function that logs them
@@ -1071,6 +1081,12 @@ BEGIN
     IF state.phase <> 'index' THEN
         RETURN;
     END IF;
+    -- The rows of the keys written since capture started are replayed from the table anyway. Dropped
+    -- now, they cannot break the new keys: when the new primary key drops a column of the old one
+    -- (a partitioned table back to a plain one), a row whose key was updated between two batches
+    -- may have been copied under both keys.
+    EXECUTE format('DELETE FROM %s s USING %s d WHERE %s = %s', state.shadow, state.delta,
+                   stage4.key_row(p_table, state.key_columns, 's'), stage4.key_row(p_table, state.key_columns, 'd'));
     IF state.layout ? 'toast' THEN
         PERFORM stage4.rewrite_stale_toast(state.shadow::regclass, state.layout->'toast', 'true');
     END IF;
@@ -1225,7 +1241,8 @@ BEGIN
     IF NOT FOUND THEN
         before := stage4.save_snapshot(p_change, p_table);
         PERFORM stage4.rebuild_table(p_table, p_layout->>'partition_by',
-                                     ARRAY(SELECT jsonb_array_elements_text(p_layout->'primary_key')), p_layout->'partitions');
+                                     ARRAY(SELECT jsonb_array_elements_text(p_layout->'primary_key')), p_layout->'partitions',
+                                     CASE WHEN p_layout ? 'reloptions' THEN ARRAY(SELECT jsonb_array_elements_text(p_layout->'reloptions')) END);
         RETURN;
     END IF;
     IF state.layout IS DISTINCT FROM p_layout THEN
@@ -1256,10 +1273,10 @@ BEGIN
     IF state.layout ? 'toast' THEN
         PERFORM stage4.rewrite_stale_toast(state.shadow::regclass, state.layout->'toast', coalesce(in_replayed, 'true'));
     END IF;
-    -- A plain table keeps its storage parameters (a partitioned one has none).
+    -- A plain table gets the layout's storage parameters, or keeps its own (a partitioned one has none).
     PERFORM stage4.swap_shadow(p_table, state.shadow::regclass, before,
                                CASE WHEN p_layout->>'partition_by' IS NULL
-                                    THEN ARRAY(SELECT jsonb_array_elements_text(before->'reloptions')) END);
+                                    THEN ARRAY(SELECT jsonb_array_elements_text(coalesce(p_layout->'reloptions', before->'reloptions'))) END);
     EXECUTE format('DROP TABLE %s', state.delta);
     EXECUTE format('DROP FUNCTION %s', state.capture);
     DELETE FROM stage4.online_rebuilds WHERE relation = state.relation;

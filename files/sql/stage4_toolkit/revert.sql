@@ -14,7 +14,7 @@ DROP FUNCTION IF EXISTS stage4.storage_layout(regclass, name), stage4.assert_can
     stage4.abort_online_rebuild(regclass), stage4.finish_online_rebuild(text, regclass, jsonb),
     stage4.prove_shadow(regclass), stage4.analyze_shadow(regclass), stage4.apply_delta(regclass, int), stage4.index_shadow(regclass),
     stage4.copy_batch(regclass, int), stage4.start_capture(regclass), stage4.start_online_rebuild(regclass, jsonb),
-    stage4.key_row(regclass, text[], text, jsonb), stage4.lock_online_rebuild(regclass), stage4.lock_complete_shadow(regclass), stage4.lock_for_rebuild(regclass), stage4.yearly_layout(regclass, name, int),
+    stage4.key_row(regclass, text[], text, jsonb), stage4.lock_online_rebuild(regclass), stage4.lock_complete_shadow(regclass), stage4.lock_for_rebuild(regclass), stage4.yearly_layout(regclass, name, int), stage4.layout_in_snapshot(text, text),
     stage4.rebuild_table(regclass, text, text[], jsonb, text[]), stage4.drop_online_schema_if_empty(),
     stage4.swap_shadow(regclass, regclass, jsonb, text[]), stage4.complete_shadow(regclass, jsonb, text[]),
     stage4.create_shadow(regclass, text, jsonb), stage4.create_shadow_index(regclass, jsonb, text),

@@ -45,7 +45,7 @@ def test_database_is_as_it_was():
 
 
 def test_failed_opt1_gate_is_recorded():
-    # (OPT1's online copy also records a 'prepare' event before each deploy.)
+    # (OPT1's online copy also records a 'prepare' event before each deploy, 'prepare_revert' before each revert.)
     events = [r[0] for r in query("SELECT action FROM stage4.ledger_events WHERE change = 'opt1_temporal_partitioning' "
                                   "AND action IN ('deploy', 'revert') ORDER BY id")]
     assert events[:2] == ["deploy", "revert"]
