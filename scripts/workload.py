@@ -60,6 +60,13 @@ longest time, which shows when the application was blocked. statement_timeout (d
 bounds a blocked call, so it is measured rather than hung. A connection lost (a server restart)
 is re-opened and counted.
 
+Lock waits. A call's time is its own cost plus any wait: at 1,000,000 features a dashboard read
+takes seconds by itself. So a watcher (its own connection) samples pg_stat_activity every 100 ms
+for the harness's calls waiting for a lock, and reports per call the longest wait it saw and who
+held the lock or queued ahead for it (the application_name of pg_blocking_pids(): stage4_change
+for a change's transaction). The report gives the longest waits and how many exceeded 2 s, the
+target of a change's cutover. A wait shorter than the interval can go unseen.
+
 Exit status: 0 when no committed write was lost, 1 when one was (or the check could not be
 completed), 2 on bad input (a setting missing, no connection, no table, roles missing).
 """
@@ -93,6 +100,8 @@ WORKLOAD_SPREAD = 0.2  # degrees around the centre
 SQUARE_HALF_SIDE = 0.00025  # degrees: a ~50 m square
 INSERT_SHARE = 0.5  # a writer inserts this share of its calls and updates its own features otherwise
 ERROR_KINDS = ("lock_timeout", "deadlock", "serialization", "statement_timeout", "connection", "other")
+LOCK_SAMPLE_S = 0.1  # how often the lock watcher looks
+BLOCK_TARGET_S = 2.0  # the longest a change may make the application wait (the reliability target)
 
 # Where the readers look: centres of cities of the reference data (lon, lat).
 CITY_CENTRES = ((-46.6333, -23.5505), (-43.1729, -22.9068), (-47.8828, -15.7939),
@@ -166,14 +175,15 @@ class Settings:
 
 # ---------------------------------------------------------------- connections and API calls
 
-def connect(settings):
-    """A session as the application's: statement_timeout bounds a blocked call."""
+def connect(settings, role="stage4-workload"):
+    """A session as the application's: statement_timeout bounds a blocked call. Its application_name
+    is `role`:tag (the lock watcher finds the harness's calls by it)."""
     options = "-c statement_timeout=%d -c extra_float_digits=1" % round(settings.statement_timeout_s * 1000)
     try:
         return psycopg2.connect(host=settings.host, port=settings.port, dbname=settings.dbname,
                                 user=settings.user, password=settings.password or None,
                                 connect_timeout=10, options=options,
-                                application_name="stage4-workload:" + settings.tag)
+                                application_name=role + ":" + settings.tag)
     except psycopg2.Error as error:
         message = str(error).strip().splitlines()[0]
         if settings.password:
@@ -513,6 +523,60 @@ def start_workers(settings, recorder, ledger, stop):
     return threads
 
 
+LOCK_WAITS_SQL = """
+    SELECT w.pid, w.query_start, extract(epoch FROM clock_timestamp() - w.query_start) * 1000,
+           ARRAY(SELECT DISTINCT coalesce(nullif(b.application_name, ''), b.usename::text)
+                 FROM pg_stat_activity b WHERE b.pid = ANY (pg_blocking_pids(w.pid)))
+    FROM pg_stat_activity w
+    WHERE w.application_name = %s AND w.wait_event_type = 'Lock'"""
+
+
+class LockWatcher(threading.Thread):
+    """Samples the harness's calls waiting for a lock (see the module's docstring); keeps, per call
+    (backend and statement start), the longest wait seen and who blocked it."""
+
+    def __init__(self, settings, recorder, stop):
+        super().__init__(daemon=True, name="lock-watcher")
+        self.settings, self.recorder, self.stop = settings, recorder, stop
+        self.waits = {}  # (pid, query_start) -> {"ms", "started_at_s", "blocked_by"}
+        self.samples = 0
+        self.missed = 0  # samples not taken: the connection failed (a server restart)
+
+    def run(self):
+        conn = None
+        while not self.stop.wait(LOCK_SAMPLE_S):
+            try:
+                if conn is None or conn.closed:
+                    conn = connect(self.settings, "stage4-workload-watcher")
+                    conn.autocommit = True
+                with conn.cursor() as cur:
+                    cur.execute(LOCK_WAITS_SQL, ("stage4-workload:" + self.settings.tag,))
+                    rows = cur.fetchall()
+            except (BadInput, psycopg2.Error):
+                self.missed += 1
+                if conn is not None:
+                    conn.close()
+                continue
+            self.samples += 1
+            now_s = time.monotonic() - self.recorder.started
+            for pid, query_start, waited_ms, blocked_by in rows:
+                ms = float(waited_ms)  # numeric
+                wait = self.waits.setdefault((pid, query_start), {"ms": 0.0, "started_at_s": round(now_s - ms / 1000, 3),
+                                                                  "blocked_by": set()})
+                wait["ms"] = max(wait["ms"], ms)
+                wait["blocked_by"].update(blocked_by)
+        if conn is not None:
+            conn.close()
+
+    def report(self):
+        waits = sorted(self.waits.values(), key=lambda w: w["ms"], reverse=True)
+        return {"sample_interval_ms": round(LOCK_SAMPLE_S * 1000), "samples": self.samples, "samples_missed": self.missed,
+                "calls_seen_waiting": len(waits), "target_ms": round(BLOCK_TARGET_S * 1000),
+                "over_target": sum(w["ms"] > BLOCK_TARGET_S * 1000 for w in waits),
+                "longest": [{"ms": round(w["ms"], 1), "started_at_s": w["started_at_s"], "blocked_by": sorted(w["blocked_by"])}
+                            for w in waits[:5]]}
+
+
 def wait_for_end(settings, recorder, stop):
     while not stop.wait(0.2):
         if settings.until_file and os.path.exists(settings.until_file):
@@ -551,7 +615,7 @@ def timeline(samples, elapsed_s):
     return seconds
 
 
-def build_report(settings, recorder, started_at, elapsed_s, verification, cleaned):
+def build_report(settings, recorder, started_at, elapsed_s, verification, cleaned, lock_waits):
     samples = list(recorder.samples)
     reads = [s for s in samples if s.kind == "read"]
     writes = [s for s in samples if s.kind == "write"]
@@ -582,6 +646,7 @@ def build_report(settings, recorder, started_at, elapsed_s, verification, cleane
             "kind": longest.kind, "operation": longest.operation, "ms": round(longest.ms, 3),
             "started_at_s": round(longest.started_s, 3), "error": longest.error},
         "timeline": timeline(samples, elapsed_s),
+        "lock_waits": lock_waits,
         "verification": verification,
         "cleanup": cleaned,
     }
@@ -606,6 +671,11 @@ def summary(report):
         lines.append("longest call: %s %s, %.1f ms, started at +%.1f s%s" % (
             longest["kind"], longest["operation"], longest["ms"], longest["started_at_s"],
             " (%s)" % longest["error"] if longest["error"] else ""))
+    waits = report["lock_waits"]
+    lines.append("lock waits: %d calls seen waiting, %d over %.0f s%s" % (
+        waits["calls_seen_waiting"], waits["over_target"], waits["target_ms"] / 1000,
+        ", longest %.1f ms (blocked by %s)" % (waits["longest"][0]["ms"], ", ".join(waits["longest"][0]["blocked_by"]) or "?")
+        if waits["longest"] else ""))
     if report["cleanup"]["enabled"]:
         lines.append("cleanup: %(deleted)s rows deleted" % report["cleanup"])
     return "\n".join(lines)
@@ -727,8 +797,10 @@ def main(argv, environ):
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     threads = start_workers(settings, recorder, ledger, stop)
+    watcher = LockWatcher(settings, recorder, stop)
+    watcher.start()
     wait_for_end(settings, recorder, stop)
-    for thread in threads:
+    for thread in threads + [watcher]:
         thread.join(settings.statement_timeout_s + 15)  # a call in flight ends within statement_timeout
     elapsed = time.monotonic() - recorder.started
     try:
@@ -736,7 +808,7 @@ def main(argv, environ):
     except (BadInput, psycopg2.Error) as error:
         print("workload: cannot check the writes, the outcome is unknown: %s" % str(error).strip(), file=sys.stderr)
         return 1
-    report = build_report(settings, recorder, started_at, elapsed, verification, cleaned)
+    report = build_report(settings, recorder, started_at, elapsed, verification, cleaned, watcher.report())
     if settings.report:
         Path(settings.report).parent.mkdir(parents=True, exist_ok=True)
         Path(settings.report).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -126,7 +126,7 @@ def test_no_write_lost_while_opt1_is_applied_and_reverted(cluster, capsys, tmp_p
     report = json.loads(report_file.read_text())
     assert set(report) == {"tag", "marker", "workload_user", "started_at", "duration_s", "settings", "database",
                            "writes", "reads", "errors", "reconnects", "latency_ms", "longest", "timeline",
-                           "verification", "cleanup"}
+                           "lock_waits", "verification", "cleanup"}
     writes = report["writes"]
     assert set(writes) == {"attempted", "committed", "failed", "inserts_committed", "updates_committed",
                            "in_doubt", "lost"}
@@ -148,6 +148,27 @@ def test_no_write_lost_while_opt1_is_applied_and_reverted(cluster, capsys, tmp_p
     assert "0 lost" in stdout and "longest call" in stdout
     assert cluster.password not in stdout + stderr + report_file.read_text()
     assert reference_fingerprint(cluster) == before
+
+
+def test_lock_waits_name_who_blocked_the_application(cluster, tmp_path):
+    """A session holding public.geometrias for 1.5 s: the watcher sees the harness's calls wait behind
+    it, about that long, and names it."""
+    holder = cluster.connect(DB)
+    holder.autocommit = False
+
+    def hold_the_table():
+        with holder.cursor() as cur:
+            cur.execute("SET application_name = 'test-lock-holder'")
+            cur.execute("LOCK TABLE public.geometrias IN ACCESS EXCLUSIVE MODE")
+            time.sleep(1.5)
+        holder.rollback()
+
+    _, _, report_file = under_harness(cluster, tmp_path, "lock-waits", [hold_the_table])
+    holder.close()
+    waits = json.loads(report_file.read_text())["lock_waits"]
+    assert waits["samples"] > 0 and waits["calls_seen_waiting"] > 0 and waits["over_target"] == 0
+    longest = waits["longest"][0]
+    assert 1000 <= longest["ms"] < 2000 and longest["blocked_by"] == ["test-lock-holder"]
 
 
 def test_every_optimization_deploys_and_reverts_while_the_application_writes(cluster, capsys, tmp_path):
