@@ -168,7 +168,7 @@ def test_writes_during_prepare_and_cutover_are_kept(cluster, db, capsys):
     assert leftovers(cluster, db) == (0, False, 0, 11)
     # The cutover compared only the keys written since the prepare's proof, not every row.
     proof = fetch(cluster, db, "SELECT snapshot->'rows_proof' FROM stage4.table_snapshots WHERE change = %s", (OPT1,))[0][0]
-    assert proof["keys_replayed_at_cutover"] > 0 and int(proof["row_count"]) > 0
+    assert proof["writes_replayed_at_cutover"] > 0 and int(proof["row_count"]) > 0
     # How long the writer waited is a measurement (printed above), not a pass/fail criterion.
 
 
@@ -195,7 +195,7 @@ def test_the_proof_catches_a_differing_shadow_and_the_cutover_compares_the_repla
         cur.execute("SELECT stage4.finish_online_rebuild('opt1_temporal_partitioning', 'public.geometrias', %s)" % LAYOUT)
         cur.execute("SELECT snapshot FROM stage4.table_snapshots WHERE change = 'opt1_temporal_partitioning'")
         snapshot = cur.fetchone()[0]
-        assert snapshot["rows_proof"]["keys_replayed_at_cutover"] == 1 and "checksum" not in snapshot
+        assert snapshot["rows_proof"]["writes_replayed_at_cutover"] == 1 and "checksum" not in snapshot
         cur.execute("SELECT nome FROM public.geometrias WHERE id = 5")
         assert cur.fetchone()[0] == "written after the copy"
         cur.execute("SELECT stage4.assert_table_preserved('public.geometrias', %s, true)", (json.dumps(snapshot),))
@@ -211,6 +211,35 @@ def test_the_proof_catches_a_differing_shadow_and_the_cutover_compares_the_repla
         assert "rows_proof" not in snapshot and snapshot["row_count"] == FEATURES
         cur.execute("SELECT stage4.assert_table_preserved('public.geometrias', %s, true)", (json.dumps(snapshot),))
         conn.rollback()
+    conn.close()
+
+
+def test_writes_replayed_after_the_proof_are_proven_as_they_are_replayed(cluster, db):
+    """replay_proven() replays what was written since the proof and compares both tables on those keys
+    in the same transaction, so the proof still holds and the cutover has only later writes to do. A
+    replay that does not reproduce the table's rows is refused, and nothing it took is lost."""
+    conn = cluster.connect(db)
+    with conn.cursor() as cur:
+        cur.execute("CALL stage4.prepare_online_rebuild('public.geometrias', %s, 2000, '2s')" % LAYOUT)
+        cur.execute("UPDATE public.geometrias SET nome = 'written after the proof' WHERE id IN (7, 8)")
+        cur.execute("SELECT stage4.replay_proven('public.geometrias', NULL)")
+        assert cur.fetchone()[0] == 2
+        cur.execute("SELECT proof->>'writes_replayed_after_proof', (SELECT count(*) FROM stage4_online.geometrias_delta) "
+                    "FROM stage4.online_rebuilds")
+        assert cur.fetchone() == ("2", 0)
+        cur.execute("SELECT count(*) FROM stage4_online.geometrias WHERE nome = 'written after the proof'")
+        assert cur.fetchone()[0] == 2
+        # A replay that alters what it copies (here a trigger on the shadow) is caught.
+        cur.execute("CREATE FUNCTION pg_temp.alter_copy() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN NEW.nome := NEW.nome || ' (altered)'; RETURN NEW; END $$")
+        cur.execute("CREATE TRIGGER alter_copy BEFORE INSERT ON stage4_online.geometrias "
+                    "FOR EACH ROW EXECUTE FUNCTION pg_temp.alter_copy()")
+        cur.execute("UPDATE public.geometrias SET nome = 'written again' WHERE id = 9")
+        with pytest.raises(Exception, match="differs from it on their keys"):
+            cur.execute("SELECT stage4.replay_proven('public.geometrias', NULL)")
+        cur.execute("SELECT proof->>'writes_replayed_after_proof', (SELECT count(*) FROM stage4_online.geometrias_delta) "
+                    "FROM stage4.online_rebuilds")
+        assert cur.fetchone() == ("2", 1)
     conn.close()
 
 
@@ -368,7 +397,7 @@ def test_opt1_reverts_online_and_keeps_every_write(cluster, db, capsys):
     assert schema_dump(cluster, db) == dump
     proof = fetch(cluster, db, "SELECT snapshot->'rows_proof' FROM stage4.table_snapshots WHERE change = %s",
                   (OPT1 + ":before_revert",))[0][0]
-    assert proof["keys_replayed_at_cutover"] > 0 and int(proof["row_count"]) > 0
+    assert proof["writes_replayed_at_cutover"] > 0 and int(proof["row_count"]) > 0
     events = fetch(cluster, db, "SELECT action FROM stage4.ledger_events WHERE change = %s ORDER BY id", (OPT1,))
     assert [e[0] for e in events] == ["prepare", "deploy", "prepare_revert", "revert"]
 

@@ -327,7 +327,7 @@ def test_opt4_revert_checks_the_rows_it_moves(db):
         == "geometrias_p2031"
     scripts = {name: open(os.path.join(REPO, "files", "sql", "opt4_future_partitions", name + ".sql"),
                           encoding="utf-8").read() for name in ("revert", "verify_reverted")}
-    with pytest.raises(psycopg2.Error, match="are not those before the revert"):
+    with pytest.raises(psycopg2.Error, match="are not those proven before"):
         with db, db.cursor() as cur:
             cur.execute(scripts["revert"])
             cur.execute("UPDATE public.geometrias SET nome = nome || ' alterado' WHERE data_referencia = '2031-03-01'")

@@ -12,7 +12,7 @@ DROP FUNCTION IF EXISTS stage4.storage_layout(regclass, name), stage4.assert_can
     stage4.assert_no_api_readable_matviews(), stage4.assert_partitions_secured(regclass),
     stage4.assert_table_preserved(regclass, jsonb, boolean, jsonb),
     stage4.abort_online_rebuild(regclass), stage4.finish_online_rebuild(text, regclass, jsonb),
-    stage4.prove_shadow(regclass), stage4.analyze_shadow(regclass), stage4.apply_delta(regclass, int), stage4.index_shadow(regclass),
+    stage4.prove_shadow(regclass), stage4.analyze_shadow(regclass), stage4.apply_delta(regclass, int), stage4.replay_proven(regclass, int), stage4.replay_logged(regclass, int), stage4.index_shadow(regclass),
     stage4.copy_batch(regclass, int), stage4.start_capture(regclass), stage4.start_online_rebuild(regclass, jsonb),
     stage4.key_row(regclass, text[], text, jsonb), stage4.lock_online_rebuild(regclass), stage4.lock_complete_shadow(regclass), stage4.lock_for_rebuild(regclass), stage4.yearly_layout(regclass, name, int), stage4.layout_in_snapshot(text, text),
     stage4.rebuild_table(regclass, text, text[], jsonb, text[]), stage4.drop_online_schema_if_empty(),

@@ -13,7 +13,7 @@ BEGIN
                       'complete_shadow', 'create_shadow_index', 'rewrite_stale_toast', 'leaf_partitions', 'gist_index_on',
                       'storage_choice', 'clustered_layout', 'swap_shadow', 'drop_online_schema_if_empty', 'yearly_layout', 'layout_in_snapshot',
                       'lock_online_rebuild', 'lock_complete_shadow', 'lock_for_rebuild', 'key_row', 'start_online_rebuild', 'start_capture', 'copy_batch',
-                      'index_shadow', 'apply_delta', 'analyze_shadow', 'prepare_online_rebuild',
+                      'index_shadow', 'replay_logged', 'apply_delta', 'replay_proven', 'analyze_shadow', 'prepare_online_rebuild',
                       'finish_online_rebuild', 'abort_online_rebuild',
                       'read_policies', 'assert_known_read_policies', 'accept_read_policies', 'forget_read_policies']) f
     WHERE NOT EXISTS (SELECT 1 FROM pg_proc WHERE proname = f AND pronamespace = 'stage4'::regnamespace);
