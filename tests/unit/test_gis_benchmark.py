@@ -713,3 +713,33 @@ def test_provenance_change_deploy_verify_revert(cluster):
         cluster.run_sql_file("provenance_check", os.path.join(SCHEMA_DIR, "verify.sql"))  # the rest stays
     finally:
         conn.close()
+
+
+KNN_BY_DISTANCE_AND_ID = """
+    SELECT g.id, g.nome, g.categoria,
+           round(ST_Distance(g.geom::geography, ST_SetSRID(ST_MakePoint(-43.1822, -22.9711), 4326)::geography)::numeric, 2)
+    FROM public.geometrias AS g
+    ORDER BY g.geom <-> ST_SetSRID(ST_MakePoint(-43.1822, -22.9711), 4326), g.id
+    LIMIT 10"""
+
+
+def plan_nodes(node):
+    yield node
+    for child in node.get("Plans", []):
+        yield from plan_nodes(child)
+
+
+def test_q03_walks_the_gist_index_and_answers_as_order_by_distance_and_id(db):
+    """q03 returns the rows, in order, of ORDER BY distance, id LIMIT 10, and its plan can take them
+    from the GiST index in distance order, which that ORDER BY cannot on PostgreSQL 15 (seen without
+    sequential scans, so that the index is chosen at 251 features too)."""
+    q03 = next(q["sql"] for q in gis_benchmark.load_queries(QUERIES_DIR) if q["query_id"] == "q03_knn")
+    assert fetch(db, q03) == fetch(db, KNN_BY_DISTANCE_AND_ID)
+    execute(db, "SET enable_seqscan = off")
+    try:
+        for query, walks_the_index in ((q03, True), (KNN_BY_DISTANCE_AND_ID, False)):
+            plan = fetch(db, "EXPLAIN (FORMAT JSON) " + query)[0][0][0]["Plan"]
+            ordered = [n for n in plan_nodes(plan) if n.get("Order By") and n.get("Index Name") == "geometrias_geom_gist"]
+            assert bool(ordered) is walks_the_index, query
+    finally:
+        execute(db, "RESET enable_seqscan")
