@@ -292,7 +292,9 @@ def interrupted_prepare(cluster, db, action="deploy"):
         cur.execute(stage4_change.LEDGER_DDL.replace("{schema}", "stage4"))
         cur.execute("INSERT INTO stage4.prepared (change, run_id, files, action) VALUES (%s, 'killed', '{}', %s)",
                     (OPT1, action))
-        for key, value in VARIABLES.items():
+        # Batches of 500 rows: the copy is still under way when the kill lands (with 2,000 a copy out of a
+        # partitioned table could finish first).
+        for key, value in dict(VARIABLES, batch_rows="500").items():
             cur.execute("SELECT set_config(%s, %s, false)", ("stage4." + key, value))
     with open(os.path.join(pgcluster.SQL_ROOT, OPT1, stage4_change.PREPARE[action] + ".sql"), encoding="utf-8") as handle:
         prepare = handle.read()
