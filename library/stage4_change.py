@@ -256,6 +256,8 @@ RUN_ON = {"deploy": ("precheck", "deploy", "verify"), "redeploy": ("deploy", "ve
 DONE = {"deploy": "deployed", "redeploy": "redeployed", "revert": "reverted", "cleanup": "cleaned_up"}
 # The script run in autocommit before the transaction of an action, when the change has it.
 PREPARE = {"deploy": "prepare", "redeploy": "prepare", "revert": "prepare_revert"}
+# What a prepare is recorded for in the ledger's prepared table.
+PREPARED_FOR = {"deploy": "deploy", "redeploy": "deploy", "revert": "revert"}
 
 LEDGER_DDL = """
 CREATE SCHEMA IF NOT EXISTS {schema};
@@ -394,7 +396,7 @@ class Ledger:
         resume or clean up."""
         cur.execute(sql.SQL("INSERT INTO {0}.prepared (change, run_id, files, action) VALUES (%s, %s, %s, %s) "
                             "ON CONFLICT (change) DO NOTHING").format(self.schema),
-                    (change, run_id, json.dumps(files), "revert" if action == "revert" else "deploy"))
+                    (change, run_id, json.dumps(files), PREPARED_FOR[action]))
         cur.execute(sql.SQL("INSERT INTO {0}.ledger_events (change, action, run_id, files) VALUES (%s, %s, %s, %s)")
                     .format(self.schema), (change, PREPARE[action], run_id, json.dumps(files)))
 
@@ -432,7 +434,7 @@ def steps_before_transaction(action, scripts, prepared):
     revert's prepare_revert, when the change has them. None when a prepare for the other action is pending: a
     revert then cleans up a deploy's prepare in its transaction and copies back there, as without a prepare."""
     prepare = PREPARE.get(action)
-    if prepare not in scripts or prepared not in (None, "revert" if action == "revert" else "deploy"):
+    if prepare not in scripts or prepared not in (None, PREPARED_FOR[action]):
         return []
     return [n for n in ("precheck", prepare) if n in scripts and not (n == "precheck" and action == "revert")]
 

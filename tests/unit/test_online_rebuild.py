@@ -313,10 +313,21 @@ def interrupted_prepare(cluster, db, action="deploy"):
     return copied
 
 
+def autovacuum_off(cluster, db):
+    """Schema of every relation (or TOAST table) autovacuum may not touch."""
+    return sorted(row[0] for row in fetch(cluster, db, """
+        SELECT coalesce(m.relnamespace, c.relnamespace)::regnamespace::text
+        FROM pg_class c LEFT JOIN pg_class m ON m.reltoastrelid = c.oid
+        WHERE c.reloptions @> '{autovacuum_enabled=false}'"""))
+
+
 def test_a_killed_prepare_is_resumed_and_converges(cluster, db, capsys):
     before = fetch(cluster, db, CHECKSUM)[0]
     copied = interrupted_prepare(cluster, db)
     assert 0 < copied < FEATURES
+    # The shadow's 11 partitions (created under their final names in public) with their TOAST tables, and
+    # the log: an autovacuum worker on them would hold the cutover up.
+    assert autovacuum_off(cluster, db) == ["public"] * 22 + ["stage4_online"]
     would = run(capsys, opt1_args(cluster, db), check_mode=True, diff=True)
     assert would["action"] == "would_deploy" and would["prepared"] == "resumed"
     assert "-- ===== prepare.sql" in would["diff"]["after"]
@@ -324,6 +335,7 @@ def test_a_killed_prepare_is_resumed_and_converges(cluster, db, capsys):
     assert applied["action"] == "deployed" and applied["prepared"] == "resumed", applied.get("msg")
     assert fetch(cluster, db, CHECKSUM)[0] == before
     assert leftovers(cluster, db) == (0, False, 0, 11)
+    assert autovacuum_off(cluster, db) == []
 
 
 def test_a_prepare_terminated_under_the_module_is_cleaned_up_then_run_again(cluster, db, capsys):
@@ -463,6 +475,7 @@ def test_opt2_rebuilds_the_closed_partitions_online_and_keeps_every_write(cluste
     assert all(r[1] and r[2] for r in rebuilt)
     assert fetch(cluster, db, PARTITION_STATE) == partitions_before
     assert leftovers(cluster, db) == (0, False, 0, 11)
+    assert autovacuum_off(cluster, db) == []
     assert fetch(cluster, db, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'stage4_online%%'")[0][0] == 0
     # The parent's snapshot holds the partitions' proofs, not a checksum taken under the lock.
     snapshot = fetch(cluster, db, "SELECT snapshot FROM stage4.table_snapshots WHERE change = %s AND relation = %s",
@@ -499,6 +512,8 @@ def test_an_interrupted_opt2_prepare_is_cleaned_up_by_its_revert(cluster, db, ca
         cur.execute("SELECT count(*) FROM stage4.online_rebuilds")
         assert cur.fetchone()[0] == 2
     conn.close()
+    # Two shadows with their TOAST tables, and their logs.
+    assert autovacuum_off(cluster, db) == ["stage4_online"] * 6
     cleaned = run(capsys, opt2_args(cluster, db, state="reverted"))
     assert cleaned["action"] == "cleaned_up" and cleaned["executed"] == ["cleanup"], cleaned.get("msg")
     assert fetch(cluster, db, "SELECT count(*) FROM stage4.online_rebuilds")[0][0] == 0
