@@ -3,11 +3,14 @@ rollback on failure, and the real OPT1 change applied and reverted on the refere
 import json
 import os
 import subprocess
+import sys
+import time
 
 import pytest
 
 import pgcluster
 import stage4_change
+from ansible.module_utils import stage4_postgres
 
 REPO = pgcluster.REPO
 SQL_ROOT = os.path.join(REPO, "files", "sql")
@@ -188,3 +191,40 @@ def test_opt1_round_trip_restores_the_original(cluster, capsys):
     assert scalar(cluster, checksum, "BIBLIOTECA") == rows_before
     run(capsys, dict(args, change="stage4_toolkit", state="reverted"))
     assert schema_dump(cluster) == before
+
+
+# A control node that dies mid-statement: it holds ACCESS EXCLUSIVE on the table, then waits in a statement.
+DYING_CLIENT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import project_modules
+project_modules.register()
+from ansible.module_utils.stage4_postgres import open_connection
+conn = open_connection(dict(json.loads(sys.argv[2]), connect_timeout=10, ssl_mode="disable"))
+cur = conn.cursor()
+cur.execute("LOCK TABLE public.geometrias IN ACCESS EXCLUSIVE MODE")
+cur.execute("SELECT pg_backend_pid()")
+print(cur.fetchone()[0], flush=True)
+cur.execute("SELECT pg_sleep(600)")
+"""
+
+
+def test_a_statement_whose_client_was_killed_stops_and_lets_go_of_its_locks(cluster):
+    """kill -9 of the control node: the server notices within the connection check interval, rolls back and
+    releases the table; without it the statement would run on, holding the lock."""
+    client = subprocess.Popen([sys.executable, "-c", DYING_CLIENT, os.path.join(REPO, "scripts"),
+                               json.dumps(cluster.login_args("BIBLIOTECA"))], stdout=subprocess.PIPE, text=True)
+    pid = int(client.stdout.readline())
+    time.sleep(0.5)  # in pg_sleep
+    client.kill()
+    client.wait()
+    killed_at = time.monotonic()
+    conn = cluster.connect("BIBLIOTECA")
+    with conn.cursor() as cur:
+        cur.execute("SET lock_timeout = '10s'")
+        cur.execute("SELECT count(*) FROM public.geometrias")
+        waited = time.monotonic() - killed_at
+        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,))
+        assert cur.fetchone()[0] == 0
+    conn.close()
+    assert waited < stage4_postgres.CLIENT_CONNECTION_CHECK_MS / 1000 + 1.5
