@@ -63,7 +63,7 @@ def test_bad_input_stops_before_any_change(cluster, case):
     before = state(cluster, dbname) if case != "missing_postgis" else None
     rc, output = run_stage4(cluster, dbname, *extra, env=dict(env, DB_NAME=env.get("DB_NAME", dbname)))
     assert rc != 0
-    assert message in output
+    assert message in output, output[-3000:]  # the end of the run: the task that failed and why
     assert "othing was changed" in output
     assert CANARY_PASSWORD not in output and cluster.password not in output
     assert ledger(cluster, dbname) == []  # not even the tooling
