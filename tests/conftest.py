@@ -11,3 +11,7 @@ for folder in ("tests", "scripts"):
 import project_modules  # noqa: E402
 
 project_modules.register()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "every_step: the slow fault cases (a kill -9 at every step); make faults runs them")
