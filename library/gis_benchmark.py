@@ -175,9 +175,10 @@ options:
     type: str
     default: stage4_benchmark
 notes:
-  - Latencies are measured with C(time.perf_counter) around execute and fetch of all rows, so they
-    include the network round trip and the transfer of the result. JSON results are fetched as
-    text, not parsed.
+  - Latencies are measured with C(time.perf_counter) around executing the statement, receiving all
+    its rows and freeing them, so they include the network round trip and the transfer of the
+    result. Through libpq (C(executor)) no row is turned into a Python object; through psycopg2,
+    JSON results are fetched as text, not parsed.
   - The workers are forked (start method C(fork)), which lets them run when Ansible executes the
     module from its AnsiballZ archive.
   - The confidence interval of the mean uses Student's t. Those of the percentiles are
@@ -338,10 +339,10 @@ benchmark:
       description:
         - The O(provenance) given, with C(server) (version, settings that shape plans and caching),
           C(client) (CPU count, CPU model and load average of the host running the module, Python and psycopg2
-          versions) and C(measurement) (the options that shape the measurement, and C(throughput_client), how the
-          throughput phase executed its prepared statements - C(libpq PQexecPrepared) on the session's own
-          connection, as pgbench -M prepared does, or C(psycopg2 EXECUTE + fetchall) where that libpq cannot be
-          found) added.
+          versions) and C(measurement) (the options that shape the measurement, and C(executor), how the timed
+          executions (latency samples and throughput) ran their prepared statements - C(libpq PQexecPrepared)
+          on the session's own connection, as pgbench -M prepared does, or C(psycopg2 EXECUTE + fetchall) where
+          that libpq cannot be found) added.
       type: dict
       sample:
         git_commit: "5834190"
@@ -357,7 +358,7 @@ benchmark:
         measurement:
           concurrency: 2
           client: psycopg2, one process and connection per client
-          throughput_client: libpq PQexecPrepared
+          executor: libpq PQexecPrepared
           prepared: true
           order: interleaved
           seed: 2882400001
@@ -475,10 +476,11 @@ LIVENESS_POLL_S = 1.0
 START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
 PREPARED_NAME = "stage4_bench_%d"
 CLIENT_KIND = "psycopg2, one process and connection per client"
-# How the throughput loop executes a prepared statement: libpq's PQexecPrepared on psycopg2's own
-# connection (as pgbench -M prepared: extended protocol, every row received, none turned into a
-# Python object), or psycopg2's EXECUTE and fetchall where that libpq cannot be found.
-THROUGHPUT_CLIENTS = ("libpq PQexecPrepared", "psycopg2 EXECUTE + fetchall")
+# How every timed execution (latency sample or throughput loop) runs a statement: libpq's
+# PQexecPrepared on psycopg2's own connection (as pgbench -M prepared: extended protocol, every row
+# received, none turned into a Python object), or psycopg2's EXECUTE and fetchall where that libpq
+# cannot be found. Either way the result is freed inside the execution that produced it.
+EXECUTORS = ("libpq PQexecPrepared", "psycopg2 EXECUTE + fetchall")
 PGRES_COMMAND_OK = 1  # libpq's ExecStatusType
 PGRES_TUPLES_OK = 2
 PROVENANCE_SETTINGS = (
@@ -1044,19 +1046,25 @@ def run_untimed(cur, texts, indexes):
 
 
 def run_schedule(cur, texts, schedule):
-    """Time every execution of the schedule; returns (start, end, samples in ms per query)."""
+    """Time every execution of the schedule; returns (start, end, samples in ms per query, executor).
+
+    Each sample covers executing the statement, receiving all its rows and freeing them, as one
+    pgbench transaction does. (Freed by the next execute instead, as a psycopg2 cursor does, the
+    43,000 rows of a map query added 4 ms to the point query after it at 1,000,000 features.)
+    """
+    executors = [statement_executor(cur.connection, text) for text in texts]
     samples = [[] for _ in texts]
     clock = time.perf_counter
     start = clock()
     for index in schedule:
+        execute = executors[index][0]
         began = clock()
         try:
-            cur.execute(texts[index])
-            cur.fetchall()
-        except psycopg2.Error as exc:
+            execute()
+        except (QueryFailed, psycopg2.Error) as exc:
             raise QueryFailed(index, exc) from exc
         samples[index].append(round((clock() - began) * 1000.0, 3))
-    return start, clock(), samples
+    return start, clock(), samples, ", ".join(sorted({name for _, name in executors}))
 
 
 def loaded_libpq():
@@ -1107,23 +1115,30 @@ def prepared_executor(conn, text):
     return execute
 
 
-def fetching_executor(cur, text):
+def fetching_executor(conn, text):
+    """Executes text on a cursor of its own, closed (its rows freed) before returning."""
     def execute():
-        cur.execute(text)
-        cur.fetchall()
+        with conn.cursor() as cur:
+            cur.execute(text)
+            cur.fetchall()
     return execute
 
 
+def statement_executor(conn, text):
+    """(execute, name): the function that runs text once, and which of EXECUTORS it is."""
+    execute = prepared_executor(conn, text)
+    if execute is not None:
+        return execute, EXECUTORS[0]
+    return fetching_executor(conn, text), EXECUTORS[1]
+
+
 def run_for(cur, text, seconds):
-    """Execute text back to back for seconds; returns (start, end, executions, client).
+    """Execute text back to back for seconds; returns (start, end, executions, executor).
 
     The loop does nothing but execute, receive all rows and read the clock, to keep the client's
-    share of the time as small as pgbench's (client: which of THROUGHPUT_CLIENTS ran).
+    share of the time as small as pgbench's (executor: which of EXECUTORS ran).
     """
-    execute_prepared = prepared_executor(cur.connection, text)
-    client = THROUGHPUT_CLIENTS[0]
-    if execute_prepared is None:
-        execute_prepared, client = fetching_executor(cur, text), THROUGHPUT_CLIENTS[1]
+    execute_prepared, client = statement_executor(cur.connection, text)
     clock = time.perf_counter
     count = 0
     start = clock()
@@ -1260,7 +1275,7 @@ def measure_throughput(params, statement, clients, seconds):
     Like pgbench -M prepared -c clients -j clients -T seconds -f <file>: each client prepares
     the statement on its connection and executes it back to back, fetching all rows; the time
     to connect and prepare is not counted. params are the module's options (login_* at least).
-    Returns dict(executions, seconds (wall time), qps, client: which of THROUGHPUT_CLIENTS ran).
+    Returns dict(executions, seconds (wall time), qps, client: which of EXECUTORS ran).
     """
     params = dict(with_defaults(params), prepared=True)
     queries = [dict(query_id="statement", sql=strip_statement(statement))]
@@ -1310,14 +1325,15 @@ def run_phases(params, queries, phases, control, counters, queryids):
     """Run the latency phases, EXPLAIN every query, then run the throughput phases.
 
     Returns (wall seconds of the latency phases, samples per query, throughput per query,
-    EXPLAIN results per query, pg_stat_statements counters per query over the latency phases).
+    EXPLAIN results per query, pg_stat_statements counters per query over the latency phases,
+    the names of the EXECUTORS that ran).
     counters() snapshots pg_stat_statements by query id (queryids, per query); None when it
     cannot be used.
     """
     latency_count = sum(1 for phase in phases if "schedules" in phase)
     wall, samples = 0.0, [[] for _ in queries]
     totals = [NO_COUNTERS] * len(queries)
-    throughputs = []
+    throughputs, executors = [], set()
     with WorkerPool(params, queries, phases, params["concurrency"]) as pool:
         for phase_number in range(latency_count):
             pool.wait_all("ready", phase_number)
@@ -1326,7 +1342,8 @@ def run_phases(params, queries, phases, control, counters, queryids):
             payloads = pool.wait_all("done", phase_number)
             after = counters() if counters else {}
             wall += wall_seconds(payloads)
-            for _, _, per_query in payloads:
+            for _, _, per_query, executor in payloads:
+                executors.add(executor)
                 for index, values in enumerate(per_query):
                     samples[index].extend(values)
             # Only the queries timed in this phase: a worker done early may already be warming up
@@ -1338,8 +1355,9 @@ def run_phases(params, queries, phases, control, counters, queryids):
         explained = explain_queries(control, queries)
         for phase_number in range(latency_count, len(phases)):
             throughputs.append(throughput(pool.run_phase(phase_number)))
+            executors.add(throughputs[-1]["client"])
         pool.wait_all("exit")
-    return wall, samples, throughputs, explained, totals if counters else None
+    return wall, samples, throughputs, explained, totals if counters else None, executors
 
 
 def run_benchmark(params, queries):
@@ -1359,7 +1377,7 @@ def run_benchmark(params, queries):
             phases += [dict(query=index, seconds=params["throughput_seconds"]) for index in range(len(queries))]
         before = database_blocks(observer)
         started_at = datetime.datetime.now(datetime.timezone.utc)
-        wall, samples, throughputs, explained, totals = run_phases(
+        wall, samples, throughputs, explained, totals, executors = run_phases(
             params, queries, phases, control,
             (lambda: statement_counters(observer, relation, queryids)) if use_statements else None, queryids)
         finished_at = datetime.datetime.now(datetime.timezone.utc)
@@ -1370,8 +1388,7 @@ def run_benchmark(params, queries):
         for conn in (control, observer):
             if conn is not None:
                 conn.close()
-    provenance["measurement"]["throughput_client"] = (
-        ", ".join(sorted({item["client"] for item in throughputs})) if throughputs else None)
+    provenance["measurement"]["executor"] = ", ".join(sorted(executors)) or None
     results = {}
     for index, query in enumerate(queries):
         stats = summarize(samples[index])

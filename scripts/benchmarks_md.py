@@ -50,7 +50,7 @@ def machine(report):
               f'prepared statements {"on" if measurement.get("prepared") else "off"}, '
               f'{measurement.get("order")} order, {measurement.get("iterations")} timed executions per query '
               f'after {measurement.get("warmup")} warm-up rounds, {measurement.get("throughput_seconds")} s of '
-              f'throughput per query ({measurement.get("throughput_client") or "psycopg2 EXECUTE + fetchall"}). '
+              f'throughput per query; executed through {measurement.get("executor") or "psycopg2 EXECUTE + fetchall"}. '
               f'Commit {provenance.get("git_commit")}.')
 
 

@@ -118,7 +118,7 @@ def main():
                   server=measured["provenance"]["server"], client_cpus=os.cpu_count(), client_machine=platform.platform(),
                   pgbench=subprocess.run([pgbench_binary(), "--version"], capture_output=True, text=True,
                                          check=False).stdout.strip(),
-                  module_client=measured["provenance"]["measurement"]["throughput_client"],
+                  module_client=measured["provenance"]["measurement"]["executor"],
                   lowest_ratio=min(row["ratio"] for row in rows),
                   geometric_mean_ratio=round(statistics.geometric_mean([row["ratio"] for row in rows]), 3),
                   queries=rows)

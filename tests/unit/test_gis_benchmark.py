@@ -447,7 +447,7 @@ def test_run_returns_server_counters_plans_and_throughput(cluster, capsys):
     assert bench["queries"]["q03_knn"]["plan"]["shape"].startswith("Limit(")
     assert bench["queries"]["q01_bbox_intersects"]["plan"]["partitions_scanned"] == 0  # not partitioned here
     # As pgbench -M prepared: the prepared statements through libpq, no row turned into Python objects.
-    assert bench["provenance"]["measurement"]["throughput_client"] == "libpq PQexecPrepared"
+    assert bench["provenance"]["measurement"]["executor"] == "libpq PQexecPrepared"
 
 
 def test_without_pg_stat_statements_falls_back(cluster, db, capsys):
@@ -507,6 +507,26 @@ def test_an_unprepared_throughput_phase_fetches_with_psycopg2(cluster):
     finally:
         conn.close()
     assert count >= 1 and end - start >= 0.05 and client == "psycopg2 EXECUTE + fetchall"
+
+
+def test_latency_samples_run_through_the_throughput_executor_and_report_the_query_that_failed(cluster):
+    """Prepared: through libpq, as the throughput loop; plain SQL: a psycopg2 cursor per execution."""
+    conn = gis_benchmark.connect(gis_benchmark.with_defaults(cluster.login_args(DB)))
+    try:
+        with conn.cursor() as cur:
+            texts = gis_benchmark.prepare_statements(cur, [dict(sql="SELECT 1"), dict(sql="SELECT 2")], True)
+            start, end, samples, executor = gis_benchmark.run_schedule(cur, texts, [0, 1, 0])
+            assert executor == "libpq PQexecPrepared"
+            assert [len(values) for values in samples] == [2, 1] and end >= start
+            _, _, samples, executor = gis_benchmark.run_schedule(cur, ["SELECT 1", "SELECT 2"], [1, 1])
+            assert executor == "psycopg2 EXECUTE + fetchall" and [len(values) for values in samples] == [0, 2]
+            cur.execute("DEALLOCATE ALL")
+            texts = gis_benchmark.prepare_statements(cur, [dict(sql="SELECT 1"), dict(sql="SELECT 1 / 0")], True)
+            with pytest.raises(gis_benchmark.QueryFailed, match="division by zero") as failure:
+                gis_benchmark.run_schedule(cur, texts, [0, 1])
+            assert failure.value.index == 1
+    finally:
+        conn.close()
 
 
 def test_measure_throughput_reports_a_failing_statement(cluster):
