@@ -103,6 +103,18 @@ options:
     description: Seconds before the first retry; doubled at every retry.
     type: float
     default: 2.0
+  transaction_timeout:
+    description:
+      - Longest the deploy or revert transaction may run, waiting for its locks included, in seconds; 0 for no
+        limit.
+      - Beyond it the module cancels the transaction (rolled back, nothing changed) and retries it as one whose
+        lock was not granted. The application's statements queued behind the transaction's locks therefore wait
+        no longer than this, plus the time the cancel request takes to reach the server.
+      - C(prepare.sql) and C(prepare_revert.sql) run outside the transaction and are not limited by it. Nor is a
+        transaction that does the prepare's work itself (a change that has a prepare script for the action, run
+        without it), which copies the table under its lock and cannot be this short.
+    type: float
+    default: 0
   login_host:
     description: Database host.
     type: str
@@ -200,7 +212,7 @@ prepare_s:
   type: float
   sample: 25.9
 attempts:
-  description: Transactions tried (more than one when a lock was not granted in time).
+  description: Transactions tried (more than one when a lock was not granted in time or I(transaction_timeout) ran out).
   returned: always
   type: int
   sample: 1
@@ -237,6 +249,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -429,6 +442,44 @@ class ScriptFailed(Exception):
         self.error = error
 
 
+class OverBudget(ScriptFailed):
+    """The transaction was cancelled because it ran past its transaction_timeout."""
+
+    def __init__(self, seconds, failure):
+        Exception.__init__(self, "the transaction ran past its transaction_timeout of {0:g} s and was cancelled{1}".format(
+            seconds, " ({0})".format(failure) if failure else ""))
+        self.error = None
+
+
+class TransactionBudget:
+    """Cancels what runs on conn once `seconds` have passed (0: never), so the transaction lets go of its locks
+    within that time. `spent` tells whether it did; it is final once the budget is left (disarmed)."""
+
+    def __init__(self, conn, seconds):
+        self.conn = conn
+        self.spent = False
+        self._guard = threading.Lock()
+        self._timer = threading.Timer(seconds, self._cancel) if seconds > 0 else None
+
+    def _cancel(self):
+        with self._guard:
+            if self._timer is not None:
+                self.spent = True
+                self.conn.cancel()
+
+    def __enter__(self):
+        if self._timer is not None:
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        # Under the guard: once this returns, no cancel can be sent (it would hit the COMMIT).
+        with self._guard:
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+
 def steps_before_transaction(action, scripts, prepared):
     """The scripts run before the transaction of `action`: a deploy's precheck (rolled back) and prepare, or a
     revert's prepare_revert, when the change has them. None when a prepare for the other action is pending: a
@@ -494,18 +545,26 @@ def rollback(conn):
         conn.rollback()
 
 
-def run_transaction(conn, ledger, action, params, scripts, names):
+def run_transaction(conn, ledger, action, params, scripts, names, timeout=0.0):
     """Runs `names` and the ledger update of `action` in one transaction, committed; a deploy in the
-    isolation level its deploy.sql declares."""
+    isolation level its deploy.sql declares. Cancelled (OverBudget) when it runs past `timeout` seconds."""
     conn.autocommit = False
     isolation = deploy_isolation(scripts) if action in ("deploy", "redeploy") else None
     conn.set_session(isolation_level=isolation or "DEFAULT")
+    budget = TransactionBudget(conn, timeout)
     try:
-        with conn.cursor() as cur:
+        with budget, conn.cursor() as cur:
             run_scripts(cur, names, params, scripts)
             ledger.record(cur, action, params["change"], params["run_id"], public_files(scripts), params["variables"],
                           params["gated"])
+        if budget.spent:  # the cancel arrived between two statements, where the server ignores it
+            raise OverBudget(timeout, None)
         conn.commit()
+    except (ScriptFailed, psycopg2.Error) as failure:
+        rollback(conn)
+        if budget.spent and not isinstance(failure, OverBudget):
+            raise OverBudget(timeout, failure) from failure
+        raise
     except BaseException:
         rollback(conn)
         raise
@@ -542,8 +601,8 @@ def with_lock_retries(conn, params, step):
             return attempt
         except ScriptFailed as failure:
             failure.attempts = attempt
-            lock_busy = isinstance(failure.error, pg_errors.LockNotAvailable)
-            if not lock_busy or conn.closed or attempt > params["lock_retries"]:
+            retryable = isinstance(failure, OverBudget) or isinstance(failure.error, pg_errors.LockNotAvailable)
+            if not retryable or conn.closed or attempt > params["lock_retries"]:
                 raise
             time.sleep(delay)
             delay *= 2
@@ -551,9 +610,13 @@ def with_lock_retries(conn, params, step):
 
 
 def failure_message(change, failure):
-    lock_busy = isinstance(failure.error, pg_errors.LockNotAvailable)
-    return "change {0}: {1}; rolled back, nothing changed{2}".format(
-        change, failure, " (lock not granted after {0} attempts)".format(failure.attempts) if lock_busy else "")
+    if isinstance(failure.error, pg_errors.LockNotAvailable):
+        tries = " (lock not granted after {0} attempts)".format(failure.attempts)
+    elif isinstance(failure, OverBudget):
+        tries = " (in each of {0} attempts)".format(failure.attempts)
+    else:
+        tries = ""
+    return "change {0}: {1}; rolled back, nothing changed{2}".format(change, failure, tries)
 
 
 def main():
@@ -569,12 +632,13 @@ def main():
         ledger_schema=dict(type="str", default="stage4"),
         lock_retries=dict(type="int", default=5),
         lock_retry_delay=dict(type="float", default=2.0),
+        transaction_timeout=dict(type="float", default=0.0),
     )
     argument_spec.update(CONNECTION_ARGUMENT_SPEC)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params
-    if params["lock_retries"] < 0 or params["lock_retry_delay"] < 0:
-        module.fail_json(msg="lock_retries and lock_retry_delay must not be negative")
+    if params["lock_retries"] < 0 or params["lock_retry_delay"] < 0 or params["transaction_timeout"] < 0:
+        module.fail_json(msg="lock_retries, lock_retry_delay and transaction_timeout must not be negative")
 
     try:
         scripts = read_change(params["sql_root"], params["change"])
@@ -620,10 +684,13 @@ def main():
             result["prepare_s"] = round(time.monotonic() - started, 3)
             result["executed"].append(PREPARE[action])
 
+        copies_in_transaction = PREPARE.get(action) in scripts and not uses_prepare
+        timeout = 0.0 if copies_in_transaction else params["transaction_timeout"]
+
         def transaction():
             result["attempts"] += 1
             transaction.started = time.monotonic()
-            run_transaction(conn, ledger, action, params, scripts, names)
+            run_transaction(conn, ledger, action, params, scripts, names, timeout)
         with_lock_retries(conn, params, transaction)
         result["duration_s"] = round(time.monotonic() - transaction.started, 3)
         result["executed"] += names

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -167,6 +168,43 @@ def test_bad_input_is_clear(cluster, capsys, tmp_path):
     wrong = run(capsys, dict(cluster.login_args("scratch"), login_password=secret, change="c9", sql_root=root))
     assert wrong["failed"] and "cannot connect to postgres@127.0.0.1" in wrong["msg"]
     assert secret not in json.dumps(wrong)
+
+
+def test_a_transaction_past_its_timeout_is_cancelled_retried_and_lets_the_application_go(cluster, capsys, tmp_path):
+    """The transaction holds ACCESS EXCLUSIVE on the application's table longer than transaction_timeout:
+    cancelled each time, nothing applied, and a reader queued behind it never waited much past the timeout."""
+    scalar(cluster, "CREATE TABLE budget_app (id int); SELECT 1")
+    root = write_change(tmp_path, "c_budget", "CREATE TABLE budget_t (id int); LOCK TABLE budget_app; "
+                        "SELECT pg_sleep(current_setting('stage4.hold_s')::float);", revert="DROP TABLE budget_t;")
+    args = dict(cluster.login_args("scratch"), change="c_budget", sql_root=root, transaction_timeout=1.0,
+                lock_retries=1, lock_retry_delay=0.2)
+    waits, done = [], threading.Event()
+
+    def application():
+        conn = cluster.connect("scratch")
+        with conn.cursor() as cur:
+            while not done.is_set():
+                began = time.monotonic()
+                cur.execute("SELECT count(*) FROM budget_app")
+                waits.append(time.monotonic() - began)
+                time.sleep(0.05)
+        conn.close()
+    reader = threading.Thread(target=application)
+    reader.start()
+    try:
+        over = run(capsys, dict(args, variables=dict(hold_s=5)))
+    finally:
+        done.set()
+        reader.join()
+    assert over["failed"] and over["attempts"] == 2
+    assert "ran past its transaction_timeout of 1 s and was cancelled" in over["msg"]
+    assert "rolled back, nothing changed (in each of 2 attempts)" in over["msg"]
+    assert scalar(cluster, "SELECT to_regclass('budget_t') IS NULL")
+    assert scalar(cluster, "SELECT count(*) FROM stage4.ledger WHERE change = 'c_budget'") == 0
+    # The reader did queue behind the transaction, and got through once it was cancelled.
+    assert any(wait > 0.5 for wait in waits) and max(waits) < 1.0 + 0.5, waits
+    within = run(capsys, dict(args, variables=dict(hold_s=0)))
+    assert within["action"] == "deployed" and within["attempts"] == 1
 
 
 def schema_dump(cluster):
