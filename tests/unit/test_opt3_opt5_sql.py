@@ -39,6 +39,9 @@ SEARCHES = [
     "'rio -parque', %s, 20" % RJ_BOX,
     "'xyzzy inexistente'",
 ]
+# (lon, lat, radius in m) around Sao Paulo and Rio; 0 m and a point far from any feature
+RADIUS_SEARCHES = ["-46.6339, -23.5505, 5000", "-46.6339, -23.5505, 30000", "-43.1822, -22.9711, 15000",
+                   "-46.6549, -23.5929, 0", "0, 0, 5000"]
 DASHBOARD = ["area_por_categoria(%d)" % year for year in range(2018, 2028)] + [
     "area_por_categoria(NULL)", "extensao_por_categoria()", "resumo_anual()"]
 MATVIEWS = ["stage4_search.geometrias_busca", "stage4_dashboard.resumo_categoria_ano",
@@ -91,6 +94,24 @@ def search_rows(conn, role, owner_uid):
                                   "SELECT to_jsonb(s)::text FROM public.search_geometrias(%s) WITH ORDINALITY s "
                                   "ORDER BY s.ordinality" % call)
             for call in SEARCHES}
+
+
+def ring_search(conn):
+    """Around Sao Paulo, a radius 1 m beyond the nearest feature: that feature lies outside the planar
+    distance OPT3's shortcut accepts (0.99 * radius / 111700 degrees), so the geodesic test decides it."""
+    (radius,) = fetch(conn, "SELECT ceil(min(ST_Distance(geom::geography, "
+                            "ST_SetSRID(ST_MakePoint(-46.6339, -23.5505), 4326)::geography)))::int + 1 "
+                            "FROM public.geometrias")[0]
+    conn.rollback()
+    return "-46.6339, -23.5505, %d" % radius
+
+
+def radius_rows(conn, role, owner_uid, searches):
+    """{(role, call): [row as JSON text, in the function's order]}"""
+    return {(role, call): as_role(conn, role, owner_uid,
+                                  "SELECT to_jsonb(s)::text FROM public.geometrias_no_raio(%s) WITH ORDINALITY s "
+                                  "ORDER BY s.ordinality" % call)
+            for call in searches}
 
 
 def dashboard_rows(conn, role, owner_uid):
@@ -159,11 +180,13 @@ def owner_uid(conn):
 @pytest.fixture(scope="module")
 def before(cluster, conn, owner_uid):
     """Results and schema before OPT3 and OPT5."""
-    searches, dashboards = {}, {}
+    searches, radius, dashboards = {}, {}, {}
+    radius_searches = RADIUS_SEARCHES + [ring_search(conn)]
     for role in ROLES:
         searches.update(search_rows(conn, role, owner_uid))
+        radius.update(radius_rows(conn, role, owner_uid, radius_searches))
         dashboards.update(dashboard_rows(conn, role, owner_uid))
-    return {"searches": searches, "dashboards": dashboards, "dump": schema_dump(cluster)}
+    return {"searches": searches, "radius": radius, "dashboards": dashboards, "dump": schema_dump(cluster)}
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +232,25 @@ def test_opt3_search_results_identical(opt3, conn, owner_uid, before):  # pylint
     assert len(before["searches"][("anon", "'parque', %s, 50" % SP_BOX)]) < \
         len(before["searches"][(None, "'parque', %s, 50" % SP_BOX)])
     assert before["searches"][("authenticated", "'parque'")] != before["searches"][("anon", "'parque'")]
+
+
+def test_opt3_radius_results_identical(opt3, conn, owner_uid, before):  # pylint: disable=unused-argument
+    """The planar shortcut adds no row and loses none, for every role."""
+    ring = ring_search(conn)
+    for role in ROLES:
+        assert radius_rows(conn, role, owner_uid, RADIUS_SEARCHES + [ring]) == \
+            {key: rows for key, rows in before["radius"].items() if key[0] == role}
+    # Both paths are exercised: rows the shortcut accepts (within 30 km of Sao Paulo), and the ring
+    # search's feature, which only the geodesic test accepts.
+    radius = int(ring.rsplit(",", 1)[1])
+    inside, geodesic_only = fetch(conn, """
+        SELECT (SELECT count(*) FROM public.geometrias_no_raio(-46.6339, -23.5505, 30000) AS s
+                WHERE ST_DWithin(s.geom, ST_SetSRID(ST_MakePoint(-46.6339, -23.5505), 4326), 0.99 * 30000 / 111700)),
+               (SELECT count(*) FROM public.geometrias_no_raio(%s) AS s
+                WHERE NOT ST_DWithin(s.geom, ST_SetSRID(ST_MakePoint(-46.6339, -23.5505), 4326), 0.99 * %s / 111700))""" %
+        (ring, radius))[0]
+    conn.rollback()
+    assert inside > 0 and geodesic_only > 0, (inside, geodesic_only)
 
 
 def test_opt3_helper_keeps_the_best_readable_matches(opt3, conn, owner_uid):  # pylint: disable=unused-argument

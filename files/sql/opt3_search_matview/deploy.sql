@@ -1,5 +1,6 @@
 -- OPT3 search materialized view: public.search_geometrias() finds its candidates in an indexed
--- materialized view instead of computing to_tsvector() over the table's rows for every call.
+-- materialized view instead of computing to_tsvector() over the table's rows for every call; and
+-- public.geometrias_no_raio() decides most of its candidates without geodesy (at the end).
 --
 -- stage4:isolation repeatable read
 -- (read by library/stage4_change.py) The deploy transaction sees one snapshot: the search view is
@@ -71,7 +72,9 @@ SET LOCAL statement_timeout = '30min';
 SET LOCAL search_path = pg_catalog, pg_temp;
 
 -- The functions this change replaces, as they were: revert.sql and verify*.sql read them back.
-SELECT stage4.save_function_snapshots('opt3_search_matview', ARRAY['public.search_geometrias(text, extensions.geometry, integer)'::regprocedure]);
+SELECT stage4.save_function_snapshots('opt3_search_matview', ARRAY[
+    'public.search_geometrias(text, extensions.geometry, integer)'::regprocedure,
+    'public.geometrias_no_raio(double precision, double precision, double precision)'::regprocedure]);
 
 -- The read policies are the known ones (precheck.sql refused others): stage4.visibilidade may apply
 -- them while they stay so.
@@ -236,3 +239,26 @@ BEGIN
     END IF;
 END
 $$;
+
+-- The radius RPC: the same query (precheck pinned it), with a shortcut before the exact test. The
+-- geodesic ST_DWithin of a polygon costs about 20 us; at 1,000,000 features the search of q02 (5 km)
+-- runs it on ~5,500 candidates of the box, 3,834 of them inside. A candidate whose planar distance
+-- to the point, in degrees, is at most d = 0.99 * raio_m / 111700 is inside without it: along the
+-- straight line in (lon, lat) from the point to the geometry, a degree of latitude is at most
+-- 111,694 m (WGS 84, at the poles) and one of longitude at most 111,320 m (at the equator), so the
+-- line, and the geodesic no longer than it, measures at most 111,700 m per degree, i.e. at most
+-- 0.99 * raio_m; the 1% margin covers how far PostGIS's geodesic distance may be from the
+-- ellipsoid's. So the OR adds no row, and every row it keeps the geodesic test keeps. verify.sql
+-- compares the answers with the original's. Measured at 1,000,000 features: BENCHMARKS.md (q02).
+SELECT stage4.set_returning_query('public.geometrias_no_raio(double precision, double precision, double precision)', $query$
+    SELECT g.*
+    FROM public.geometrias AS g
+    WHERE g.geom && ST_Expand(
+              ST_SetSRID(ST_MakePoint(lon, lat), 4326),
+              1.01 * raio_m / (111320 * cos(radians(least(abs(lat) + raio_m / 110574, 89.9)))),
+              1.01 * raio_m / 110574)
+      AND (ST_DWithin(g.geom, ST_SetSRID(ST_MakePoint(lon, lat), 4326), 0.99 * raio_m / 111700)
+           OR ST_DWithin(g.geom::geography,
+                         ST_SetSRID(ST_MakePoint(lon, lat), 4326)::geography,
+                         raio_m))
+    ORDER BY g.id$query$);

@@ -1,6 +1,7 @@
 -- OPT3 precheck: refuses, before anything changes, a database where the rewritten
--- public.search_geometrias() could not return exactly what the current one returns, or where its
--- helper could not tell which rows each caller may read (RLS policies other than the known ones).
+-- public.search_geometrias() or public.geometrias_no_raio() could not return exactly what the
+-- current one returns, or where the search helper could not tell which rows each caller may read
+-- (RLS policies other than the known ones).
 --
 -- OPT1 is not required: the materialized view is keyed by (id, data_referencia), which is unique
 -- both on the plain table (primary key id) and on OPT1's partitioned one (id, data_referencia).
@@ -81,5 +82,31 @@ BEGIN
     PERFORM stage4.assert_can_materialize('OPT3');
     IF to_regnamespace('stage4_search') IS NOT NULL OR to_regnamespace('stage4_search_api') IS NOT NULL THEN
         RAISE EXCEPTION 'OPT3: schema stage4_search or stage4_search_api already exists, but the ledger does not say OPT3 created it';
+    END IF;
+END $$;
+
+-- The radius RPC: OPT3 adds a shortcut to its exact test, so its query must be the reference one
+-- (files/fixture/reference_schema.sql), as SQL or as OPT1 made it (RETURN QUERY of the same query),
+-- compared with its whitespace collapsed.
+DO $$
+DECLARE
+    fn regprocedure := to_regprocedure('public.geometrias_no_raio(double precision, double precision, double precision)');
+    p pg_catalog.pg_proc%ROWTYPE;
+BEGIN
+    IF fn IS NULL THEN
+        RAISE EXCEPTION 'OPT3: public.geometrias_no_raio(double precision, double precision, double precision) does not exist';
+    END IF;
+    SELECT * INTO p FROM pg_catalog.pg_proc WHERE oid = fn;
+    IF p.prorettype <> (SELECT reltype FROM pg_catalog.pg_class WHERE oid = 'public.geometrias'::regclass) OR NOT p.proretset
+       OR p.prosecdef THEN
+        RAISE EXCEPTION 'OPT3: public.geometrias_no_raio() must return SETOF public.geometrias as SECURITY INVOKER';
+    END IF;
+    IF pg_catalog.md5(pg_catalog.btrim(pg_catalog.regexp_replace(p.prosrc, '\s+', ' ', 'g')))
+           NOT IN ('a60d61d21d46e4e0ed2992ad08683a85', 'a7d583e18c41f542fdb4abb79e6c0fb7') THEN
+        RAISE EXCEPTION 'OPT3: the body of public.geometrias_no_raio() is not the reference one; OPT3 reproduces only that body, review the difference before applying it';
+    END IF;
+    IF NOT pg_catalog.pg_has_role(p.proowner, 'USAGE') THEN
+        RAISE EXCEPTION 'OPT3: % does not own public.geometrias_no_raio() (owner %), so it cannot replace it',
+            current_user, pg_catalog.pg_get_userbyid(p.proowner);
     END IF;
 END $$;

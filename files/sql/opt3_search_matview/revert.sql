@@ -1,5 +1,5 @@
--- OPT3 revert: public.search_geometrias() back to its captured definition, owner, grants and
--- comment (stage4.function_snapshots), its accepted read policies forgotten, then the helpers, the
+-- OPT3 revert: public.search_geometrias() and public.geometrias_no_raio() back to their captured
+-- definitions, owners, grants and comments (stage4.function_snapshots), its accepted read policies forgotten, then the helpers, the
 -- materialized view and both schemas dropped. No CASCADE: anything else that came to depend on
 -- them makes the revert fail and roll back instead of vanishing silently (OPT5's refresh job of
 -- the view is removed by OPT5's revert, which the ledger runs first).
@@ -9,8 +9,8 @@ SET LOCAL search_path = pg_catalog, pg_temp;
 
 DO $$
 BEGIN
-    IF stage4.restore_function_snapshots('opt3_search_matview') <> 1 THEN
-        RAISE EXCEPTION 'OPT3 revert: no snapshot of public.search_geometrias()';
+    IF stage4.restore_function_snapshots('opt3_search_matview') <> 2 THEN
+        RAISE EXCEPTION 'OPT3 revert: no snapshot of public.search_geometrias() or public.geometrias_no_raio()';
     END IF;
 END $$;
 

@@ -1,7 +1,8 @@
 -- OPT3 verify: the view is complete and private, the helpers are locked down, the helper returns
 -- no key its caller may not read (and every one it may), the public function kept its contract, and
 -- it returns exactly what the original returned, row for row and in the same order, for the
--- deployer, anon, an authenticated owner and service_role, and through its fallback branch.
+-- deployer, anon, an authenticated owner and service_role, and through its fallback branch. The
+-- radius RPC kept its contract and returns what its original returns (at the end).
 SET LOCAL search_path = pg_catalog, pg_temp;
 
 DO $$
@@ -259,4 +260,49 @@ BEGIN
     DROP FUNCTION stage4_search_api.stage4_definer_search_geometrias(text, extensions.geometry, integer),
                   stage4_search_api.stage4_definer_original_search_geometrias(text, extensions.geometry, integer),
                   stage4_search_api.stage4_original_search_geometrias(text, extensions.geometry, integer);
+END $$;
+
+-- The radius RPC: the same contract as captured (only the language and the body changed) and the
+-- same rows in the same order as the original, recreated from the snapshot under another name, for
+-- radii from 0 to 12 km around both cities and far from any feature. Its added test does not depend
+-- on the caller (RLS filters both versions alike); tests/unit/test_api_visibility.py checks it per
+-- role after every change.
+DO $$
+DECLARE
+    fn oid := 'public.geometrias_no_raio(double precision, double precision, double precision)'::regprocedure;
+    snap stage4.function_snapshots%ROWTYPE;
+    header text;
+    args text;
+    got jsonb;
+    expected jsonb;
+BEGIN
+    SELECT * INTO snap FROM stage4.function_snapshots
+    WHERE change = 'opt3_search_matview' AND function = 'public.geometrias_no_raio(double precision,double precision,double precision)';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'OPT3: no snapshot of public.geometrias_no_raio()';
+    END IF;
+    header := replace(left(snap.definition, strpos(snap.definition, E'\nAS $function$')), E'\n LANGUAGE sql\n', E'\n LANGUAGE plpgsql\n');
+    IF left(pg_get_functiondef(fn), length(header)) IS DISTINCT FROM header
+       OR (SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE oid = fn) IS DISTINCT FROM snap.owner
+       OR obj_description(fn, 'pg_proc') IS DISTINCT FROM snap.comment
+       OR (SELECT coalesce(jsonb_agg(g.stmt ORDER BY g.n), '[]')
+           FROM pg_proc p, stage4.grant_statements(coalesce(p.proacl, acldefault('f', p.proowner)),
+                                                   format('FUNCTION %s', p.oid::regprocedure)) WITH ORDINALITY g(stmt, n)
+           WHERE p.oid = fn) IS DISTINCT FROM snap.acl THEN
+        RAISE EXCEPTION 'OPT3: public.geometrias_no_raio() lost part of its contract (signature, settings, owner, grants or comment)';
+    END IF;
+    EXECUTE regexp_replace(snap.definition, '^CREATE OR REPLACE FUNCTION public\.geometrias_no_raio\(',
+                           'CREATE FUNCTION stage4_search_api.stage4_original_geometrias_no_raio(');
+    FOREACH args IN ARRAY ARRAY['-46.6339, -23.5505, 5000', '-43.1822, -22.9711, 1000', '-46.6549, -23.5929, 0',
+                                '-43.3, -22.9, 12000', '-46.63, -23.55, 250', '0, 0, 5000'] LOOP
+        EXECUTE format('SELECT coalesce(jsonb_agg(s.id ORDER BY s.ordinality), ''[]'') FROM %s(%s) WITH ORDINALITY s',
+                       'public.geometrias_no_raio', args) INTO got;
+        EXECUTE format('SELECT coalesce(jsonb_agg(s.id ORDER BY s.ordinality), ''[]'') FROM %s(%s) WITH ORDINALITY s',
+                       'stage4_search_api.stage4_original_geometrias_no_raio', args) INTO expected;
+        IF got IS DISTINCT FROM expected THEN
+            RAISE EXCEPTION 'OPT3: geometrias_no_raio(%) returns % rows, the original %',
+                args, jsonb_array_length(got), jsonb_array_length(expected);
+        END IF;
+    END LOOP;
+    DROP FUNCTION stage4_search_api.stage4_original_geometrias_no_raio(double precision, double precision, double precision);
 END $$;

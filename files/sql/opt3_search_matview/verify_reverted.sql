@@ -1,23 +1,29 @@
--- OPT3 verify after revert: the function is again exactly what OPT3 captured, nothing of OPT3 is left.
+-- OPT3 verify after revert: the functions are again exactly what OPT3 captured, nothing of OPT3 is left.
 SET LOCAL search_path = pg_catalog, pg_temp;
 
 DO $$
 DECLARE
     snap record;
-    f oid := 'public.search_geometrias(text, extensions.geometry, integer)'::regprocedure;
+    f oid;
+    checked int := 0;
 BEGIN
-    SELECT * INTO snap FROM stage4.function_snapshots
-    WHERE change = 'opt3_search_matview' AND function = 'public.search_geometrias(text,extensions.geometry,integer)';
-    IF pg_get_functiondef(f) IS DISTINCT FROM snap.definition THEN
-        RAISE EXCEPTION 'OPT3 revert: public.search_geometrias() differs from its captured definition';
-    END IF;
-    IF (SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE oid = f) IS DISTINCT FROM snap.owner
-       OR obj_description(f, 'pg_proc') IS DISTINCT FROM snap.comment
-       OR (SELECT coalesce(jsonb_agg(g.stmt ORDER BY g.n), '[]')
-           FROM pg_proc p, stage4.grant_statements(coalesce(p.proacl, acldefault('f', p.proowner)),
-                                                   format('FUNCTION %s', p.oid::regprocedure)) WITH ORDINALITY g(stmt, n)
-           WHERE p.oid = f) IS DISTINCT FROM snap.acl THEN
-        RAISE EXCEPTION 'OPT3 revert: owner, grants or comment of public.search_geometrias() differ from the captured ones';
+    FOR snap IN SELECT * FROM stage4.function_snapshots WHERE change = 'opt3_search_matview' LOOP
+        f := to_regprocedure(snap.function);
+        IF f IS NULL OR pg_get_functiondef(f) IS DISTINCT FROM snap.definition THEN
+            RAISE EXCEPTION 'OPT3 revert: % differs from its captured definition', snap.function;
+        END IF;
+        IF (SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE oid = f) IS DISTINCT FROM snap.owner
+           OR obj_description(f, 'pg_proc') IS DISTINCT FROM snap.comment
+           OR (SELECT coalesce(jsonb_agg(g.stmt ORDER BY g.n), '[]')
+               FROM pg_proc p, stage4.grant_statements(coalesce(p.proacl, acldefault('f', p.proowner)),
+                                                       format('FUNCTION %s', p.oid::regprocedure)) WITH ORDINALITY g(stmt, n)
+               WHERE p.oid = f) IS DISTINCT FROM snap.acl THEN
+            RAISE EXCEPTION 'OPT3 revert: owner, grants or comment of % differ from the captured ones', snap.function;
+        END IF;
+        checked := checked + 1;
+    END LOOP;
+    IF checked <> 2 THEN
+        RAISE EXCEPTION 'OPT3 revert: % captured functions, expected search_geometrias() and geometrias_no_raio()', checked;
     END IF;
     IF EXISTS (SELECT 1 FROM stage4.accepted_read_policies WHERE change = 'opt3_search_matview') THEN
         RAISE EXCEPTION 'OPT3 revert: its accepted read policies are left in stage4.accepted_read_policies';

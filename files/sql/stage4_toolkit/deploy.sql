@@ -331,19 +331,33 @@ BEGIN
     RETURN restored;
 END $$;
 
+-- Makes the set-returning function p_function (SQL or PL/pgSQL) a PL/pgSQL one whose body is
+-- `RETURN QUERY p_query`, with the same signature and settings (volatility, SECURITY, SET, cost);
+-- CREATE OR REPLACE keeps its owner, grants and comment. `#variable_conflict use_column` keeps the
+-- SQL-function rule that a column name wins over a parameter of the same name.
+CREATE OR REPLACE FUNCTION stage4.set_returning_query(p_function regprocedure, p_query text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    definition text := pg_get_functiondef(p_function);
+BEGIN
+    IF definition !~ E'\n LANGUAGE (sql|plpgsql)\n' OR position('$function$' IN p_query) > 0 THEN
+        RAISE EXCEPTION 'stage4: cannot rewrite %: unexpected definition', p_function;
+    END IF;
+    EXECUTE replace(left(definition, strpos(definition, E'\nAS $function$')), E'\n LANGUAGE sql\n', E'\n LANGUAGE plpgsql\n')
+            || E'AS $function$\n#variable_conflict use_column\nBEGIN\n    RETURN QUERY\n' || p_query
+            || E';\nEND\n$function$';
+END $$;
+
 -- Turns SQL-language set-returning functions into PL/pgSQL ones with the same signature,
 -- settings, grants and answers: `RETURN QUERY <the same query>`. Why: a SQL function with a SET
 -- clause (search_path, as every RPC here) is never inlined, and its query is planned again at
 -- every call; on a partitioned table planning costs more than executing. PL/pgSQL keeps the plan
--- of its query for the session. `#variable_conflict use_column` keeps the SQL-function rule that
--- a column name wins over a parameter of the same name. The originals are saved under p_change
--- first (restore_function_snapshots puts them back). Returns how many were rewritten.
+-- of its query for the session. The originals are saved under p_change first
+-- (restore_function_snapshots puts them back). Returns how many were rewritten.
 CREATE OR REPLACE FUNCTION stage4.cache_function_plans(p_change text, p_functions regprocedure[])
 RETURNS int LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     f regprocedure;
-    definition text;
-    query text;
     rewritten int := 0;
 BEGIN
     PERFORM stage4.save_function_snapshots(p_change, p_functions);
@@ -352,15 +366,7 @@ BEGIN
         WHERE p.oid = ANY (p_functions) AND p.proretset AND p.prolang = (SELECT oid FROM pg_language WHERE lanname = 'sql')
         ORDER BY 1
     LOOP
-        definition := pg_get_functiondef(f);
-        query := rtrim(btrim((SELECT prosrc FROM pg_proc WHERE oid = f)), E'; \n\t');
-        IF definition !~ E'\n LANGUAGE sql\n' OR position('$function$' IN query) > 0 THEN
-            RAISE EXCEPTION 'stage4: cannot rewrite %: unexpected definition', f;
-        END IF;
-        definition := replace(left(definition, strpos(definition, E'\nAS $function$')), E'\n LANGUAGE sql\n', E'\n LANGUAGE plpgsql\n')
-                      || E'AS $function$\n#variable_conflict use_column\nBEGIN\n    RETURN QUERY\n' || query
-                      || E';\nEND\n$function$';
-        EXECUTE definition;
+        PERFORM stage4.set_returning_query(f, rtrim(btrim((SELECT prosrc FROM pg_proc WHERE oid = f)), E'; \n\t'));
         rewritten := rewritten + 1;
     END LOOP;
     RETURN rewritten;
