@@ -359,6 +359,41 @@ def test_functions_fall_back_to_the_table_when_policies_change(opt5, cluster, co
         admin.close()
 
 
+def run_script(cluster, change, script):
+    """One script alone in autocommit, as stage4_change runs a prepare."""
+    admin = cluster.connect(DB)
+    try:
+        with open(os.path.join(pgcluster.SQL_ROOT, change, script + ".sql"), encoding="utf-8") as handle:
+            fetch(admin, handle.read() + "; SELECT 1")
+    finally:
+        admin.close()
+
+
+def test_opt5_revert_prepared_then_abandoned_keeps_opt5(opt5, cluster, conn, owner_uid, before):  # pylint: disable=unused-argument
+    """prepare_revert puts the original dashboard functions back before the revert's transaction (no
+    new call plans on the views it will drop), resumably; cleanup puts OPT5's back when the revert
+    does not follow. The answers never change."""
+    on_views = ("SELECT count(*) FROM pg_proc WHERE proname IN ('area_por_categoria', 'extensao_por_categoria', "
+                "'resumo_anual') AND pronamespace = 'public'::regnamespace AND prosrc LIKE '%stage4_dashboard_api%'")
+    saved = "SELECT count(*) FROM stage4.function_snapshots WHERE change = 'opt5_dashboard_matviews:applied' " \
+            "AND definition LIKE '%stage4_dashboard_api%'"
+    assert fetch(conn, on_views) == [(3,)]
+    conn.rollback()
+    for _ in range(2):  # a second run (resumed after a kill) keeps OPT5's definitions saved
+        run_script(cluster, "opt5_dashboard_matviews", "prepare_revert")
+        assert fetch(conn, on_views) == [(0,)] and fetch(conn, saved) == [(3,)]
+        conn.rollback()
+        for role in ROLES:
+            for key, rows in dashboard_rows(conn, role, owner_uid).items():
+                assert same_dashboard(rows, before["dashboards"][key]), key
+    run_script(cluster, "opt5_dashboard_matviews", "cleanup")
+    assert fetch(conn, on_views) == [(3,)] and fetch(conn, saved) == [(0,)]
+    conn.rollback()
+    for role in ROLES:
+        for key, rows in dashboard_rows(conn, role, owner_uid).items():
+            assert same_dashboard(rows, before["dashboards"][key]), key
+
+
 def test_revert_restores_the_schema_and_unschedules(opt5, cluster, conn, owner_uid, before):  # pylint: disable=unused-argument
     apply_change(cluster, "opt5_dashboard_matviews", state="reverted")
     apply_change(cluster, "opt3_search_matview", state="reverted")

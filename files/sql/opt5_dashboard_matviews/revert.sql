@@ -1,5 +1,6 @@
 -- OPT5 revert: the refresh jobs unscheduled, the three dashboard functions back to their captured
--- definitions, owners, grants and comments (stage4.function_snapshots), then the views, the
+-- definitions, owners, grants and comments (stage4.function_snapshots; through stage4_change,
+-- prepare_revert.sql did it already, committed, and this does it again), then the views, the
 -- materialized views and both schemas dropped. No CASCADE: anything else that came to depend on
 -- them makes the revert fail and roll back. The pg_cron extension and server settings stay (the
 -- stage4_pg_cron role owns them; other jobs may use them).
@@ -40,6 +41,8 @@ BEGIN
         RAISE EXCEPTION 'OPT5 revert: expected snapshots of three functions, found %', restored;
     END IF;
 END $$;
+-- OPT5's own definitions, saved by prepare_revert.sql for cleanup.sql: no longer needed.
+DELETE FROM stage4.function_snapshots WHERE change = 'opt5_dashboard_matviews:applied';
 
 DROP FUNCTION stage4_dashboard_api.papel_exato();
 DROP VIEW stage4_dashboard_api.resumo_categoria_ano, stage4_dashboard_api.extensao_categoria;

@@ -10,6 +10,9 @@ BEGIN
     IF (SELECT count(*) FROM stage4.function_snapshots WHERE change = 'opt5_dashboard_matviews') <> 3 THEN
         RAISE EXCEPTION 'OPT5 revert: expected snapshots of three functions';
     END IF;
+    IF EXISTS (SELECT 1 FROM stage4.function_snapshots WHERE change = 'opt5_dashboard_matviews:applied') THEN
+        RAISE EXCEPTION 'OPT5 revert: the definitions prepare_revert.sql saved are left in stage4.function_snapshots';
+    END IF;
     FOR snap IN SELECT * FROM stage4.function_snapshots WHERE change = 'opt5_dashboard_matviews' LOOP
         SELECT * INTO f FROM pg_proc WHERE oid = snap.function::regprocedure;
         IF pg_get_functiondef(f.oid) IS DISTINCT FROM snap.definition THEN
