@@ -394,6 +394,32 @@ def test_opt5_revert_prepared_then_abandoned_keeps_opt5(opt5, cluster, conn, own
             assert same_dashboard(rows, before["dashboards"][key]), key
 
 
+def test_opt3_revert_prepared_then_abandoned_keeps_opt3(opt3, cluster, conn, owner_uid, before):  # pylint: disable=unused-argument
+    """As OPT5's: the original search and radius functions first, then OPT3's back by cleanup."""
+    rewritten = ("SELECT count(*) FROM pg_proc WHERE pronamespace = 'public'::regnamespace AND "
+                 "((proname = 'search_geometrias' AND prosrc LIKE '%stage4_search_api.candidatos%') OR "
+                 "(proname = 'geometrias_no_raio' AND prosrc LIKE '%111700%'))")
+    saved = "SELECT count(*) FROM stage4.function_snapshots WHERE change = 'opt3_search_matview:applied'"
+    ring = ring_search(conn)
+
+    def same_answers():
+        for role in ROLES:
+            assert search_rows(conn, role, owner_uid) == {k: v for k, v in before["searches"].items() if k[0] == role}
+            assert radius_rows(conn, role, owner_uid, RADIUS_SEARCHES + [ring]) == \
+                {k: v for k, v in before["radius"].items() if k[0] == role}
+    assert fetch(conn, rewritten) == [(2,)]
+    conn.rollback()
+    for _ in range(2):
+        run_script(cluster, "opt3_search_matview", "prepare_revert")
+        assert fetch(conn, rewritten) == [(0,)] and fetch(conn, saved) == [(2,)]
+        conn.rollback()
+        same_answers()
+    run_script(cluster, "opt3_search_matview", "cleanup")
+    assert fetch(conn, rewritten) == [(2,)] and fetch(conn, saved) == [(0,)]
+    conn.rollback()
+    same_answers()
+
+
 def test_revert_restores_the_schema_and_unschedules(opt5, cluster, conn, owner_uid, before):  # pylint: disable=unused-argument
     apply_change(cluster, "opt5_dashboard_matviews", state="reverted")
     apply_change(cluster, "opt3_search_matview", state="reverted")

@@ -1,5 +1,6 @@
 -- OPT3 revert: public.search_geometrias() and public.geometrias_no_raio() back to their captured
--- definitions, owners, grants and comments (stage4.function_snapshots), its accepted read policies forgotten, then the helpers, the
+-- definitions, owners, grants and comments (stage4.function_snapshots; through stage4_change,
+-- prepare_revert.sql did it already, committed, and this does it again), its accepted read policies forgotten, then the helpers, the
 -- materialized view and both schemas dropped. No CASCADE: anything else that came to depend on
 -- them makes the revert fail and roll back instead of vanishing silently (OPT5's refresh job of
 -- the view is removed by OPT5's revert, which the ledger runs first).
@@ -13,6 +14,8 @@ BEGIN
         RAISE EXCEPTION 'OPT3 revert: no snapshot of public.search_geometrias() or public.geometrias_no_raio()';
     END IF;
 END $$;
+-- OPT3's own definitions, saved by prepare_revert.sql for cleanup.sql: no longer needed.
+SELECT stage4.forget_applied_functions('opt3_search_matview');
 
 SELECT stage4.forget_read_policies('opt3_search_matview');
 

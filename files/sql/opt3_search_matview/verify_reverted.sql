@@ -22,6 +22,9 @@ BEGIN
         END IF;
         checked := checked + 1;
     END LOOP;
+    IF EXISTS (SELECT 1 FROM stage4.function_snapshots WHERE change = 'opt3_search_matview:applied') THEN
+        RAISE EXCEPTION 'OPT3 revert: the definitions prepare_revert.sql saved are left in stage4.function_snapshots';
+    END IF;
     IF checked <> 2 THEN
         RAISE EXCEPTION 'OPT3 revert: % captured functions, expected search_geometrias() and geometrias_no_raio()', checked;
     END IF;

@@ -42,7 +42,7 @@ BEGIN
     END IF;
 END $$;
 -- OPT5's own definitions, saved by prepare_revert.sql for cleanup.sql: no longer needed.
-DELETE FROM stage4.function_snapshots WHERE change = 'opt5_dashboard_matviews:applied';
+SELECT stage4.forget_applied_functions('opt5_dashboard_matviews');
 
 DROP FUNCTION stage4_dashboard_api.papel_exato();
 DROP VIEW stage4_dashboard_api.resumo_categoria_ano, stage4_dashboard_api.extensao_categoria;

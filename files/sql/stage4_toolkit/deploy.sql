@@ -331,6 +331,41 @@ BEGIN
     RETURN restored;
 END $$;
 
+-- The first step of a revert that drops objects the API functions of p_change read (OPT3's and
+-- OPT5's prepare_revert.sql, committed before the revert's transaction): those functions go back to
+-- their captured definitions, so that no new call plans on what the revert will drop; calls in
+-- flight finish before it can take its locks. Otherwise a call that had planned on a view and
+-- queued behind the revert's lock failed with "relation ... does not exist" once it was dropped.
+-- The change's own definitions are saved first under '<p_change>:applied', once (a resumed prepare
+-- must not save the originals over them), for reinstate_applied_functions. Returns how many were put back.
+CREATE OR REPLACE FUNCTION stage4.restore_functions_before_revert(p_change text)
+RETURNS int LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM stage4.function_snapshots WHERE change = p_change || ':applied') THEN
+        PERFORM stage4.save_function_snapshots(p_change || ':applied', ARRAY(
+            SELECT to_regprocedure(s.function) FROM stage4.function_snapshots s WHERE s.change = p_change));
+    END IF;
+    RETURN stage4.restore_function_snapshots(p_change);
+END $$;
+
+-- The copy restore_functions_before_revert saved, dropped (the revert's transaction no longer needs it).
+CREATE OR REPLACE FUNCTION stage4.forget_applied_functions(p_change text)
+RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    DELETE FROM stage4.function_snapshots WHERE change = p_change || ':applied'
+$$;
+
+-- The cleanup of a revert prepared by restore_functions_before_revert that did not commit (it
+-- failed, or the next run keeps the change applied): the change's own definitions return, and the
+-- saved copy goes. Returns how many were put back (0 when no revert was prepared).
+CREATE OR REPLACE FUNCTION stage4.reinstate_applied_functions(p_change text)
+RETURNS int LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    reinstated int := stage4.restore_function_snapshots(p_change || ':applied');
+BEGIN
+    PERFORM stage4.forget_applied_functions(p_change);
+    RETURN reinstated;
+END $$;
+
 -- Makes the set-returning function p_function (SQL or PL/pgSQL) a PL/pgSQL one whose body is
 -- `RETURN QUERY p_query`, with the same signature and settings (volatility, SECURITY, SET, cost);
 -- CREATE OR REPLACE keeps its owner, grants and comment. `#variable_conflict use_column` keeps the
