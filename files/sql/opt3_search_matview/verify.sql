@@ -269,9 +269,8 @@ END $$;
 -- role after every change.
 DO $$
 DECLARE
-    fn oid := 'public.geometrias_no_raio(double precision, double precision, double precision)'::regprocedure;
     snap stage4.function_snapshots%ROWTYPE;
-    header text;
+    mismatch text;
     args text;
     got jsonb;
     expected jsonb;
@@ -281,15 +280,9 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'OPT3: no snapshot of public.geometrias_no_raio()';
     END IF;
-    header := replace(left(snap.definition, strpos(snap.definition, E'\nAS $function$')), E'\n LANGUAGE sql\n', E'\n LANGUAGE plpgsql\n');
-    IF left(pg_get_functiondef(fn), length(header)) IS DISTINCT FROM header
-       OR (SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE oid = fn) IS DISTINCT FROM snap.owner
-       OR obj_description(fn, 'pg_proc') IS DISTINCT FROM snap.comment
-       OR (SELECT coalesce(jsonb_agg(g.stmt ORDER BY g.n), '[]')
-           FROM pg_proc p, stage4.grant_statements(coalesce(p.proacl, acldefault('f', p.proowner)),
-                                                   format('FUNCTION %s', p.oid::regprocedure)) WITH ORDINALITY g(stmt, n)
-           WHERE p.oid = fn) IS DISTINCT FROM snap.acl THEN
-        RAISE EXCEPTION 'OPT3: public.geometrias_no_raio() lost part of its contract (signature, settings, owner, grants or comment)';
+    mismatch := stage4.function_snapshot_mismatch(snap, p_body_may_change => true);
+    IF mismatch IS NOT NULL THEN
+        RAISE EXCEPTION 'OPT3: public.geometrias_no_raio() lost part of its contract (%)', mismatch;
     END IF;
     EXECUTE regexp_replace(snap.definition, '^CREATE OR REPLACE FUNCTION public\.geometrias_no_raio\(',
                            'CREATE FUNCTION stage4_search_api.stage4_original_geometrias_no_raio(');

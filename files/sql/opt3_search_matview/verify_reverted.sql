@@ -3,22 +3,14 @@ SET LOCAL search_path = pg_catalog, pg_temp;
 
 DO $$
 DECLARE
-    snap record;
-    f oid;
+    snap stage4.function_snapshots%ROWTYPE;
+    mismatch text;
     checked int := 0;
 BEGIN
     FOR snap IN SELECT * FROM stage4.function_snapshots WHERE change = 'opt3_search_matview' LOOP
-        f := to_regprocedure(snap.function);
-        IF f IS NULL OR pg_get_functiondef(f) IS DISTINCT FROM snap.definition THEN
-            RAISE EXCEPTION 'OPT3 revert: % differs from its captured definition', snap.function;
-        END IF;
-        IF (SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE oid = f) IS DISTINCT FROM snap.owner
-           OR obj_description(f, 'pg_proc') IS DISTINCT FROM snap.comment
-           OR (SELECT coalesce(jsonb_agg(g.stmt ORDER BY g.n), '[]')
-               FROM pg_proc p, stage4.grant_statements(coalesce(p.proacl, acldefault('f', p.proowner)),
-                                                       format('FUNCTION %s', p.oid::regprocedure)) WITH ORDINALITY g(stmt, n)
-               WHERE p.oid = f) IS DISTINCT FROM snap.acl THEN
-            RAISE EXCEPTION 'OPT3 revert: owner, grants or comment of % differ from the captured ones', snap.function;
+        mismatch := stage4.function_snapshot_mismatch(snap);
+        IF mismatch IS NOT NULL THEN
+            RAISE EXCEPTION 'OPT3 revert: % differs from the captured one (%)', snap.function, mismatch;
         END IF;
         checked := checked + 1;
     END LOOP;

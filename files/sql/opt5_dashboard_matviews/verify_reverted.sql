@@ -4,8 +4,8 @@ SET LOCAL search_path = pg_catalog, pg_temp;
 
 DO $$
 DECLARE
-    snap record;
-    f pg_proc%ROWTYPE;
+    snap stage4.function_snapshots%ROWTYPE;
+    mismatch text;
 BEGIN
     IF (SELECT count(*) FROM stage4.function_snapshots WHERE change = 'opt5_dashboard_matviews') <> 3 THEN
         RAISE EXCEPTION 'OPT5 revert: expected snapshots of three functions';
@@ -14,17 +14,9 @@ BEGIN
         RAISE EXCEPTION 'OPT5 revert: the definitions prepare_revert.sql saved are left in stage4.function_snapshots';
     END IF;
     FOR snap IN SELECT * FROM stage4.function_snapshots WHERE change = 'opt5_dashboard_matviews' LOOP
-        SELECT * INTO f FROM pg_proc WHERE oid = snap.function::regprocedure;
-        IF pg_get_functiondef(f.oid) IS DISTINCT FROM snap.definition THEN
-            RAISE EXCEPTION 'OPT5 revert: % differs from its captured definition', snap.function;
-        END IF;
-        IF pg_get_userbyid(f.proowner) IS DISTINCT FROM snap.owner
-           OR obj_description(f.oid, 'pg_proc') IS DISTINCT FROM snap.comment
-           OR (SELECT coalesce(jsonb_agg(g.stmt ORDER BY g.n), '[]')
-               FROM stage4.grant_statements(coalesce(f.proacl, acldefault('f', f.proowner)),
-                                            format('FUNCTION %s', f.oid::regprocedure)) WITH ORDINALITY g(stmt, n))
-              IS DISTINCT FROM snap.acl THEN
-            RAISE EXCEPTION 'OPT5 revert: owner, grants or comment of % differ from the captured ones', snap.function;
+        mismatch := stage4.function_snapshot_mismatch(snap);
+        IF mismatch IS NOT NULL THEN
+            RAISE EXCEPTION 'OPT5 revert: % differs from the captured one (%)', snap.function, mismatch;
         END IF;
     END LOOP;
     IF to_regclass('cron.job') IS NOT NULL

@@ -314,6 +314,40 @@ RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
             comment = EXCLUDED.comment, captured_at = now()
 $$;
 
+-- What differs between the function p_snapshot captured and that function now: NULL when nothing
+-- does, else 'missing', 'definition' (with p_body_may_change, only the body and LANGUAGE sql ->
+-- plpgsql may differ: 'signature or settings') or 'owner, grants or comment'. Used by the verify
+-- scripts of the changes that replace or restore functions.
+CREATE OR REPLACE FUNCTION stage4.function_snapshot_mismatch(p_snapshot stage4.function_snapshots,
+                                                             p_body_may_change boolean DEFAULT false)
+RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    f regprocedure := to_regprocedure(p_snapshot.function);
+    header text;
+BEGIN
+    IF f IS NULL THEN
+        RETURN 'missing';
+    END IF;
+    IF p_body_may_change THEN
+        header := replace(left(p_snapshot.definition, strpos(p_snapshot.definition, E'\nAS $function$')),
+                          E'\n LANGUAGE sql\n', E'\n LANGUAGE plpgsql\n');
+        IF left(pg_get_functiondef(f), length(header)) IS DISTINCT FROM header THEN
+            RETURN 'signature or settings';
+        END IF;
+    ELSIF pg_get_functiondef(f) IS DISTINCT FROM p_snapshot.definition THEN
+        RETURN 'definition';
+    END IF;
+    IF (SELECT pg_get_userbyid(p.proowner) FROM pg_proc p WHERE p.oid = f) IS DISTINCT FROM p_snapshot.owner
+       OR obj_description(f, 'pg_proc') IS DISTINCT FROM p_snapshot.comment
+       OR (SELECT coalesce(jsonb_agg(g.stmt ORDER BY g.n), '[]')
+           FROM pg_proc p, stage4.grant_statements(coalesce(p.proacl, acldefault('f', p.proowner)),
+                                                   format('FUNCTION %s', p.oid::regprocedure)) WITH ORDINALITY g(stmt, n)
+           WHERE p.oid = f) IS DISTINCT FROM p_snapshot.acl THEN
+        RETURN 'owner, grants or comment';
+    END IF;
+    RETURN NULL;
+END $$;
+
 -- Puts back every function p_change saved; returns how many.
 CREATE OR REPLACE FUNCTION stage4.restore_function_snapshots(p_change text)
 RETURNS int LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
