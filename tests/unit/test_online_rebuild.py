@@ -67,15 +67,6 @@ def fetch(cluster, db, sql, params=None):
         conn.close()
 
 
-def execute(cluster, db, sql):
-    conn = cluster.connect(db)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
-
-
 def schema_dump(cluster, db):
     done = subprocess.run(["pg_dump", "--schema-only", "-N", "stage4", "-h", cluster.host, "-p", str(cluster.port),
                            "-U", cluster.user, db], check=True, capture_output=True, text=True,
@@ -423,33 +414,6 @@ def test_opt1_reverts_online_and_keeps_every_write(cluster, db, capsys):
     assert proof["writes_replayed_at_cutover"] > 0 and int(proof["row_count"]) > 0
     events = fetch(cluster, db, "SELECT action FROM stage4.ledger_events WHERE change = %s ORDER BY id", (OPT1,))
     assert [e[0] for e in events] == ["prepare", "deploy", "prepare_revert", "revert"]
-
-
-def gist_reloptions(cluster, db):
-    """The storage parameters of every GiST index on geometrias and its partitions, by table."""
-    return dict(fetch(cluster, db, """
-        SELECT i.indrelid::regclass::text, coalesce(c.reloptions, '{}')
-        FROM pg_partition_tree('public.geometrias') t
-        JOIN pg_index i ON i.indrelid = t.relid
-        JOIN pg_class c ON c.oid = i.indexrelid AND c.relam = (SELECT oid FROM pg_am WHERE amname = 'gist')"""))
-
-
-def test_opt1_builds_the_gist_index_with_its_fillfactor_and_the_revert_restores_the_original(cluster, db, capsys):
-    """Every partition's GiST index, and a partition created later (as OPT4 does), gets OPT1's
-    fillfactor with the buffered build that honours it; the revert gives the plain table the index
-    as it was, its own storage parameters included. With "off" the index keeps them."""
-    execute(cluster, db, "ALTER INDEX public.geometrias_geom_gist SET (fillfactor = 90)")
-    dump = schema_dump(cluster, db)
-    assert run(capsys, opt1_args(cluster, db))["action"] == "deployed"
-    execute(cluster, db, "CREATE TABLE public.geometrias_p2040 PARTITION OF public.geometrias "
-                    "FOR VALUES FROM ('2040-01-01') TO ('2041-01-01')")
-    options = gist_reloptions(cluster, db)
-    assert len(options) == 13 and set(map(tuple, options.values())) == {("fillfactor=20", "buffering=on")}
-    execute(cluster, db, "DROP TABLE public.geometrias_p2040")
-    assert run(capsys, opt1_args(cluster, db, state="reverted"))["action"] == "reverted"
-    assert schema_dump(cluster, db) == dump
-    assert run(capsys, opt1_args(cluster, db, variables=dict(VARIABLES, gist_fillfactor="off")))["action"] == "deployed"
-    assert set(map(tuple, gist_reloptions(cluster, db).values())) == {("fillfactor=90",)}
 
 
 def test_an_interrupted_revert_is_cleaned_up_when_opt1_stays_and_resumed_when_it_goes(cluster, db, capsys):

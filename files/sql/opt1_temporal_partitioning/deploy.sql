@@ -3,11 +3,7 @@
 -- stage4.partition_through_year (default 2028), plus DEFAULT for anything outside.
 --
 -- Everything the table carries is carried over (stage4.swap_shadow()); the primary key becomes
--- (its columns + data_referencia), as PostgreSQL requires on a partitioned table, and the GiST
--- index on geom is built with fillfactor stage4.gist_fillfactor (default 20; 'off' keeps it as it
--- is): a k-nearest or point-in-polygon query now probes it in every partition, and each probe
--- costs less on pages that hold fewer entries (stage4.gist_storage_options()). The revert
--- restores the index as it was.
+-- (its columns + data_referencia), as PostgreSQL requires on a partitioned table.
 -- The cutover: prepare.sql has copied the rows into the new table while the application kept
 -- writing; here, under ACCESS EXCLUSIVE, only the writes logged since are replayed and the new
 -- table takes the old one's place. Without a prepare (a Supabase migration runs this file alone)
@@ -22,9 +18,7 @@ SELECT stage4.finish_online_rebuild(
     'opt1_temporal_partitioning',
     'public.geometrias',
     stage4.yearly_layout('public.geometrias', 'data_referencia',
-                         coalesce(nullif(current_setting('stage4.partition_through_year', true), ''), '2028')::int)
-    || jsonb_build_object('index_options', stage4.gist_storage_options('public.geometrias', 'geom',
-           nullif(coalesce(nullif(current_setting('stage4.gist_fillfactor', true), ''), '20'), 'off')::int)));
+                         coalesce(nullif(current_setting('stage4.partition_through_year', true), ''), '2028')::int));
 
 -- What partitioning costs the API, and what pays it back (measured by the benchmark, BENCHMARKS.md):
 -- * The radius RPC is a SQL function with a SET clause: planned again at every call, now over

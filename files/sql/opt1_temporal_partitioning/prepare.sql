@@ -9,9 +9,7 @@ BEGIN
     CALL stage4.prepare_online_rebuild(
         'public.geometrias',
         stage4.yearly_layout('public.geometrias', 'data_referencia',
-                             coalesce(nullif(current_setting('stage4.partition_through_year', true), ''), '2028')::int)
-        || jsonb_build_object('index_options', stage4.gist_storage_options('public.geometrias', 'geom',
-               nullif(coalesce(nullif(current_setting('stage4.gist_fillfactor', true), ''), '20'), 'off')::int)),
+                             coalesce(nullif(current_setting('stage4.partition_through_year', true), ''), '2028')::int),
         coalesce(nullif(current_setting('stage4.batch_rows', true), ''), '10000')::int,
         coalesce(nullif(current_setting('stage4.lock_timeout', true), ''), '2s'));
 END $$;

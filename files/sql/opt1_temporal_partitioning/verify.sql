@@ -19,9 +19,7 @@ BEGIN
            < make_date(through_year + 1, 1, 1) THEN
         RAISE EXCEPTION 'OPT1: rows of the yearly ranges ended up in the DEFAULT partition';
     END IF;
-    -- Everything as before but the primary key's columns and the GiST index's storage parameters.
-    PERFORM stage4.assert_table_preserved('public.geometrias', stage4.with_index_options(snap, stage4.gist_storage_options(
-        'public.geometrias', 'geom', nullif(coalesce(nullif(current_setting('stage4.gist_fillfactor', true), ''), '20'), 'off')::int)), true);
+    PERFORM stage4.assert_table_preserved('public.geometrias', snap, true);
     PERFORM stage4.assert_partitions_secured('public.geometrias');
     SELECT string_agg(s.function, ', ') INTO missing
     FROM stage4.function_snapshots s JOIN pg_proc p ON p.oid = s.function::regprocedure

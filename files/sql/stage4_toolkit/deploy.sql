@@ -621,30 +621,6 @@ BEGIN
     END IF;
 END $$;
 
--- p_before (describe_table()) with the storage parameters of some indexes replaced: p_index_options
--- maps an index's name to what its WITH clause is to hold ('' for none), as pg_get_indexdef()
--- prints it, so that the result compares with describe_table() of the rebuilt table. For plain
--- (not partial) indexes only, whose WITH clause ends the definition.
-CREATE OR REPLACE FUNCTION stage4.with_index_options(p_before jsonb, p_index_options jsonb)
-RETURNS jsonb LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    name text;
-BEGIN
-    FOR name IN SELECT jsonb_object_keys(coalesce(p_index_options, '{}')) LOOP
-        IF NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p_before->'indexes') i
-                       WHERE i->>'name' = name AND i->>'definition' NOT LIKE '% WHERE %') THEN
-            RAISE EXCEPTION 'stage4: % has no plain index % to set storage parameters on', p_before->>'relation', name;
-        END IF;
-    END LOOP;
-    RETURN jsonb_set(p_before, '{indexes}', (
-        SELECT coalesce(jsonb_agg(CASE WHEN p_index_options ? (i->>'name') THEN jsonb_set(i, '{definition}', to_jsonb(
-                                           regexp_replace(i->>'definition', ' WITH \(.*\)$', '')
-                                           || CASE WHEN p_index_options->>(i->>'name') <> ''
-                                                   THEN format(' WITH (%s)', p_index_options->>(i->>'name')) ELSE '' END))
-                                       ELSE i END ORDER BY n), '[]')
-        FROM jsonb_array_elements(p_before->'indexes') WITH ORDINALITY x(i, n)));
-END $$;
-
 -- Replaces p_table by its completed shadow, in the caller's transaction (which must hold an
 -- ACCESS EXCLUSIVE lock on p_table): drops what depends on the old table (deepest first) and the
 -- table itself, moves the shadow into place, then puts back the identity's position and
@@ -818,14 +794,12 @@ END $$;
 -- Runs inside the caller's transaction under an ACCESS EXCLUSIVE lock for the whole copy:
 -- either all of it happens or none of it. prepare_online_rebuild() + finish_online_rebuild()
 -- do the same with the copy outside the lock.
-DROP FUNCTION IF EXISTS stage4.rebuild_table(regclass, text, text[], jsonb, text[]);  -- now with p_index_options
 CREATE OR REPLACE FUNCTION stage4.rebuild_table(
     p_table regclass,
     p_partition_by text,
     p_primary_key text[],
     p_partitions jsonb DEFAULT '[]',
-    p_reloptions text[] DEFAULT NULL,
-    p_index_options jsonb DEFAULT '{}')
+    p_reloptions text[] DEFAULT NULL)
 RETURNS jsonb LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     before jsonb;
@@ -842,7 +816,7 @@ BEGIN
     -- The rows, ids included (no trigger exists yet on the new table to touch them), then the
     -- keys and indexes in bulk.
     EXECUTE format('INSERT INTO %s OVERRIDING SYSTEM VALUE SELECT * FROM %s', shadow, p_table);
-    PERFORM stage4.complete_shadow(shadow, stage4.with_index_options(before, p_index_options), p_primary_key);
+    PERFORM stage4.complete_shadow(shadow, before, p_primary_key);
     rebuilt := stage4.swap_shadow(p_table, shadow, before, p_reloptions);
     PERFORM stage4.drop_online_schema_if_empty();
     EXECUTE format('ANALYZE %s', rebuilt);
@@ -955,22 +929,18 @@ RETURNS jsonb LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     FROM generate_series(p_from, p_to) y
 $$;
 
--- The plain table p_change's snapshot of p_relation describes, as a layout for the online rebuild
--- that reverts the change: its primary key, its storage parameters and its plain indexes' (the
--- change may have set some, gist_storage_options()), not partitioned.
-CREATE OR REPLACE FUNCTION stage4.layout_in_snapshot(p_change text, p_relation text)
-RETURNS jsonb LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT jsonb_build_object('partition_by', NULL, 'primary_key', s->'primary_key'->'columns', 'partitions', '[]'::jsonb,
-                              'reloptions', coalesce(s->'reloptions', '[]'::jsonb),
-                              'index_options', (SELECT coalesce(jsonb_object_agg(i->>'name', coalesce(substring(i->>'definition' FROM ' WITH \((.*)\)$'), '')), '{}')
-                                                FROM jsonb_array_elements(s->'indexes') i
-                                                WHERE i->>'definition' NOT LIKE '% WHERE %'))
-    FROM stage4.snapshot(p_change, p_relation) s
-$$;
-
 -- The layout of a table partitioned by year on p_column, for rebuild_table() and the online
 -- rebuild: RANGE (p_column), one partition per year from the oldest row's (or the current) year
 -- through p_through_year plus DEFAULT, and a primary key extended by p_column.
+-- The plain table p_change's snapshot of p_relation describes, as a layout for the online rebuild
+-- that reverts the change: its primary key and storage parameters, not partitioned.
+CREATE OR REPLACE FUNCTION stage4.layout_in_snapshot(p_change text, p_relation text)
+RETURNS jsonb LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object('partition_by', NULL, 'primary_key', s->'primary_key'->'columns', 'partitions', '[]'::jsonb,
+                              'reloptions', coalesce(s->'reloptions', '[]'::jsonb))
+    FROM stage4.snapshot(p_change, p_relation) s
+$$;
+
 CREATE OR REPLACE FUNCTION stage4.yearly_layout(p_table regclass, p_column name, p_through_year int)
 RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -1010,7 +980,7 @@ CREATE TABLE IF NOT EXISTS stage4.online_rebuilds (
     relation    text        PRIMARY KEY,
     layout      jsonb       NOT NULL,  -- partition_by, primary_key, partitions (as rebuild_table() takes them);
                                        -- optional: toast, cluster_on (clustered_layout()), reloptions
-                                       -- (layout_in_snapshot()), index_options (with_index_options())
+                                       -- (layout_in_snapshot())
     shadow      text        NOT NULL,  -- the new table, in schema stage4_online
     delta       text        NOT NULL,  -- the keys written since capture started
     capture     text        NOT NULL,  -- the trigger function that logs them
@@ -1212,7 +1182,7 @@ CREATE OR REPLACE FUNCTION stage4.index_shadow(p_table regclass)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     state stage4.online_rebuilds := stage4.lock_online_rebuild(p_table);
-    before jsonb := stage4.with_index_options(stage4.describe_table(p_table, false), state.layout->'index_options');
+    before jsonb := stage4.describe_table(p_table, false);
 BEGIN
     IF state.phase <> 'index' THEN
         RETURN;
@@ -1435,8 +1405,7 @@ BEGIN
         before := stage4.save_snapshot(p_change, p_table);
         PERFORM stage4.rebuild_table(p_table, p_layout->>'partition_by',
                                      ARRAY(SELECT jsonb_array_elements_text(p_layout->'primary_key')), p_layout->'partitions',
-                                     CASE WHEN p_layout ? 'reloptions' THEN ARRAY(SELECT jsonb_array_elements_text(p_layout->'reloptions')) END,
-                                     coalesce(p_layout->'index_options', '{}'));
+                                     CASE WHEN p_layout ? 'reloptions' THEN ARRAY(SELECT jsonb_array_elements_text(p_layout->'reloptions')) END);
         RETURN;
     END IF;
     IF state.layout IS DISTINCT FROM p_layout THEN
@@ -1556,21 +1525,6 @@ RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indisvalid
     ORDER BY ic.relname
     LIMIT 1
-$$;
-
--- The storage parameters OPT1 gives p_table's GiST index on p_column (gist_index_on()), as
--- with_index_options() takes them: empty when p_fillfactor is NULL or there is no such index.
--- A partitioned table probes that index in every partition for a spatial query that the
--- partition key cannot prune (k-nearest, point in polygon): a k-nearest scan computes the
--- distance of every entry on each page it opens, so its cost per partition grows with the entries
--- per page. The default (sorted) build packs about 200 per page and ignores fillfactor; the
--- buffered build honours it on every level (about 40 per page at 20), and the partitions that
--- OPT4 creates later inherit both parameters from the parent's index.
-CREATE OR REPLACE FUNCTION stage4.gist_storage_options(p_table regclass, p_column name, p_fillfactor int)
-RETURNS jsonb LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN p_fillfactor IS NULL OR stage4.gist_index_on(p_table, p_column) IS NULL THEN '{}'::jsonb
-                ELSE jsonb_build_object(stage4.gist_index_on(p_table, p_column),
-                                        format('fillfactor=%L, buffering=%L', p_fillfactor::text, 'on')) END
 $$;
 
 -- OPT2's choice: the path (columnar where a "columnar" table access method exists, else portable)

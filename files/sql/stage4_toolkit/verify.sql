@@ -10,7 +10,7 @@ BEGIN
                       'assert_api_answers', 'save_function_snapshots', 'restore_function_snapshots', 'function_snapshot_mismatch',
                       'cache_function_plans', 'set_returning_query', 'restore_functions_before_revert', 'reinstate_applied_functions', 'forget_applied_functions', 'set_database_setting', 'restore_database_settings', 'database_setting',
                       'assert_partitioned_by_year', 'assert_can_materialize', 'storage_layout', 'create_shadow',
-                      'complete_shadow', 'create_shadow_index', 'rewrite_stale_toast', 'leaf_partitions', 'gist_index_on', 'gist_storage_options', 'with_index_options',
+                      'complete_shadow', 'create_shadow_index', 'rewrite_stale_toast', 'leaf_partitions', 'gist_index_on',
                       'storage_choice', 'clustered_layout', 'swap_shadow', 'drop_online_schema_if_empty', 'yearly_layout', 'layout_in_snapshot',
                       'lock_online_rebuild', 'lock_complete_shadow', 'lock_for_rebuild', 'key_row', 'start_online_rebuild', 'start_capture', 'copy_batch',
                       'index_shadow', 'replay_logged', 'apply_delta', 'replay_proven', 'analyze_shadow', 'prepare_online_rebuild',
