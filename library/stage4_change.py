@@ -30,6 +30,10 @@ description:
     The change counts as applied only when the deploy transaction commits, which also clears the prepared mark.
   - A change may likewise have C(prepare_revert.sql), run the same way before the revert transaction (copying the
     table back outside any exclusive lock); the prepared mark records which of the two it was made for.
+  - A change may have C(settle.sql), for what must wait until its deploy or revert has committed and the
+    application's calls held back by that transaction have completed (OPT1 drops what its cutover retired). It runs
+    after the commit, in autocommit, as one statement; its last column is returned as I(settled). A failure does not
+    undo the change; it is reported in I(settled), and the change's next swap finishes the job.
   - C(cleanup.sql) removes what C(prepare.sql) or C(prepare_revert.sql) left. It runs, in a transaction with the
     prepared mark's removal, when a prepare or the transaction after it fails; before C(revert.sql) in the revert
     transaction when the change is marked prepared for a deploy; alone (action C(cleaned_up)) when a change that
@@ -206,6 +210,11 @@ prepared:
   returned: always
   type: str
   sample: started
+settled:
+  description: What C(settle.sql) reported (its last column), C(failed - <error>), or C(not run).
+  returned: always
+  type: str
+  sample: retired objects dropped
 prepare_s:
   description: Seconds C(prepare.sql) or C(prepare_revert.sql) ran (in the run that succeeded).
   returned: always
@@ -262,7 +271,7 @@ try:
 except ImportError:  # connect() reports it
     pass
 
-SCRIPTS = ("precheck", "prepare", "deploy", "verify", "prepare_revert", "revert", "verify_reverted", "cleanup")
+SCRIPTS = ("precheck", "prepare", "deploy", "verify", "prepare_revert", "revert", "verify_reverted", "cleanup", "settle")
 REQUIRED_SCRIPTS = ("deploy", "verify", "revert")
 RUN_ON = {"deploy": ("precheck", "deploy", "verify"), "redeploy": ("deploy", "verify"),
           "revert": ("revert", "verify_reverted"), "cleanup": ("cleanup",)}
@@ -498,6 +507,11 @@ def transaction_scripts(action, scripts, prepared):
     return [n for n in names if n in scripts]
 
 
+def steps_after_transaction(action, scripts):
+    """settle.sql, run after the transaction of a deploy or a revert commits, when the change has it."""
+    return ["settle"] if "settle" in scripts and action != "cleanup" else []
+
+
 def sql_diff(change, action, row, scripts, names, prepared):
     """Ansible's diff of a change: the ledger state before, the scripts that run after."""
     before = ("applied with deploy.sql {0}".format(row["files"].get("deploy", {}).get("sha256"))
@@ -591,6 +605,18 @@ def run_prepare(conn, ledger, action, params, scripts):
         run_scripts(cur, [PREPARE[action]], params, scripts, local=False)
 
 
+def run_settle(conn, params, scripts):
+    """Runs settle.sql in autocommit after the change's transaction committed; returns what it reported."""
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            run_scripts(cur, ["settle"], params, scripts, local=False)
+            row = cur.fetchone() if cur.description else None
+        return str(row[-1]) if row else "done"
+    except ScriptFailed as failure:
+        return "failed - {0}".format(failure)
+
+
 def with_lock_retries(conn, params, step):
     """Runs step() again, with exponential backoff, while it fails because a lock was not granted in time.
     Returns the attempts; raises the last ScriptFailed."""
@@ -645,7 +671,7 @@ def main():
     except (OSError, ValueError, UnicodeDecodeError) as error:
         module.fail_json(msg=str(error))
     result = dict(change=params["change"], files=public_files(scripts), executed=[], attempts=0,
-                  duration_s=0.0, notices=[], precheck="not run", prepared="none", prepare_s=0.0)
+                  duration_s=0.0, notices=[], precheck="not run", prepared="none", prepare_s=0.0, settled="not run")
 
     conn = connect(module, application_name="stage4_change", autocommit=True)
     ledger = Ledger(conn, params["ledger_schema"])
@@ -662,7 +688,8 @@ def main():
     result["prepared"] = ("resumed" if prepared else "started") if uses_prepare else "none"
     names = transaction_scripts(action, scripts, prepared)
     if module._diff:
-        result["diff"] = sql_diff(params["change"], action, row, scripts, before_transaction + names, prepared)
+        result["diff"] = sql_diff(params["change"], action, row, scripts,
+                                  before_transaction + names + steps_after_transaction(action, scripts), prepared)
     if module.check_mode:
         if params["dry_run_precheck"] and action == "deploy":
             refusal = dry_run_precheck(conn, params, scripts)
@@ -694,6 +721,9 @@ def main():
         with_lock_retries(conn, params, transaction)
         result["duration_s"] = round(time.monotonic() - transaction.started, 3)
         result["executed"] += names
+        for name in steps_after_transaction(action, scripts):
+            result["settled"] = run_settle(conn, params, scripts)
+            result["executed"].append(name)
     except ScriptFailed as failure:
         result["notices"] = [] if conn.closed else [n.strip() for n in conn.notices]
         message = failure_message(params["change"], failure)

@@ -113,8 +113,8 @@ SCRIPTS = {"applied": ("precheck", "deploy", "verify"), "reverted": ("revert", "
 
 
 def run_change(conn, change, state="applied", variables=None, prelude_sql=None):
-    """Runs a change's scripts in one transaction on conn, as library/stage4_change.py does (without
-    its ledger); prelude_sql runs first in the same transaction. Returns the notices raised."""
+    """Runs a change's scripts in one transaction on conn, then its settle.sql, as library/stage4_change.py
+    does (without its ledger); prelude_sql runs first in the same transaction. Returns the notices raised."""
     conn.notices.clear()
     isolation = stage4_change.deploy_isolation(stage4_change.read_change(SQL_ROOT, change)) if state == "applied" else None
     conn.set_session(isolation_level=isolation or "DEFAULT")
@@ -128,6 +128,12 @@ def run_change(conn, change, state="applied", variables=None, prelude_sql=None):
             if os.path.isfile(path):
                 with open(path, encoding="utf-8") as handle:
                     cur.execute(handle.read())
+    settle = os.path.join(SQL_ROOT, change, "settle.sql")
+    if os.path.isfile(settle):  # after the commit, as the module runs it; without waiting for other sessions
+        autocommit, conn.autocommit = conn.autocommit, True
+        with open(settle, encoding="utf-8") as handle, conn.cursor() as cur:
+            cur.execute("SELECT set_config('stage4.settle_wait_seconds', '0', true);\n" + handle.read())
+        conn.autocommit = autocommit
     return [notice.strip() for notice in conn.notices]
 
 

@@ -67,6 +67,15 @@ def fetch(cluster, db, sql, params=None):
         conn.close()
 
 
+def execute(cluster, db, sql):
+    conn = cluster.connect(db)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
 def schema_dump(cluster, db):
     done = subprocess.run(["pg_dump", "--schema-only", "-N", "stage4", "-h", cluster.host, "-p", str(cluster.port),
                            "-U", cluster.user, db], check=True, capture_output=True, text=True,
@@ -129,12 +138,12 @@ class Writer(threading.Thread):
         self.conn.close()
 
 
-def deploy_while_writing(cluster, db, capsys, args, label):
+def deploy_while_writing(cluster, db, capsys, args, label, settles=False):
     """Deploys a change with a prepare through the module while the Writer runs; asserts it deployed
-    with its prepare and that every committed write is there with its content (deleted rows gone).
-    Returns the module's result and the writer."""
+    with its prepare (and its settle.sql) and that every committed write is there with its content
+    (deleted rows gone). Returns the module's result and the writer."""
     return change_while_writing(cluster, db, capsys, args, label, "deployed",
-                                ["precheck", "prepare", "precheck", "deploy", "verify"])
+                                ["precheck", "prepare", "precheck", "deploy", "verify"] + ["settle"] * settles)
 
 
 def change_while_writing(cluster, db, capsys, args, label, action, executed):
@@ -161,7 +170,7 @@ def change_while_writing(cluster, db, capsys, args, label, action, executed):
 
 
 def test_writes_during_prepare_and_cutover_are_kept(cluster, db, capsys):
-    applied, writer = deploy_while_writing(cluster, db, capsys, opt1_args(cluster, db), "OPT1")
+    applied, writer = deploy_while_writing(cluster, db, capsys, opt1_args(cluster, db), "OPT1", settles=True)
     assert applied["prepared"] == "started"
     assert writer.statements > 100
     assert fetch(cluster, db, "SELECT relkind FROM pg_class WHERE oid = 'public.geometrias'::regclass")[0][0] == "p"
@@ -269,6 +278,52 @@ def test_the_rebuild_locks_the_views_before_the_table(cluster, db):
     assert not read.is_alive()
     rebuild.close()
     reader.close()
+
+
+def test_calls_queued_behind_the_swap_complete_and_the_retired_functions_go_after_them(cluster, db, capsys):
+    """An RPC returning the table's rows, called while the cutover holds the table, has resolved the
+    function (and the table's row type) before it queues. The swap retires the old function and the
+    emptied old table instead of dropping them, so the call completes when the cutover commits, with
+    the new table's rows. Dropped, it failed ("could not open relation with OID" here, "cache lookup
+    failed for type" at 1,000,000 features). drop_retired() waits for the caller's transaction."""
+    assert run(capsys, opt1_args(cluster, db))["action"] == "deployed"
+    cutover = cluster.connect(db, autocommit=False)
+    caller = cluster.connect(db, autocommit=False)
+    outcome = {}
+
+    def call():
+        try:
+            with caller.cursor() as cur:
+                cur.execute("SET ROLE anon")
+                cur.execute("SELECT count(*) FROM public.geometrias_no_raio(-43.1822, -22.9711, 5000)")
+                outcome["rows"] = cur.fetchone()[0]
+        except Exception as error:  # noqa: BLE001  (reported by the assertion below)
+            outcome["error"] = str(error)
+    expected = fetch(cluster, db, "SET ROLE anon; SELECT count(*) FROM public.geometrias_no_raio(-43.1822, -22.9711, 5000)")[0][0]
+    with cutover.cursor() as cur:  # the revert's cutover, the copy in the transaction (no prepare)
+        for key, value in VARIABLES.items():
+            cur.execute("SELECT set_config(%s, %s, true)", ("stage4." + key, value))
+        with open(os.path.join(pgcluster.SQL_ROOT, OPT1, "revert.sql"), encoding="utf-8") as handle:
+            cur.execute(handle.read())
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    for _ in range(100):  # the call is queued behind the cutover's locks
+        if fetch(cluster, db, "SELECT count(*) FROM pg_locks WHERE NOT granted")[0][0]:
+            break
+        time.sleep(0.05)
+    cutover.commit()
+    thread.join(30)
+    assert outcome == {"rows": expected}
+    assert fetch(cluster, db, "SELECT count(*) FROM pg_proc WHERE pronamespace = 'stage4_retired'::regnamespace")[0][0] == 2
+    settle = threading.Thread(target=lambda: execute(cluster, db, "SELECT stage4.drop_retired(30)"), daemon=True)
+    settle.start()
+    time.sleep(0.5)
+    assert settle.is_alive()  # the caller's transaction is older than the swap
+    caller.commit()
+    settle.join(10)
+    assert fetch(cluster, db, "SELECT to_regnamespace('stage4_retired')")[0][0] is None
+    cutover.close()
+    caller.close()
 
 
 def terminate_prepare_mid_copy(cluster, db):
@@ -405,7 +460,7 @@ def test_opt1_reverts_online_and_keeps_every_write(cluster, db, capsys):
     dump = schema_dump(cluster, db)
     assert run(capsys, opt1_args(cluster, db))["action"] == "deployed"
     reverted, writer = change_while_writing(cluster, db, capsys, opt1_args(cluster, db, state="reverted"), "OPT1 revert",
-                                            "reverted", ["prepare_revert", "revert", "verify_reverted"])
+                                            "reverted", ["prepare_revert", "revert", "verify_reverted", "settle"])
     assert reverted["prepared"] == "started" and writer.statements > 100
     assert leftovers(cluster, db) == (0, False, 0, 0)
     assert schema_dump(cluster, db) == dump

@@ -222,10 +222,11 @@ def test_opt1_round_trip_restores_the_original(cluster, capsys):
     rows_before = scalar(cluster, checksum, "BIBLIOTECA")
     applied = run(capsys, dict(args, change="opt1_temporal_partitioning", variables={"partition_through_year": "2028"}))
     assert applied["action"] == "deployed", applied.get("msg")
+    assert applied["settled"] == "retired objects dropped"  # the plain table and its RPCs, after the swap
     assert scalar(cluster, "SELECT relkind FROM pg_class WHERE oid = 'public.geometrias'::regclass", "BIBLIOTECA") == "p"
     reverted = run(capsys, dict(args, change="opt1_temporal_partitioning", state="reverted"))
     assert reverted["action"] == "reverted", reverted.get("msg")
-    assert reverted["executed"] == ["prepare_revert", "revert", "verify_reverted"]
+    assert reverted["executed"] == ["prepare_revert", "revert", "verify_reverted", "settle"]
     assert scalar(cluster, checksum, "BIBLIOTECA") == rows_before
     run(capsys, dict(args, change="stage4_toolkit", state="reverted"))
     assert schema_dump(cluster) == before

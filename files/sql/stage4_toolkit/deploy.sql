@@ -621,6 +621,47 @@ BEGIN
     END IF;
 END $$;
 
+-- Retirement: what swap_shadow() replaces but a call already under way may still use (a function
+-- returning the old table's rows, and the emptied table whose row type that is) moves to schema
+-- stage4_retired, which no API role can reach, instead of being dropped in the swap's transaction.
+CREATE OR REPLACE FUNCTION stage4.retire(p_object text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF to_regnamespace('stage4_retired') IS NULL THEN
+        CREATE SCHEMA stage4_retired;
+        REVOKE ALL ON SCHEMA stage4_retired FROM PUBLIC;
+        COMMENT ON SCHEMA stage4_retired IS 'Stage 4: what a swap replaced, kept for the calls under way; dropped after it (stage4.drop_retired()).';
+    END IF;
+    EXECUTE format('ALTER %s SET SCHEMA stage4_retired', p_object);
+END $$;
+
+-- Drops schema stage4_retired and what it holds, once no other session of this database has a
+-- transaction that began before this call (one may be using a retired function), or after
+-- p_wait_seconds anyway. Run after the swap's commit (settle.sql), and by the next swap with 0.
+-- Returns what it did, for the run's output.
+CREATE OR REPLACE FUNCTION stage4.drop_retired(p_wait_seconds double precision)
+RETURNS text LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    since timestamptz := statement_timestamp();
+    deadline timestamptz := clock_timestamp() + make_interval(secs => p_wait_seconds);
+    older int;
+BEGIN
+    IF to_regnamespace('stage4_retired') IS NULL THEN
+        RETURN 'nothing retired';
+    END IF;
+    LOOP
+        PERFORM pg_stat_clear_snapshot();  -- pg_stat_activity is read once per transaction otherwise
+        SELECT count(*) INTO older FROM pg_stat_activity
+        WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+          AND xact_start < since;
+        EXIT WHEN older = 0 OR clock_timestamp() >= deadline;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    DROP SCHEMA stage4_retired CASCADE;
+    RETURN CASE WHEN older = 0 THEN 'retired objects dropped'
+                ELSE format('retired objects dropped while %s older transactions were still open', older) END;
+END $$;
+
 -- Replaces p_table by its completed shadow, in the caller's transaction (which must hold an
 -- ACCESS EXCLUSIVE lock on p_table): drops what depends on the old table (deepest first) and the
 -- table itself, moves the shadow into place, then puts back the identity's position and
@@ -655,10 +696,32 @@ BEGIN
 
     -- 1. Drop what depends on the old table (deepest first), then the old table itself.
     --    Anything else that depends on it makes this DROP fail and the whole change roll back.
+    --    Functions are retired instead, with the old table emptied (its row type is theirs): a call
+    --    queued behind this transaction's locks has resolved them already, and completes with them
+    --    (dropped, "cache lookup failed for type"). drop_retired() removes them after the commit.
+    PERFORM stage4.drop_retired(0);
     FOR item IN SELECT value FROM jsonb_array_elements(before->'dependents') ORDER BY (value->>'depth')::int DESC LOOP
-        EXECUTE format('DROP %s %s', upper(item->>'kind'), item->>'identity');
+        IF item->>'kind' = 'function' THEN
+            PERFORM stage4.retire('FUNCTION ' || (item->>'identity'));
+        ELSE
+            EXECUTE format('DROP %s %s', upper(item->>'kind'), item->>'identity');
+        END IF;
     END LOOP;
-    EXECUTE format('DROP TABLE %s', p_table);
+    IF EXISTS (SELECT 1 FROM jsonb_array_elements(before->'dependents') d WHERE d->>'kind' = 'function') THEN
+        -- Out of its publications first: a published TRUNCATE would empty the subscribers' copy.
+        FOR item IN SELECT jsonb_array_elements_text(before->'publications') LOOP
+            EXECUTE format('ALTER PUBLICATION %I DROP TABLE %s', item #>> '{}', p_table);
+        END LOOP;
+        FOR stmt IN SELECT i.inhrelid::regclass::text FROM pg_inherits i WHERE i.inhparent = p_table LOOP
+            EXECUTE format('DROP TABLE %s', stmt);
+        END LOOP;
+        IF before->>'partition_key' IS NULL THEN
+            EXECUTE format('TRUNCATE %s', p_table);
+        END IF;
+        PERFORM stage4.retire('TABLE ' || p_table::text);
+    ELSE
+        EXECUTE format('DROP TABLE %s', p_table);
+    END IF;
     -- The table's indexes, constraints and identity sequence move with it.
     EXECUTE format('ALTER TABLE %s SET SCHEMA %s', p_shadow, schema_name);
     work_table := format('%s.%I', schema_name, before->>'name')::regclass;

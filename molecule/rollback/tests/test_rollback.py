@@ -26,8 +26,9 @@ def test_each_revert_was_verified_and_audited():
     reverts = [e for e in entries if e["outcome"] == "reverted"]
     assert [e["step"] for e in reverts] == [o["change"] for o in reversed(rollout["optimizations"])
                                             if o["id"] in applied]
-    # OPT1's, OPT3's and OPT5's reverts run prepare_revert.sql first, outside the transaction.
+    # OPT1's, OPT3's and OPT5's reverts run prepare_revert.sql first, outside the transaction; OPT1's
+    # settle.sql after it.
     assert all(e["details"]["executed"] == ["prepare_revert"] * ("prepare_revert" in e["sql_files"]) + ["revert", "verify_reverted"]
-               for e in reverts)
+               + ["settle"] * ("settle" in e["sql_files"]) for e in reverts)
     assert any("prepare_revert" in e["details"]["executed"] for e in reverts)
     assert all(len(e["sql_files"]["revert"]["sha256"]) == 64 for e in reverts)
