@@ -16,12 +16,13 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR := 0
 LOCAL_DB_ENV = DB_HOST=127.0.0.1 DB_PORT=$(LOCALDB_PORT) DB_NAME=BIBLIOTECA DB_USER=postgres DB_PASSWORD="$$(cat .localdb/password)"
 
-.PHONY: help setup system-packages demo localdb fixture test unit lint faults-fast faults molecule bench bench-1m pgbench-ratio clean
+.PHONY: help setup system-packages demo localdb fixture test unit lint faults-fast faults faults-1m molecule bench bench-1m pgbench-ratio clean
 
 help:
 	@echo "make demo    - set up, create the local BIBLIOTECA ($(FEATURES) features) and run stage4.yml -i local"
 	@echo "make test    - unit tests, ansible-lint, the fast fault cases and every molecule scenario"
 	@echo "make faults  - the whole fault suite (bad input, backup failures, two runs, kill -9 at every step)"
+	@echo "make faults-1m - its cases that stop before any change, and two runs at once, at 1,000,000 features"
 	@echo "make bench   - Stage 4 on BENCH_FEATURES=$(BENCH_FEATURES) features in its own cluster (reports/bench); also make bench-1m"
 	@echo "make pgbench-ratio - the benchmark module's QPS per query against pgbench -M prepared"
 	@echo "make clean   - stop and delete the local cluster, reports and backups"
@@ -72,6 +73,11 @@ faults-fast: setup
 
 faults: setup
 	$(BIN)/pytest -q tests/faults
+
+# The cases that stop before any change, and two runs at once, against a 1,000,000-feature reference database.
+faults-1m: setup
+	STAGE4_FAULTS_FEATURES=1000000 $(BIN)/pytest -q tests/faults/test_faults.py \
+	  -k "bad_input or malformed or privileges or full_disk or backup_that_fails or second_run"
 
 # The four scenarios, two at a time (each has its own cluster, port and folder): about 23 min one
 # after the other on 2 cores, most of it Ansible's own single-threaded work. Each scenario's output

@@ -2,10 +2,11 @@
 import pytest
 
 import pgcluster
+from stage4_runs import FEATURES
 
 
 @pytest.fixture(scope="module")
 def cluster():
     with pgcluster.running_cluster() as running:
-        running.build_reference_db("BIBLIOTECA")
+        running.build_reference_db("BIBLIOTECA", features=FEATURES)
         yield running

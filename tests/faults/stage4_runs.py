@@ -13,6 +13,8 @@ sys.path.insert(0, os.path.join(REPO, "molecule", "shared"))
 from stage4_testlib import normalized_schema  # noqa: E402  (the molecule scenarios' comparison)
 
 ANSIBLE_PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+# The reference database's size (make faults-1m: 1,000,000, for the cases that stop before any change).
+FEATURES = int(os.environ.get("STAGE4_FAULTS_FEATURES", "251"))
 # Tests assert correctness; figures are the benchmarks' business: few samples, no throughput phase.
 FAST_RUN = ["-e", "stage4_benchmark_iterations=10", "-e", "stage4_benchmark_warmup=2",
             "-e", "stage4_benchmark_throughput_seconds=0", "-e", "stage4_optimization_gate_judge_latency=false"]
@@ -64,7 +66,8 @@ def run_env(cluster, dbname, **overrides):
 def stage4_argv(cluster, *extra, playbook="stage4.yml"):
     return [ANSIBLE_PLAYBOOK, os.path.join(REPO, playbook), "-i", os.path.join(REPO, "inventories", "local"),
             "-e", "stage4_reports_root=%s/reports" % cluster.folder,
-            "-e", "stage4_backup_dir=%s/backups" % cluster.folder, *FAST_RUN, *extra]
+            "-e", "stage4_backup_dir=%s/backups" % cluster.folder, "-e", "stage4_expected_features=%d" % FEATURES,
+            *FAST_RUN, *extra]
 
 
 def run_stage4(cluster, dbname, *extra, env=None, playbook="stage4.yml"):

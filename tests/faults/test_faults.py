@@ -15,7 +15,7 @@ import tempfile
 import time
 
 import pytest
-from stage4_runs import (REPO, audit_steps, clone, ledger, run_dirs, run_env, run_stage4, sql,
+from stage4_runs import (FEATURES, REPO, audit_steps, clone, ledger, run_dirs, run_env, run_stage4, sql,
                          stage4_argv, state)
 
 CANARY_PASSWORD = "Canary-Secret-4-Faults"
@@ -46,7 +46,7 @@ BAD_INPUT = {
                                  "geometria_id bigint REFERENCES public.geometrias (id))"], [], {},
                                 "Foreign keys reference public.geometrias: anexos (anexos_geometria_id_fkey)"),
     "wrong_feature_count": (["DELETE FROM public.geometrias WHERE id = (SELECT max(id) FROM public.geometrias)"],
-                            [], {}, "with 250 features (expected 251)"),
+                            [], {}, "with %d features (expected %d)" % (FEATURES - 1, FEATURES)),
     "unknown_variable": (None, ["-e", "stage4_optimizaton_gate_force_fail=[opt1]"], {},
                          "stage4_optimizaton_gate_force_fail (did you mean stage4_optimization_gate_force_fail?)"),
     "selection_gap": (None, ["-e", "stage4_select=opt2"], {},
