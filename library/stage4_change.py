@@ -721,9 +721,9 @@ def main():
         with_lock_retries(conn, params, transaction)
         result["duration_s"] = round(time.monotonic() - transaction.started, 3)
         result["executed"] += names
-        for name in steps_after_transaction(action, scripts):
+        if steps_after_transaction(action, scripts):
             result["settled"] = run_settle(conn, params, scripts)
-            result["executed"].append(name)
+            result["executed"].append("settle")
     except ScriptFailed as failure:
         result["notices"] = [] if conn.closed else [n.strip() for n in conn.notices]
         message = failure_message(params["change"], failure)

@@ -682,6 +682,7 @@ DECLARE
     grantee text;
     identity_seq text;
     previous_check text;
+    retiring boolean;
 BEGIN
     IF jsonb_array_length(before->'referenced_by') > 0 THEN
         RAISE EXCEPTION 'stage4: % is referenced by foreign keys %; they would not survive a rebuild',
@@ -696,18 +697,21 @@ BEGIN
 
     -- 1. Drop what depends on the old table (deepest first), then the old table itself.
     --    Anything else that depends on it makes this DROP fail and the whole change roll back.
-    --    Functions are retired instead, with the old table emptied (its row type is theirs): a call
-    --    queued behind this transaction's locks has resolved them already, and completes with them
-    --    (dropped, "cache lookup failed for type"). drop_retired() removes them after the commit.
+    --    A table's functions are retired instead, with the table emptied (its row type is theirs): a
+    --    call queued behind this transaction's locks has resolved them already, and completes with
+    --    them (dropped, "cache lookup failed for type"). drop_retired() removes them after the commit.
+    --    A partition keeps its place in its parent until dropped: it is never retired.
     PERFORM stage4.drop_retired(0);
+    retiring := before->>'partition_of' IS NULL
+                AND EXISTS (SELECT 1 FROM jsonb_array_elements(before->'dependents') d WHERE d->>'kind' = 'function');
     FOR item IN SELECT value FROM jsonb_array_elements(before->'dependents') ORDER BY (value->>'depth')::int DESC LOOP
-        IF item->>'kind' = 'function' THEN
+        IF retiring AND item->>'kind' = 'function' THEN
             PERFORM stage4.retire('FUNCTION ' || (item->>'identity'));
         ELSE
             EXECUTE format('DROP %s %s', upper(item->>'kind'), item->>'identity');
         END IF;
     END LOOP;
-    IF EXISTS (SELECT 1 FROM jsonb_array_elements(before->'dependents') d WHERE d->>'kind' = 'function') THEN
+    IF retiring THEN
         -- Out of its publications first: a published TRUNCATE would empty the subscribers' copy.
         FOR item IN SELECT jsonb_array_elements_text(before->'publications') LOOP
             EXECUTE format('ALTER PUBLICATION %I DROP TABLE %s', item #>> '{}', p_table);
