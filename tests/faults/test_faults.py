@@ -7,6 +7,7 @@ uninterrupted run leaves it.
 (tests marked `every_step`).
 """
 import glob
+import itertools
 import os
 import re
 import signal
@@ -227,7 +228,10 @@ def test_killed_between_deploy_and_gate_is_reverted_and_judged_again(cluster, un
     events = sql(cluster, "killed_at_opt1_temporal_partitioning",
                  "SELECT action FROM stage4.ledger_events WHERE change = 'opt1_temporal_partitioning' ORDER BY id")
     # OPT1 copies online both ways: a prepare (outside the transaction) comes before each deploy and revert.
-    assert [e[0] for e in events] == ["prepare", "deploy", "prepare_revert", "revert", "prepare", "deploy"]
+    # A prepare retried after its lock wait timed out logs each attempt (at 1,000,000 features the revert's
+    # waited once, behind what the killed run's backend was still doing).
+    assert [action for action, _ in itertools.groupby(e[0] for e in events)] == [
+        "prepare", "deploy", "prepare_revert", "revert", "prepare", "deploy"]
 
 
 EVERY_STEP = ["preflight", "backup", "stage4_toolkit", "benchmark_schema", "benchmark_provenance", "benchmark_baseline",
