@@ -67,15 +67,6 @@ def fetch(cluster, db, sql, params=None):
         conn.close()
 
 
-def execute(cluster, db, sql):
-    conn = cluster.connect(db)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
-
-
 def schema_dump(cluster, db):
     done = subprocess.run(["pg_dump", "--schema-only", "-N", "stage4", "-h", cluster.host, "-p", str(cluster.port),
                            "-U", cluster.user, db], check=True, capture_output=True, text=True,
@@ -315,7 +306,7 @@ def test_calls_queued_behind_the_swap_complete_and_the_retired_functions_go_afte
     thread.join(30)
     assert outcome == {"rows": expected}
     assert fetch(cluster, db, "SELECT count(*) FROM pg_proc WHERE pronamespace = 'stage4_retired'::regnamespace")[0][0] == 2
-    settle = threading.Thread(target=lambda: execute(cluster, db, "SELECT stage4.drop_retired(30)"), daemon=True)
+    settle = threading.Thread(target=lambda: fetch(cluster, db, "SELECT stage4.drop_retired(30)"), daemon=True)
     settle.start()
     time.sleep(0.5)
     assert settle.is_alive()  # the caller's transaction is older than the swap
