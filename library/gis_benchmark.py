@@ -1269,23 +1269,6 @@ class WorkerPool:
         return self.wait_all("done", phase_number)
 
 
-def measure_throughput(params, statement, clients, seconds):
-    """Run one statement for seconds on clients worker processes, each as fast as it can.
-
-    Like pgbench -M prepared -c clients -j clients -T seconds -f <file>: each client prepares
-    the statement on its connection and executes it back to back, fetching all rows; the time
-    to connect and prepare is not counted. params are the module's options (login_* at least).
-    Returns dict(executions, seconds (wall time), qps, client: which of EXECUTORS ran).
-    """
-    params = dict(with_defaults(params), prepared=True)
-    queries = [dict(query_id="statement", sql=strip_statement(statement))]
-    phases = [dict(query=0, seconds=seconds)]
-    with WorkerPool(params, queries, phases, clients) as pool:
-        payloads = pool.run_phase(0)
-        pool.wait_all("exit")
-    return throughput(payloads)
-
-
 # --------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------

@@ -483,20 +483,30 @@ def test_more_clients_than_iterations(cluster, capsys):
     assert all(stats["throughput_executions"] >= 3 for stats in bench["queries"].values())
 
 
-def test_measure_throughput(cluster):
+def pool_throughput(params, statement, clients, seconds):
+    """One throughput phase of `statement` on `clients` worker processes, as run_benchmark() runs each query's."""
+    params = dict(gis_benchmark.with_defaults(params), prepared=True)
+    queries = [dict(query_id="statement", sql=gis_benchmark.strip_statement(statement))]
+    with gis_benchmark.WorkerPool(params, queries, [dict(query=0, seconds=seconds)], clients) as pool:
+        payloads = pool.run_phase(0)
+        pool.wait_all("exit")
+    return gis_benchmark.throughput(payloads)
+
+
+def test_a_throughput_phase_counts_every_client_s_executions(cluster):
     params = dict(cluster.login_args(DB), as_role="anon")
     with open(os.path.join(QUERIES_DIR, "q09_point_in_polygon.sql"), encoding="utf-8") as handle:
-        measured = gis_benchmark.measure_throughput(params, handle.read(), clients=2, seconds=0.2)
+        measured = pool_throughput(params, handle.read(), clients=2, seconds=0.2)
     assert measured["executions"] >= 2
     assert measured["seconds"] >= 0.2
     assert measured["qps"] == pytest.approx(measured["executions"] / measured["seconds"], rel=1e-3)
     assert measured["client"] == "libpq PQexecPrepared"
 
 
-def test_measure_throughput_reports_an_error_raised_while_executing(cluster):
+def test_a_throughput_phase_reports_an_error_raised_while_executing(cluster):
     """Planned at its first execution, through libpq: the error is the server's, as for a psycopg2 call."""
     with pytest.raises(gis_benchmark.BenchmarkError, match="query statement failed: .*division by zero"):
-        gis_benchmark.measure_throughput(cluster.login_args(DB), "SELECT 1 / (random() * 0)::int;", 2, 0.1)
+        pool_throughput(cluster.login_args(DB), "SELECT 1 / (random() * 0)::int;", 2, 0.1)
 
 
 def test_an_unprepared_throughput_phase_fetches_with_psycopg2(cluster):
@@ -529,9 +539,9 @@ def test_latency_samples_run_through_the_throughput_executor_and_report_the_quer
         conn.close()
 
 
-def test_measure_throughput_reports_a_failing_statement(cluster):
+def test_a_throughput_phase_reports_a_failing_statement(cluster):
     with pytest.raises(gis_benchmark.BenchmarkError, match='query statement failed: .*"no_such_table"'):
-        gis_benchmark.measure_throughput(cluster.login_args(DB), "SELECT * FROM no_such_table;", 2, 0.1)
+        pool_throughput(cluster.login_args(DB), "SELECT * FROM no_such_table;", 2, 0.1)
 
 
 def test_fingerprints_are_stable_and_reruns_replace(cluster, db, capsys):
