@@ -20,7 +20,7 @@ again, longer) when something is inconclusive and nothing failed; otherwise it p
 from __future__ import annotations
 
 import math
-from statistics import NormalDist, fmean, median, variance
+from statistics import NormalDist, fmean, median, pstdev, quantiles, variance
 
 DOCUMENTATION = r"""
 name: stage4_gate
@@ -291,17 +291,28 @@ def stage4_gate(current, reference, max_slowdown_ms=2.0, max_slowdown_pct=25.0, 
     }
 
 
+def pooled_latency(samples):
+    """The latency figures of gis_benchmark's summarize() for `samples` (percentiles by linear interpolation
+    between order statistics, population standard deviation), without confidence intervals."""
+    cuts = quantiles(samples, n=100, method="inclusive") if len(samples) > 1 else [samples[0]] * 99
+    return dict(mean_ms=round(fmean(samples), 3), p50_ms=round(median(samples), 3), p95_ms=round(cuts[94], 3),
+                p99_ms=round(cuts[98], 3), min_ms=min(samples), max_ms=max(samples), stddev_ms=round(pstdev(samples), 3),
+                mean_ci_ms=None, p50_ci_ms=None, p95_ci_ms=None, p99_ci_ms=None)
+
+
 def stage4_pooled(benchmark, more):
     """benchmark with the samples of `more` (the same stage measured again) added to each query's.
 
-    The medians and means are recomputed from the pooled samples; the rest (fingerprint, plan,
-    stage figures) stays that of the first measurement, so a changed result cannot hide.
+    The latency figures (mean, percentiles as gis_benchmark computes them, min, max, standard deviation)
+    are recomputed from the pooled samples, and the first measurement's confidence intervals are dropped
+    (None) rather than shown beside figures they do not describe; the gate's own interval is computed from
+    the samples. The rest (fingerprint, plan, stage figures) stays that of the first measurement, so a
+    changed result cannot hide.
     """
     pooled = dict(benchmark, queries={}, executions=benchmark["executions"] + more["executions"])
     for query_id, first in benchmark["queries"].items():
         samples = list(first.get("samples_ms") or []) + list((more["queries"].get(query_id) or {}).get("samples_ms") or [])
-        pooled["queries"][query_id] = dict(first, samples_ms=samples, calls=len(samples),
-                                           p50_ms=round(median(samples), 3), mean_ms=round(fmean(samples), 3))
+        pooled["queries"][query_id] = dict(first, samples_ms=samples, calls=len(samples), **pooled_latency(samples))
         if more["queries"].get(query_id, {}).get("fingerprint") not in (None, first.get("fingerprint")):
             pooled["queries"][query_id]["fingerprint"] = "unstable: " + more["queries"][query_id]["fingerprint"]
     all_samples = [s for q in pooled["queries"].values() for s in q["samples_ms"]]
