@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Writes BENCHMARKS.md from the project's own measurements: no figure is typed by hand.
+"""Writes the measured sections of BENCHMARKS.md (each run's tables, the pgbench ratio) from the project's own
+measurements: no figure in them is typed by hand. The analysis between runs in BENCHMARKS.md is written by hand
+and quotes each of its measurements with its command and date.
 
     scripts/benchmarks_md.py --run reports/local/<run id>/report.json \\
         --run reports/bench/local/<run id>/report.json --ratio reports/pgbench_ratio.json > BENCHMARKS.md
@@ -134,8 +136,10 @@ def main():
     args = parser.parse_args()
     parts = ["# Benchmarks", "",
              "Every figure below was measured by this project's code (`library/gis_benchmark.py`, the gate in "
-             "`filter_plugins/stage4_gate.py`, `scripts/pgbench_ratio.py`) and written here by "
-             "`scripts/benchmarks_md.py` from the runs' `report.json`. Reproduce with `make demo` (251 features), "
+             "`filter_plugins/stage4_gate.py`, `scripts/pgbench_ratio.py`). Each run's section and the ratio's "
+             "table are written by `scripts/benchmarks_md.py` from the runs' `report.json`; the analysis between "
+             "them (pgbench and EXPLAIN measurements) is written by hand, each figure with its command and date. "
+             "Reproduce with `make demo` (251 features), "
              "`make bench-1m` (1,000,000 features) and `make pgbench-ratio`. Latency is the median of the "
              "timed executions; where the gate says \"unchanged\" no gain is claimed.", ""]
     parts += [run_section(load(path)) for path in args.run]
