@@ -226,10 +226,18 @@ attempts:
   type: int
   sample: 1
 duration_s:
-  description: Seconds spent in the successful transaction (the deploy, the cutover of a prepared change).
+  description: Seconds spent in the successful transaction (the deploy, the cutover of a prepared change), its COMMIT
+    included.
   returned: always
   type: float
   sample: 0.84
+commit_s:
+  description: Seconds of that transaction's COMMIT, part of I(duration_s). The locks are held until it ends, and it
+    cannot be cancelled, so I(transaction_timeout) does not bound it; it is where PostgreSQL removes the files of the
+    tables the transaction dropped.
+  returned: always
+  type: float
+  sample: 0.02
 applied:
   description: Whether the change is in the ledger after this task (in check mode, whether it would be).
   returned: always
@@ -561,7 +569,8 @@ def rollback(conn):
 
 def run_transaction(conn, ledger, action, params, scripts, names, timeout=0.0):
     """Runs `names` and the ledger update of `action` in one transaction, committed; a deploy in the
-    isolation level its deploy.sql declares. Cancelled (OverBudget) when it runs past `timeout` seconds."""
+    isolation level its deploy.sql declares. Cancelled (OverBudget) when it runs past `timeout` seconds; the COMMIT
+    cannot be. Returns the seconds the COMMIT took."""
     conn.autocommit = False
     isolation = deploy_isolation(scripts) if action in ("deploy", "redeploy") else None
     conn.set_session(isolation_level=isolation or "DEFAULT")
@@ -573,7 +582,9 @@ def run_transaction(conn, ledger, action, params, scripts, names, timeout=0.0):
                           params["gated"])
         if budget.spent:  # the cancel arrived between two statements, where the server ignores it
             raise OverBudget(timeout, None)
+        committing = time.monotonic()
         conn.commit()
+        return time.monotonic() - committing
     except (ScriptFailed, psycopg2.Error) as failure:
         rollback(conn)
         if budget.spent and not isinstance(failure, OverBudget):
@@ -671,7 +682,7 @@ def main():
     except (OSError, ValueError, UnicodeDecodeError) as error:
         module.fail_json(msg=str(error))
     result = dict(change=params["change"], files=public_files(scripts), executed=[], attempts=0,
-                  duration_s=0.0, notices=[], precheck="not run", prepared="none", prepare_s=0.0, settled="not run")
+                  duration_s=0.0, commit_s=0.0, notices=[], precheck="not run", prepared="none", prepare_s=0.0, settled="not run")
 
     conn = connect(module, application_name="stage4_change", autocommit=True)
     ledger = Ledger(conn, params["ledger_schema"])
@@ -717,7 +728,7 @@ def main():
         def transaction():
             result["attempts"] += 1
             transaction.started = time.monotonic()
-            run_transaction(conn, ledger, action, params, scripts, names, timeout)
+            result["commit_s"] = round(run_transaction(conn, ledger, action, params, scripts, names, timeout), 3)
         with_lock_retries(conn, params, transaction)
         result["duration_s"] = round(time.monotonic() - transaction.started, 3)
         result["executed"] += names

@@ -55,6 +55,7 @@ def test_apply_is_recorded_then_unchanged(cluster, capsys, tmp_path):
     first = run(capsys, args)
     assert first["changed"] and first["action"] == "deployed"
     assert first["executed"] == ["deploy", "verify"]
+    assert 0 <= first["commit_s"] <= first["duration_s"]  # the COMMIT is timed, within the transaction's time
     again = run(capsys, args)
     assert not again["changed"] and again["action"] == "unchanged"
     assert scalar(cluster, "SELECT files->'deploy'->>'sha256' FROM stage4.ledger WHERE change = 'c1'") \
