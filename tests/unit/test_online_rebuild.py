@@ -274,9 +274,10 @@ def test_the_rebuild_locks_the_views_before_the_table(cluster, db):
 def test_calls_queued_behind_the_swap_complete_and_the_retired_functions_go_after_them(cluster, db, capsys):
     """An RPC returning the table's rows, called while the cutover holds the table, has resolved the
     function (and the table's row type) before it queues. The swap retires the old function and the
-    emptied old table instead of dropping them, so the call completes when the cutover commits, with
+    old table, whole, instead of dropping them, so the call completes when the cutover commits, with
     the new table's rows. Dropped, it failed ("could not open relation with OID" here, "cache lookup
-    failed for type" at 1,000,000 features). drop_retired() waits for the caller's transaction."""
+    failed for type" at 1,000,000 features). drop_retired() waits for the caller's transaction; until
+    it drops them the retired table keeps its rows, so their files were not removed under the lock."""
     assert run(capsys, opt1_args(cluster, db))["action"] == "deployed"
     cutover = cluster.connect(db, autocommit=False)
     caller = cluster.connect(db, autocommit=False)
@@ -306,6 +307,8 @@ def test_calls_queued_behind_the_swap_complete_and_the_retired_functions_go_afte
     thread.join(30)
     assert outcome == {"rows": expected}
     assert fetch(cluster, db, "SELECT count(*) FROM pg_proc WHERE pronamespace = 'stage4_retired'::regnamespace")[0][0] == 2
+    assert fetch(cluster, db, "SELECT count(*) FROM stage4_retired.geometrias") == \
+        fetch(cluster, db, "SELECT count(*) FROM public.geometrias")  # the partitioned table, with its partitions
     settle = threading.Thread(target=lambda: fetch(cluster, db, "SELECT stage4.drop_retired(30)"), daemon=True)
     settle.start()
     time.sleep(0.5)
@@ -318,13 +321,14 @@ def test_calls_queued_behind_the_swap_complete_and_the_retired_functions_go_afte
 
 
 def terminate_prepare_mid_copy(cluster, db):
-    """Waits until the copy has committed a few batches, then terminates the backend running it."""
+    """Waits until the copy has committed a few batches, then terminates the backend running it, in the
+    same statement: the copy must not finish between the two."""
     for _ in range(600):
-        found = fetch(cluster, db, "SELECT r.copied, (SELECT pid FROM pg_stat_activity WHERE query LIKE '%%prepare_online_rebuild%%' "
-                                   "AND pid <> pg_backend_pid() AND state = 'active' LIMIT 1) "
-                                   "FROM stage4.online_rebuilds r WHERE r.phase = 'copy' AND r.copied >= 4000")
+        found = fetch(cluster, db, "SELECT r.copied, pg_terminate_backend(a.pid) FROM stage4.online_rebuilds r, "
+                                   "LATERAL (SELECT pid FROM pg_stat_activity WHERE query LIKE '%%prepare_online_rebuild%%' "
+                                   "AND pid <> pg_backend_pid() AND state = 'active' LIMIT 1) a "
+                                   "WHERE r.phase = 'copy' AND r.copied >= 4000")
         if found and found[0][1]:
-            fetch(cluster, db, "SELECT pg_terminate_backend(%s)", (found[0][1],))
             return found[0][0]
         time.sleep(0.05)
     raise AssertionError("the copy never got under way")
@@ -338,9 +342,9 @@ def interrupted_prepare(cluster, db, action="deploy"):
         cur.execute(stage4_change.LEDGER_DDL.replace("{schema}", "stage4"))
         cur.execute("INSERT INTO stage4.prepared (change, run_id, files, action) VALUES (%s, 'killed', '{}', %s)",
                     (OPT1, action))
-        # Batches of 500 rows: the copy is still under way when the kill lands (with 2,000 a copy out of a
-        # partitioned table could finish first).
-        for key, value in dict(VARIABLES, batch_rows="500").items():
+        # Batches of 100 rows: the copy is still under way when the kill lands (with 2,000 a copy out of a
+        # partitioned table could finish first, and with 500 it did, once in four runs on an idle machine).
+        for key, value in dict(VARIABLES, batch_rows="100").items():
             cur.execute("SELECT set_config(%s, %s, false)", ("stage4." + key, value))
     with open(os.path.join(pgcluster.SQL_ROOT, OPT1, stage4_change.PREPARE[action] + ".sql"), encoding="utf-8") as handle:
         prepare = handle.read()
@@ -506,12 +510,15 @@ PARTITION_STATE = """
 
 def test_opt2_rebuilds_the_closed_partitions_online_and_keeps_every_write(cluster, db, capsys):
     """OPT2 after OPT1: each closed partition is copied, clustered and proven while the writer runs;
-    the deploy swaps them in. Every committed write is kept, each new partition carries what the old
+    the deploy swaps them in, and its settle.sql drops the partitions they replaced. Every committed write is kept, each new partition carries what the old
     one did (RLS, grants, comment, indexes attached to the parent's, the parent's triggers), and the
     revert restores the storage settings."""
     assert run(capsys, opt1_args(cluster, db))["action"] == "deployed"
     partitions_before = fetch(cluster, db, PARTITION_STATE)
-    deploy_while_writing(cluster, db, capsys, opt2_args(cluster, db), "OPT2")
+    applied, _ = deploy_while_writing(cluster, db, capsys, opt2_args(cluster, db), "OPT2", settles=True)
+    # The replaced partitions were retired whole by the swap (not dropped under its lock), then dropped.
+    assert applied["settled"] == "retired objects dropped"
+    assert fetch(cluster, db, "SELECT to_regnamespace('stage4_retired')")[0][0] is None
     # The closed partitions were swapped (new tables), the open ones left in place; nothing else moved.
     rebuilt = fetch(cluster, db, "SELECT relation, details->>'clustered_on', details->'rows_proof' ? 'row_count' "
                                  "FROM stage4.opt2_layout WHERE (details->>'rebuilt_online')::boolean ORDER BY 1")

@@ -1,0 +1,8 @@
+-- OPT2 settle, run by stage4_change once the deploy has committed, outside any transaction block.
+-- The cutover retired the closed partitions it replaced, detached but whole (stage4.swap_shadow()):
+-- dropping them there would have removed their files at its COMMIT, with ACCESS EXCLUSIVE on
+-- public.geometrias still held. They are dropped here, once every transaction that began before
+-- this statement has ended, or after stage4.settle_wait_seconds (default 30) anyway. A revert
+-- retires nothing ("nothing retired").
+SELECT set_config('lock_timeout', coalesce(nullif(current_setting('stage4.lock_timeout', true), ''), '2s'), true),
+       stage4.drop_retired(coalesce(nullif(current_setting('stage4.settle_wait_seconds', true), ''), '30')::double precision);
