@@ -4,5 +4,4 @@
 -- completes with them, and the table's files are not removed at the cutover's COMMIT, under its
 -- lock. They are dropped here, once every transaction that began before this statement has
 -- ended, or after stage4.settle_wait_seconds (default 30) anyway.
-SELECT set_config('lock_timeout', coalesce(nullif(current_setting('stage4.lock_timeout', true), ''), '2s'), true),
-       stage4.drop_retired(coalesce(nullif(current_setting('stage4.settle_wait_seconds', true), ''), '30')::double precision);
+SELECT stage4.settle_retired();

@@ -667,6 +667,16 @@ BEGIN
                 ELSE format('retired objects dropped while %s older transactions were still open', older) END;
 END $$;
 
+-- What a change's settle.sql runs once its swap has committed (OPT1's, OPT2's): drop_retired()
+-- with the change's stage4.settle_wait_seconds (default 30), waiting for locks at most its
+-- stage4.lock_timeout (default 2s).
+CREATE OR REPLACE FUNCTION stage4.settle_retired()
+RETURNS text LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM set_config('lock_timeout', coalesce(nullif(current_setting('stage4.lock_timeout', true), ''), '2s'), true);
+    RETURN stage4.drop_retired(coalesce(nullif(current_setting('stage4.settle_wait_seconds', true), ''), '30')::double precision);
+END $$;
+
 -- Replaces p_table by its completed shadow, in the caller's transaction (which must hold an
 -- ACCESS EXCLUSIVE lock on p_table): drops what depends on the old table (deepest first), retires
 -- the table itself, moves the shadow into place, then puts back the identity's position and

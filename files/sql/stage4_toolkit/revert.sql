@@ -19,7 +19,7 @@ DROP FUNCTION IF EXISTS stage4.storage_layout(regclass, name), stage4.assert_can
     stage4.copy_batch(regclass, int), stage4.start_capture(regclass), stage4.start_online_rebuild(regclass, jsonb),
     stage4.key_row(regclass, text[], text, jsonb), stage4.lock_online_rebuild(regclass), stage4.lock_complete_shadow(regclass), stage4.lock_for_rebuild(regclass), stage4.yearly_layout(regclass, name, int), stage4.layout_in_snapshot(text, text),
     stage4.rebuild_table(regclass, text, text[], jsonb, text[]), stage4.drop_online_schema_if_empty(),
-    stage4.swap_shadow(regclass, regclass, jsonb, text[]), stage4.retire(text), stage4.drop_retired(double precision), stage4.complete_shadow(regclass, jsonb, text[]),
+    stage4.swap_shadow(regclass, regclass, jsonb, text[]), stage4.retire(text), stage4.drop_retired(double precision), stage4.settle_retired(), stage4.complete_shadow(regclass, jsonb, text[]),
     stage4.create_shadow(regclass, text, jsonb), stage4.create_shadow_index(regclass, jsonb, text),
     stage4.rewrite_stale_toast(regclass, jsonb, text), stage4.leaf_partitions(regclass, date), stage4.gist_index_on(regclass, name),
     stage4.storage_choice(text, text), stage4.clustered_layout(regclass, name, text),

@@ -11,7 +11,7 @@ BEGIN
                       'cache_function_plans', 'set_returning_query', 'restore_functions_before_revert', 'reinstate_applied_functions', 'forget_applied_functions', 'set_database_setting', 'restore_database_settings', 'database_setting',
                       'assert_partitioned_by_year', 'assert_can_materialize', 'storage_layout', 'create_shadow',
                       'complete_shadow', 'create_shadow_index', 'rewrite_stale_toast', 'leaf_partitions', 'gist_index_on',
-                      'storage_choice', 'clustered_layout', 'swap_shadow', 'retire', 'drop_retired', 'drop_online_schema_if_empty', 'yearly_layout', 'layout_in_snapshot',
+                      'storage_choice', 'clustered_layout', 'swap_shadow', 'retire', 'drop_retired', 'settle_retired', 'drop_online_schema_if_empty', 'yearly_layout', 'layout_in_snapshot',
                       'lock_online_rebuild', 'lock_complete_shadow', 'lock_for_rebuild', 'key_row', 'start_online_rebuild', 'start_capture', 'copy_batch',
                       'index_shadow', 'replay_logged', 'apply_delta', 'replay_proven', 'analyze_shadow', 'prepare_online_rebuild',
                       'finish_online_rebuild', 'abort_online_rebuild',
