@@ -1,7 +1,7 @@
 """Holds Stage 4's run lock on a database for as long as one ansible-playbook run lives.
 
-    DB_HOST=... DB_PORT=... DB_NAME=... DB_USER=... DB_PASSWORD=... \
-    hold_run_lock.py --run-id RUN --watch-pid PID --state-file run_lock.json
+    mkfifo -m 600 login && hold_run_lock.py --run-id RUN --watch-pid PID --state-file run_lock.json --login login &
+    echo '{"host": ..., "port": ..., "dbname": ..., "user": ..., "password": ..., "sslmode": ...}' > login
 
 The lock is a session-level advisory lock keyed on the database name, taken by this process's own
 connection, so it lives exactly as long as this process: it is released when the run ends (the
@@ -11,7 +11,10 @@ locks with the session). A second run on the same database is refused and told w
 
 The state file (JSON) says {"state": "held" | "busy" | "error" | "lost", ...}; the playbook waits
 for it, and checks it before every change.
-The password is read from DB_PASSWORD and never written anywhere.
+The connection comes as one JSON object read from --login, a named pipe that this process removes once
+read: the password is then never on a command line or in an environment (Ansible writes a task's
+environment into the shell command it runs, which -vvv prints and ps shows), nor in the arguments of
+the async task that starts this process (Ansible keeps those in its job file), nor in any file.
 """
 import argparse
 import json
@@ -76,13 +79,17 @@ def main(argv=None):
     parser.add_argument("--run-id", required=True)
     parser.add_argument("--watch-pid", type=int, required=True, help="the ansible-playbook process of the run")
     parser.add_argument("--state-file", required=True)
-    parser.add_argument("--sslmode", default=os.environ.get("DB_SSLMODE", "prefer"))
+    parser.add_argument("--login", required=True, help="a named pipe giving the connection as one JSON object")
     args = parser.parse_args(argv)
 
+    password = None
     try:
-        conn = psycopg2.connect(host=os.environ["DB_HOST"], port=os.environ["DB_PORT"], dbname=os.environ["DB_NAME"],
-                                user=os.environ["DB_USER"], password=os.environ.get("DB_PASSWORD") or None,
-                                sslmode=args.sslmode, connect_timeout=10,
+        with open(args.login, encoding="utf-8") as handle:
+            login = json.loads(handle.readline())
+        os.unlink(args.login)
+        password = login.get("password") or None
+        conn = psycopg2.connect(host=login["host"], port=login["port"], dbname=login["dbname"], user=login["user"],
+                                password=password, sslmode=login.get("sslmode") or "prefer", connect_timeout=10,
                                 application_name=APPLICATION_PREFIX + args.run_id)
         conn.autocommit = True
         with conn.cursor() as cur:
@@ -90,9 +97,8 @@ def main(argv=None):
             if not cur.fetchone()[0]:
                 write_state(args.state_file, state="busy", **holder(cur))
                 return 3
-    except (KeyError, psycopg2.Error) as error:
+    except (OSError, KeyError, ValueError, AttributeError, psycopg2.Error) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        password = os.environ.get("DB_PASSWORD")
         write_state(args.state_file, state="error",
                     message=message.replace(password, "********") if password else message)
         return 2
