@@ -32,3 +32,5 @@ SELECT stage4.cache_function_plans('opt1_temporal_partitioning', ARRAY(
     FROM unnest(ARRAY['public.geometrias_no_raio(double precision, double precision, double precision)']) f
     WHERE to_regprocedure(f) IS NOT NULL));
 SELECT stage4.set_database_setting('opt1_temporal_partitioning', 'jit', 'off');
+-- Subscribers and Supabase Realtime keep seeing changes as public.geometrias', not its partitions'.
+SELECT stage4.publish_via_root('opt1_temporal_partitioning', 'public.geometrias');

@@ -32,4 +32,7 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_rewrite WHERE ev_class = t AND rulename <> '_RETURN') THEN
         RAISE EXCEPTION 'OPT1: public.geometrias has rules';
     END IF;
+    -- Whatever depends on the table, found from the catalog, must be something a rebuild carries.
+    PERFORM stage4.assert_carried(t, 'OPT1');
+    PERFORM stage4.assert_can_publish_via_root(t, 'OPT1');
 END $$;

@@ -17,3 +17,4 @@ SELECT stage4.finish_online_rebuild('opt1_temporal_partitioning:before_revert', 
 -- The radius RPC as it was (a SQL function) and the database's JIT setting as it was.
 SELECT stage4.restore_function_snapshots('opt1_temporal_partitioning');
 SELECT stage4.restore_database_settings('opt1_temporal_partitioning');
+SELECT stage4.restore_publication_settings('opt1_temporal_partitioning');

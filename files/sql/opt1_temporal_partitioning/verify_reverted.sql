@@ -20,6 +20,9 @@ BEGIN
                  AND pg_get_functiondef(s.function::regprocedure) IS DISTINCT FROM s.definition) THEN
         RAISE EXCEPTION 'OPT1 revert: an RPC differs from its definition before OPT1';
     END IF;
+    IF EXISTS (SELECT 1 FROM stage4.publication_settings WHERE change = 'opt1_temporal_partitioning') THEN
+        RAISE EXCEPTION 'OPT1 revert: publication settings not restored';
+    END IF;
     IF EXISTS (SELECT 1 FROM stage4.database_settings WHERE change = 'opt1_temporal_partitioning') THEN
         RAISE EXCEPTION 'OPT1 revert: database settings not restored';
     END IF;

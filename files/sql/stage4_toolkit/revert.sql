@@ -1,6 +1,7 @@
 -- Removes the toolkit. The ledger (owned by the stage4_change module) stays in schema stage4.
 SET LOCAL lock_timeout = '2s';
-DROP SCHEMA IF EXISTS stage4_retired CASCADE;  -- what a swap retired (stage4.retire())
+-- What a swap retired (stage4.retire()), never with CASCADE: what still depends on it stays, named.
+SELECT stage4.drop_retired(0) WHERE to_regprocedure('stage4.drop_retired(double precision)') IS NOT NULL;
 DROP VIEW IF EXISTS stage4.visibilidade;
 DROP VIEW IF EXISTS stage4.read_policies_fingerprint;
 DROP FUNCTION IF EXISTS stage4.forget_read_policies(text), stage4.accept_read_policies(text, text),
@@ -13,7 +14,10 @@ DROP FUNCTION IF EXISTS stage4.storage_layout(regclass, name), stage4.assert_can
     stage4.restore_database_settings(text), stage4.database_setting(text),
     stage4.assert_api_answers(boolean), stage4.yearly_partitions(text, int, int),
     stage4.assert_no_api_readable_matviews(), stage4.assert_partitions_secured(regclass),
-    stage4.assert_table_preserved(regclass, jsonb, boolean, jsonb),
+    stage4.assert_table_preserved(regclass, jsonb, boolean, jsonb, boolean), stage4.restore_table_settings(regclass, jsonb),
+    stage4.assert_carried(regclass, text), stage4.catalog_dependents(regclass), stage4.referable(regclass, oid),
+    stage4.policy_definition(oid), stage4.copied_columns(regclass, text), stage4.drop_capture_triggers(regclass), stage4.publications_of(regclass),
+    stage4.assert_can_publish_via_root(regclass, text), stage4.publish_via_root(text, regclass), stage4.restore_publication_settings(text),
     stage4.abort_online_rebuild(regclass), stage4.finish_online_rebuild(text, regclass, jsonb),
     stage4.prove_shadow(regclass), stage4.analyze_shadow(regclass), stage4.apply_delta(regclass, int), stage4.replay_proven(regclass, int), stage4.replay_logged(regclass, int), stage4.index_shadow(regclass),
     stage4.copy_batch(regclass, int), stage4.start_capture(regclass), stage4.start_online_rebuild(regclass, jsonb),
@@ -28,4 +32,4 @@ DROP FUNCTION IF EXISTS stage4.storage_layout(regclass, name), stage4.assert_can
     stage4.grant_statements(aclitem[], text, text), stage4.dependent_objects(regclass), stage4.rows_checksum(regclass, text),
     stage4.table_checksum(regclass);
 DROP PROCEDURE IF EXISTS stage4.prepare_online_rebuild(regclass, jsonb, int, text);
-DROP TABLE IF EXISTS stage4.table_snapshots, stage4.function_snapshots, stage4.database_settings, stage4.online_rebuilds, stage4.accepted_read_policies;
+DROP TABLE IF EXISTS stage4.publication_settings, stage4.table_snapshots, stage4.function_snapshots, stage4.database_settings, stage4.online_rebuilds, stage4.accepted_read_policies;

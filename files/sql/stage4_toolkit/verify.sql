@@ -14,13 +14,15 @@ BEGIN
                       'storage_choice', 'clustered_layout', 'swap_shadow', 'retire', 'drop_retired', 'settle_retired', 'drop_online_schema_if_empty', 'yearly_layout', 'layout_in_snapshot',
                       'lock_online_rebuild', 'lock_complete_shadow', 'lock_for_rebuild', 'key_row', 'start_online_rebuild', 'start_capture', 'copy_batch',
                       'index_shadow', 'replay_logged', 'apply_delta', 'replay_proven', 'analyze_shadow', 'prepare_online_rebuild',
-                      'finish_online_rebuild', 'abort_online_rebuild',
+                      'finish_online_rebuild', 'abort_online_rebuild', 'restore_table_settings', 'assert_carried',
+                      'catalog_dependents', 'referable', 'policy_definition', 'copied_columns', 'drop_capture_triggers', 'publications_of',
+                      'assert_can_publish_via_root', 'publish_via_root', 'restore_publication_settings',
                       'read_policies', 'assert_known_read_policies', 'accept_read_policies', 'forget_read_policies']) f
     WHERE NOT EXISTS (SELECT 1 FROM pg_proc WHERE proname = f AND pronamespace = 'stage4'::regnamespace);
     IF missing IS NOT NULL THEN
         RAISE EXCEPTION 'stage4_toolkit: missing functions: %', missing;
     END IF;
-    PERFORM 'stage4.table_snapshots'::regclass, 'stage4.function_snapshots'::regclass, 'stage4.database_settings'::regclass, 'stage4.online_rebuilds'::regclass,
+    PERFORM 'stage4.table_snapshots'::regclass, 'stage4.function_snapshots'::regclass, 'stage4.database_settings'::regclass, 'stage4.publication_settings'::regclass, 'stage4.online_rebuilds'::regclass,
             'stage4.accepted_read_policies'::regclass, 'stage4.read_policies_fingerprint'::regclass,
             'stage4.visibilidade'::regclass;
 END $$;

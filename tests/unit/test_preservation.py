@@ -1,0 +1,168 @@
+"""Nothing lost on a table decorated as real applications decorate theirs (issue 20): OPT1 and OPT2, and
+their reverts, through library/stage4_change.py (the online path, prepare included), leave pg_dump
+--schema-only of every schema identical to the original and every row in place; what a rebuild could
+not carry is refused before any change, named; what a swap retired is never dropped with CASCADE."""
+import os
+import subprocess
+
+import pytest
+
+import pgcluster
+import stage4_change
+
+TEMPLATE = "decorated_template"
+DECORATIONS = os.path.join(pgcluster.REPO, "tests", "fixtures", "sql", "decorated", "carried.sql")
+OPT1 = "opt1_temporal_partitioning"
+OPT2 = "opt2_storage_layout"
+VARIABLES = {OPT1: {"partition_through_year": "2028", "batch_rows": "50", "lock_timeout": "2s"},
+             OPT2: {"now": "2026-12-07", "batch_rows": "50", "lock_timeout": "2s"}}
+ROWS = ("SELECT count(*), stage4.table_checksum('public.geometrias'), stage4.table_checksum('public.anexos'), "
+        "(SELECT last_value FROM public.geometrias_numero_seq) FROM public.geometrias")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with pgcluster.running_cluster() as running:
+        running.build_reference_db(TEMPLATE)
+        conn = running.connect(TEMPLATE)
+        with open(DECORATIONS, encoding="utf-8") as handle, conn.cursor() as cur:
+            cur.execute(handle.read())
+        pgcluster.run_change(conn, "stage4_toolkit")
+        conn.close()
+        yield running
+
+
+@pytest.fixture
+def db(cluster, request):
+    name = "t_" + request.node.name[:50]
+    conn = cluster.connect()
+    with conn.cursor() as cur:
+        cur.execute('DROP DATABASE IF EXISTS "%s"' % name)
+        cur.execute('CREATE DATABASE "%s" TEMPLATE "%s"' % (name, TEMPLATE))
+        cur.execute('ALTER DATABASE "%s" SET search_path = "$user", public, extensions' % name)
+    conn.close()
+    return name
+
+
+def change(capsys, cluster, db, name, state="applied"):
+    args = dict(cluster.login_args(db), sql_root=pgcluster.SQL_ROOT, change=name, state=state,
+                variables=VARIABLES[name], lock_retry_delay=0.5)
+    return pgcluster.run_module(capsys, stage4_change.main, args)
+
+
+def fetch(cluster, db, sql, params=None):
+    conn = cluster.connect(db)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else None
+    finally:
+        conn.close()
+
+
+def schema(cluster, db):
+    """pg_dump --schema-only of every schema but the rollout's own, without its random \\restrict token."""
+    done = subprocess.run(["pg_dump", "--schema-only", "-N", "stage4", "-h", cluster.host, "-p", str(cluster.port),
+                           "-U", cluster.user, db], check=True, capture_output=True, text=True,
+                          env=dict(os.environ, PGPASSWORD=cluster.password))
+    return [line for line in done.stdout.splitlines() if not line.startswith(("\\restrict", "\\unrestrict"))]
+
+
+def visible_as_authenticated(cluster, db):
+    """What an authenticated user sees of the table and of the other table whose policy reads it."""
+    return fetch(cluster, db, """
+        BEGIN; SET LOCAL ROLE authenticated;
+        SELECT set_config('request.jwt.claims', '{"sub": "00000000-0000-0000-0000-000000000001"}', true);
+        SELECT (SELECT count(*) FROM public.geometrias), (SELECT count(*) FROM public.anexos);""")
+
+
+def test_opt1_opt2_and_their_reverts_keep_every_decoration_and_every_row(cluster, db, capsys):
+    schema_before, rows_before = schema(cluster, db), fetch(cluster, db, ROWS)
+    visible_before = visible_as_authenticated(cluster, db)
+    assert change(capsys, cluster, db, OPT1)["action"] == "deployed"
+    # Partitioned: every partition publishes as the table, keeps its settings and the table's owner.
+    assert fetch(cluster, db, "SELECT pubviaroot FROM pg_publication WHERE pubname = 'supabase_realtime'") == [(True,)]
+    assert fetch(cluster, db, """
+        SELECT DISTINCT c.relreplident, pg_get_userbyid(c.relowner), a.attstattarget
+        FROM pg_partition_tree('public.geometrias') t JOIN pg_class c ON c.oid = t.relid
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'categoria'""") == [("f", "postgres", 500)]
+    assert visible_as_authenticated(cluster, db) == visible_before
+    assert to_regnamespace_gone(cluster, db)
+    assert change(capsys, cluster, db, OPT2)["action"] == "deployed"
+    # The serial column still numbers new rows; the generated column is computed.
+    inserted = fetch(cluster, db, """
+        INSERT INTO public.geometrias (nome, categoria, geom, data_referencia)
+        SELECT 'Nova', categoria, geom, '2027-03-01' FROM public.geometrias WHERE id = 1
+        RETURNING numero > 0, nome_normalizado""")
+    assert inserted == [(True, "nova")]
+    fetch(cluster, db, "DELETE FROM public.geometrias WHERE nome = 'Nova'")
+    rows_after_opt2 = fetch(cluster, db, ROWS)
+    assert change(capsys, cluster, db, OPT2, "reverted")["action"] == "reverted"
+    assert change(capsys, cluster, db, OPT1, "reverted")["action"] == "reverted"
+    assert fetch(cluster, db, ROWS) == rows_after_opt2
+    assert rows_after_opt2[0][:3] == rows_before[0][:3]
+    assert schema(cluster, db) == schema_before
+    assert visible_as_authenticated(cluster, db) == visible_before
+    assert to_regnamespace_gone(cluster, db)
+
+
+def to_regnamespace_gone(cluster, db):
+    return fetch(cluster, db, "SELECT to_regnamespace('stage4_retired') IS NULL")[0][0]
+
+
+@pytest.mark.parametrize("decoration, named", [
+    ("CREATE TABLE public.copias (id int, original public.geometrias)", "table column public.copias.original"),
+    ("CREATE TABLE public.lotes (id int, itens public.geometrias[])", "table column public.lotes.itens"),
+    ("CREATE TABLE public.log (id int); CREATE RULE copia AS ON INSERT TO public.log DO ALSO "
+     "DELETE FROM public.geometrias WHERE id = NEW.id", "rule copia on public.log"),
+    ("CREATE VIEW public.v AS SELECT id FROM public.geometrias; CREATE FUNCTION public.tf() RETURNS trigger "
+     "LANGUAGE plpgsql AS 'BEGIN RETURN NULL; END'; CREATE TRIGGER t INSTEAD OF INSERT ON public.v "
+     "FOR EACH ROW EXECUTE FUNCTION public.tf()", "trigger t on public.v"),
+    ("CREATE PUBLICATION other_partitioned FOR TABLE public.geometrias; CREATE TABLE public.p (d date) "
+     "PARTITION BY RANGE (d); ALTER PUBLICATION other_partitioned ADD TABLE public.p",
+     "other_partitioned (also publishes public.p)"),
+])
+def test_what_a_rebuild_cannot_carry_is_refused_before_any_change(cluster, db, capsys, decoration, named):
+    fetch(cluster, db, decoration)
+    schema_before, rows_before = schema(cluster, db), fetch(cluster, db, ROWS)
+    result = change(capsys, cluster, db, OPT1)
+    assert result.get("failed") and named in result["msg"] and "Nothing was changed" in result["msg"], result["msg"]
+    assert fetch(cluster, db, "SELECT to_regnamespace('stage4_online') IS NULL")[0][0]  # no prepare ran
+    assert (schema(cluster, db), fetch(cluster, db, ROWS)) == (schema_before, rows_before)
+
+
+def test_settle_drops_retired_objects_one_by_one_and_never_with_cascade(cluster, db):
+    """What still depends on a retired object keeps it, and is named; the rest goes."""
+    conn = cluster.connect(db)
+    conn.notices.clear()
+    with conn.cursor() as cur:
+        cur.execute("""
+            CREATE TABLE public.antiga (id int);
+            CREATE TABLE public.solta (id int);
+            CREATE FUNCTION public.f_antiga() RETURNS SETOF public.solta LANGUAGE sql AS 'SELECT * FROM public.solta';
+            SELECT stage4.retire('TABLE public.antiga'), stage4.retire('TABLE public.solta'),
+                   stage4.retire('FUNCTION public.f_antiga()');
+            CREATE VIEW public.ainda_usa AS SELECT id FROM stage4_retired.antiga;
+            SELECT stage4.drop_retired(0)""")
+        outcome = cur.fetchone()[0]
+    conn.close()
+    assert "stage4_retired.antiga" in outcome and "view public.ainda_usa depends on" in outcome, outcome
+    assert fetch(cluster, db, "SELECT to_regclass('public.ainda_usa') IS NOT NULL, "
+                              "to_regclass('stage4_retired.antiga') IS NOT NULL, "
+                              "to_regclass('stage4_retired.solta') IS NULL, "
+                              "to_regprocedure('stage4_retired.f_antiga()') IS NULL") == [(True, True, True, True)]
+
+
+def test_truncate_of_a_partition_is_refused_while_the_table_is_rebuilt_online(cluster, db, capsys):
+    """The guard is a statement trigger, which PostgreSQL does not clone to partitions: each has its own."""
+    assert change(capsys, cluster, db, OPT1)["action"] == "deployed"
+    conn = cluster.connect(db)
+    with conn.cursor() as cur:
+        cur.execute("SELECT stage4.start_online_rebuild('public.geometrias', "
+                    "stage4.layout_in_snapshot('opt1_temporal_partitioning', 'public.geometrias')); "
+                    "SELECT stage4.start_capture('public.geometrias')")
+        with pytest.raises(Exception, match="is being rebuilt online; TRUNCATE it after the rebuild"):
+            cur.execute("TRUNCATE public.geometrias_p2021")
+        cur.execute("SELECT stage4.abort_online_rebuild('public.geometrias')")
+    conn.close()
+    assert fetch(cluster, db, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'stage4_online%'") == [(0,)]
