@@ -71,8 +71,9 @@ lint: setup
 faults-fast: setup
 	$(BIN)/pytest -q tests/faults -m "not every_step"
 
+# Schema fuzzing: 20 fixed examples in make test, 200 new ones here (tests/faults/test_schema_fuzz.py).
 faults: setup
-	$(BIN)/pytest -q tests/faults
+	STAGE4_FUZZ_EXAMPLES=200 STAGE4_FUZZ_RANDOM=1 $(BIN)/pytest -q tests/faults
 
 # The cases that stop before any change, and two runs at once, against a 1,000,000-feature reference database.
 faults-1m: setup

@@ -166,3 +166,48 @@ def test_truncate_of_a_partition_is_refused_while_the_table_is_rebuilt_online(cl
         cur.execute("SELECT stage4.abort_online_rebuild('public.geometrias')")
     conn.close()
     assert fetch(cluster, db, "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'stage4_online%'") == [(0,)]
+
+
+def test_id_stays_unique_across_partitions_and_the_revert_cannot_meet_a_duplicate(cluster, db, capsys):
+    """The partitioned key is (id, data_referencia); the registry keeps (id) unique, race-free, and answers
+    a duplicate as the primary key did, so OPT1's revert can always put the primary key (id) back."""
+    assert change(capsys, cluster, db, OPT1)["action"] == "deployed"
+    duplicate = ("INSERT INTO public.geometrias (id, nome, categoria, geom, data_referencia) "
+                 "SELECT 5, 'dup', categoria, geom, '2027-06-01' FROM public.geometrias WHERE id = 5")
+    conn = cluster.connect(db)
+    with conn.cursor() as cur, pytest.raises(Exception) as raised:
+        cur.execute(duplicate)
+    assert raised.value.pgcode == "23505" and raised.value.diag.constraint_name == "geometrias_pkey"
+    assert 'duplicate key value violates unique constraint "geometrias_pkey"' in str(raised.value)
+    assert "Key (id)=(5) already exists." in str(raised.value)
+    # Two transactions inserting the same new id: the second waits for the first, then fails.
+    first, second = cluster.connect(db, autocommit=False), cluster.connect(db, autocommit=False)
+    new_row = ("INSERT INTO public.geometrias (id, nome, categoria, geom, data_referencia) "
+               "SELECT 90001, 'race', categoria, geom, %s FROM public.geometrias WHERE id = 1")
+    with first.cursor() as cur:
+        cur.execute(new_row, ("2021-01-01",))
+    with second.cursor() as cur:
+        cur.execute("SET lock_timeout = '300ms'")
+        with pytest.raises(Exception, match="lock timeout|canceling statement due to lock timeout"):
+            cur.execute(new_row, ("2024-01-01",))
+    second.rollback()
+    first.commit()
+    with second.cursor() as cur, pytest.raises(Exception, match="Key \\(id\\)=\\(90001\\) already exists"):
+        cur.execute(new_row, ("2024-01-01",))
+    first.close(), second.close()
+    # A row moved to another year's partition, a deletion and a TRUNCATE of a partition keep it exact.
+    fetch(cluster, db, "UPDATE public.geometrias SET data_referencia = '2027-02-02' WHERE id = 7")
+    fetch(cluster, db, "DELETE FROM public.geometrias WHERE id = 8")
+    fetch(cluster, db, "TRUNCATE public.geometrias_p2020")
+    assert fetch(cluster, db, "SELECT (SELECT count(*) FROM stage4_keys.geometrias), count(*), "
+                              "count(*) FILTER (WHERE id = 7) FROM public.geometrias") == [
+        (fetch(cluster, db, "SELECT count(*) FROM public.geometrias")[0][0],) * 2 + (1,)]
+    assert change(capsys, cluster, db, OPT2)["action"] == "deployed"
+    assert fetch(cluster, db, "SELECT count(*) FROM pg_partition_tree('public.geometrias') t WHERE t.relid <> "
+                              "'public.geometrias'::regclass AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = t.relid "
+                              "AND tgname = 'stage4_unique_key_truncate')") == [(0,)]
+    conn.close()
+    assert change(capsys, cluster, db, OPT2, "reverted")["action"] == "reverted"
+    assert change(capsys, cluster, db, OPT1, "reverted")["action"] == "reverted"
+    assert fetch(cluster, db, "SELECT to_regnamespace('stage4_keys') IS NULL") == [(True,)]
+

@@ -21,6 +21,11 @@ BEGIN
     END IF;
     PERFORM stage4.assert_table_preserved('public.geometrias', snap, true);
     PERFORM stage4.assert_partitions_secured('public.geometrias');
+    -- id stays unique across partitions: every row's id is in the key registry (stage4.create_key_registry()).
+    IF to_regclass('stage4_keys.geometrias') IS NULL
+       OR (SELECT count(*) FROM stage4_keys.geometrias) <> (SELECT count(*) FROM public.geometrias) THEN
+        RAISE EXCEPTION 'OPT1: the registry that keeps the original primary key unique is missing or incomplete';
+    END IF;
     SELECT string_agg(s.function, ', ') INTO missing
     FROM stage4.function_snapshots s JOIN pg_proc p ON p.oid = s.function::regprocedure
     WHERE s.change = 'opt1_temporal_partitioning' AND p.prolang <> (SELECT oid FROM pg_language WHERE lanname = 'plpgsql');

@@ -290,7 +290,8 @@ BEGIN
                        'definition', pg_get_triggerdef(t.oid),
                        'enabled', t.tgenabled,
                        'comment', obj_description(t.oid, 'pg_trigger')) ORDER BY t.tgname), '[]')
-            FROM pg_trigger t WHERE t.tgrelid = p_table AND NOT t.tgisinternal AND t.tgparentid = 0),
+            FROM pg_trigger t WHERE t.tgrelid = p_table AND NOT t.tgisinternal AND t.tgparentid = 0
+              AND NOT stage4.is_rollout_trigger(t.oid)),
         'policies', (
             SELECT coalesce(jsonb_agg(jsonb_build_object(
                        'name', p.polname,
@@ -795,6 +796,7 @@ BEGIN
     END LOOP;
     EXECUTE format('COMMENT ON TABLE %s IS %L', partition,
                    format('Partition %s. Query the partitioned parent: RLS is enabled here without policies.', p_bound));
+    PERFORM stage4.add_key_truncate_guard(partition);
     RETURN partition;
 END $$;
 
@@ -807,6 +809,135 @@ RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     FROM pg_attribute
     WHERE attrelid = p_table AND attnum > 0 AND NOT attisdropped AND attgenerated = ''
 $$;
+
+-- Key registries. A partitioned table's primary key must include its partition key, so OPT1's
+-- (id, data_referencia) alone would let two rows share an id, and the revert, which puts back the
+-- primary key (id), would then fail. A rebuild into a primary key wider than the table's has one:
+-- stage4_keys.<table> holds the original key of every row, under a primary key, kept by a row
+-- trigger of the new table (cloned to every partition, present and future) that answers a duplicate
+-- as the original primary key did (SQLSTATE 23505, its name, "Key (id)=(5) already exists.").
+-- INSERT ... ON CONFLICT DO NOTHING waits for a concurrent insert of the same key, as a unique index
+-- does, whatever the isolation level, and needs no subtransaction per row. TRUNCATE forgets the
+-- keys of what it empties: a statement trigger on the table and on each partition (statement
+-- triggers are not cloned; add_key_truncate_guard() gives one to partitions made later).
+CREATE OR REPLACE FUNCTION stage4.is_rollout_trigger(p_trigger oid)
+RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT n.nspname IN ('stage4_keys', 'stage4_online')
+    FROM pg_trigger t JOIN pg_proc f ON f.oid = t.tgfoid JOIN pg_namespace n ON n.oid = f.pronamespace
+    WHERE t.oid = p_trigger
+$$;
+
+CREATE OR REPLACE FUNCTION stage4.create_key_registry(p_table regclass, p_name text, p_key_columns text[], p_constraint text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    registry text := format('stage4_keys.%I', p_name);
+    guard text := format('stage4_keys.%I()', p_name || '_unique_key');
+    columns text := (SELECT string_agg(quote_ident(c), ', ') FROM unnest(p_key_columns) c);
+    target regclass;
+BEGIN
+    IF to_regnamespace('stage4_keys') IS NULL THEN
+        CREATE SCHEMA stage4_keys;
+        REVOKE ALL ON SCHEMA stage4_keys FROM PUBLIC;
+        COMMENT ON SCHEMA stage4_keys IS 'Stage 4: the original primary key of partitioned tables, kept unique (stage4.create_key_registry()).';
+    END IF;
+    EXECUTE format('DROP TABLE IF EXISTS %s', registry);
+    EXECUTE format('CREATE TABLE %s AS SELECT %s FROM %s WITH NO DATA', registry, columns, p_table);
+    EXECUTE format('ALTER TABLE %s ADD PRIMARY KEY (%s)', registry, columns);
+    EXECUTE format('COMMENT ON TABLE %s IS %L', registry,
+                   format('The %s of every row of the table %s, kept unique by its trigger %s.', columns, p_name, guard));
+    -- SECURITY DEFINER: the application's roles keep the registry without any right on it.
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION %1$s RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+        BEGIN
+            IF TG_OP = 'TRUNCATE' THEN
+                IF (SELECT relispartition FROM pg_class WHERE oid = TG_RELID) THEN
+                    EXECUTE format('DELETE FROM %2$s r USING %%I.%%I t WHERE %3$s = %4$s', TG_TABLE_SCHEMA, TG_TABLE_NAME);
+                ELSE
+                    DELETE FROM %2$s;
+                END IF;
+                RETURN NULL;
+            END IF;
+            IF TG_OP = 'UPDATE' AND %5$s IS NOT DISTINCT FROM %6$s THEN
+                RETURN NULL;
+            END IF;
+            IF TG_OP <> 'INSERT' THEN
+                DELETE FROM %2$s r WHERE %3$s = %5$s;
+            END IF;
+            IF TG_OP <> 'DELETE' THEN
+                INSERT INTO %2$s (%7$s) VALUES %6$s ON CONFLICT DO NOTHING;
+                IF NOT FOUND THEN
+                    RAISE EXCEPTION 'duplicate key value violates unique constraint "%8$s"' USING
+                        ERRCODE = 'unique_violation', CONSTRAINT = %9$L, SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME,
+                        DETAIL = format('Key (%7$s)=(%%s) already exists.', concat_ws(', ', %10$s));
+                END IF;
+            END IF;
+            RETURN NULL;
+        END $body$$f$,
+        guard, registry, stage4.key_row(p_table, p_key_columns, 'r'), stage4.key_row(p_table, p_key_columns, 't'),
+        stage4.key_row(p_table, p_key_columns, 'old'), stage4.key_row(p_table, p_key_columns, 'new'), columns,
+        replace(p_constraint, '"', '""'), p_constraint,
+        (SELECT string_agg(format('new.%I', c), ', ') FROM unnest(p_key_columns) c));
+    EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', guard);
+    EXECUTE format('CREATE TRIGGER stage4_unique_key AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION %s',
+                   p_table, guard);
+    -- ALWAYS: rows written in replica mode (logical replication) are registered too.
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER stage4_unique_key', p_table);
+    FOR target IN SELECT p_table UNION ALL SELECT relid FROM pg_partition_tree(p_table) WHERE relid <> p_table LOOP
+        PERFORM stage4.add_key_truncate_guard(target);
+    END LOOP;
+END $fn$;
+
+-- The TRUNCATE trigger of a key registry on p_table, when p_table or a table it is a partition of
+-- has a registry (its row trigger stage4_unique_key).
+CREATE OR REPLACE FUNCTION stage4.add_key_truncate_guard(p_table regclass)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    guard regprocedure := (SELECT t.tgfoid::regprocedure FROM pg_trigger t
+                           WHERE t.tgname = 'stage4_unique_key' AND t.tgparentid = 0
+                             AND t.tgrelid IN (SELECT p_table UNION ALL SELECT relid FROM pg_partition_ancestors(p_table)));
+BEGIN
+    IF guard IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = p_table AND tgname = 'stage4_unique_key_truncate') THEN
+        EXECUTE format('CREATE TRIGGER stage4_unique_key_truncate BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s',
+                       p_table, guard);
+        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER stage4_unique_key_truncate', p_table);
+    END IF;
+END $$;
+
+-- A registry for p_shadow, the rebuild of p_table into primary key p_primary_key, when that key is
+-- wider than p_table's: the original key stays unique (create_key_registry()).
+CREATE OR REPLACE FUNCTION stage4.register_original_key(p_table regclass, p_shadow regclass, p_primary_key text[])
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    original jsonb := stage4.describe_table(p_table, false)->'primary_key';
+    original_columns text[] := ARRAY(SELECT jsonb_array_elements_text(original->'columns'));
+BEGIN
+    IF original IS NOT NULL AND p_primary_key @> original_columns AND NOT original_columns @> p_primary_key THEN
+        PERFORM stage4.create_key_registry(p_shadow, (SELECT relname FROM pg_class WHERE oid = p_table), original_columns,
+                                           original->>'name');
+    END IF;
+END $$;
+
+-- Drops the registries no table uses any more (a revert's, once its retired table is gone).
+CREATE OR REPLACE FUNCTION stage4.drop_unused_key_registries()
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    guard record;
+BEGIN
+    IF to_regnamespace('stage4_keys') IS NULL THEN
+        RETURN;
+    END IF;
+    FOR guard IN SELECT f.oid::regprocedure AS fn, left(f.proname, -length('_unique_key')) AS registry
+                 FROM pg_proc f
+                 WHERE f.pronamespace = 'stage4_keys'::regnamespace AND f.proname LIKE '%\_unique\_key'
+                   AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgfoid = f.oid) LOOP
+        EXECUTE format('DROP FUNCTION %s', guard.fn);
+        EXECUTE format('DROP TABLE IF EXISTS stage4_keys.%I', guard.registry);
+    END LOOP;
+    IF NOT EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = 'stage4_keys'::regnamespace)
+       AND NOT EXISTS (SELECT 1 FROM pg_proc WHERE pronamespace = 'stage4_keys'::regnamespace) THEN
+        DROP SCHEMA stage4_keys;
+    END IF;
+END $$;
 
 -- A rebuild builds the new table as a "shadow" under the same name in schema stage4_online, so
 -- that its primary key, constraints and indexes get their final names while the original still
@@ -924,6 +1055,7 @@ DECLARE
     detail text;
 BEGIN
     IF to_regnamespace('stage4_retired') IS NULL THEN
+        PERFORM stage4.drop_unused_key_registries();
         RETURN 'nothing retired';
     END IF;
     LOOP
@@ -961,6 +1093,7 @@ BEGIN
         RETURN format('retired objects kept because something still depends on them: %s', array_to_string(kept, ', '));
     END IF;
     DROP SCHEMA stage4_retired RESTRICT;
+    PERFORM stage4.drop_unused_key_registries();
     RETURN CASE WHEN older = 0 THEN 'retired objects dropped'
                 ELSE format('retired objects dropped while %s older transactions were still open', older) END;
 END $$;
@@ -1100,6 +1233,7 @@ BEGIN
     IF before->>'partition_of' IS NOT NULL THEN
         EXECUTE format('ALTER TABLE %s ATTACH PARTITION %s %s', before->>'partition_of', work_table, before->>'partition_bound');
         EXECUTE format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS stage4_partition_bound', work_table);
+        PERFORM stage4.add_key_truncate_guard(work_table);
     END IF;
     IF identity_seq IS NOT NULL THEN
         identity_seq := format('%s.%I', schema_name, (parse_ident(identity_seq))[2]);
@@ -1263,6 +1397,7 @@ BEGIN
             p_table, before->'referenced_by';
     END IF;
     shadow := stage4.create_shadow(p_table, p_partition_by, p_partitions);
+    PERFORM stage4.register_original_key(p_table, shadow, p_primary_key);
     -- The rows, ids included (no trigger exists yet on the new table to touch them), then the
     -- keys and indexes in bulk.
     EXECUTE format('INSERT INTO %1$s (%3$s) OVERRIDING SYSTEM VALUE SELECT %3$s FROM %2$s', shadow, p_table,
@@ -1555,6 +1690,7 @@ BEGIN
     key_columns := ARRAY(SELECT jsonb_array_elements_text(before->'primary_key'->'columns'));
     columns := (SELECT string_agg(quote_ident(c), ', ') FROM unnest(key_columns) c);
     shadow := stage4.create_shadow(p_table, p_layout->>'partition_by', p_layout->'partitions');
+    PERFORM stage4.register_original_key(p_table, shadow, ARRAY(SELECT jsonb_array_elements_text(p_layout->'primary_key')));
     IF p_layout ? 'toast' THEN
         EXECUTE format('ALTER TABLE %s ALTER COLUMN %I %s', shadow, p_layout->'toast'->>'column',
                        CASE p_layout->'toast'->>'mode' WHEN 'lz4' THEN 'SET COMPRESSION lz4' ELSE 'SET STORAGE EXTERNAL' END);
@@ -1942,6 +2078,7 @@ BEGIN
     PERFORM stage4.drop_capture_triggers(p_table);
     EXECUTE format('DROP TABLE IF EXISTS %s, %s', state.shadow, state.delta);
     EXECUTE format('DROP FUNCTION IF EXISTS %s', state.capture);
+    PERFORM stage4.drop_unused_key_registries();
     DELETE FROM stage4.online_rebuilds WHERE relation = state.relation;
     PERFORM stage4.drop_online_schema_if_empty();
     RETURN true;
