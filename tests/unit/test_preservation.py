@@ -14,7 +14,9 @@ TEMPLATE = "decorated_template"
 DECORATIONS = os.path.join(pgcluster.REPO, "tests", "fixtures", "sql", "decorated", "carried.sql")
 OPT1 = "opt1_temporal_partitioning"
 OPT2 = "opt2_storage_layout"
-VARIABLES = {OPT1: {"partition_through_year": "2028", "batch_rows": "50", "lock_timeout": "2s"},
+OPT4 = "opt4_future_partitions"
+VARIABLES = {OPT4: {"partition_years_ahead": "2", "now": "2026-12-07"},
+             OPT1: {"partition_through_year": "2028", "batch_rows": "50", "lock_timeout": "2s"},
              OPT2: {"now": "2026-12-07", "batch_rows": "50", "lock_timeout": "2s"}}
 ROWS = ("SELECT count(*), stage4.table_checksum('public.geometrias'), stage4.table_checksum('public.anexos'), "
         "(SELECT last_value FROM public.geometrias_numero_seq) FROM public.geometrias")
@@ -211,3 +213,32 @@ def test_id_stays_unique_across_partitions_and_the_revert_cannot_meet_a_duplicat
     assert change(capsys, cluster, db, OPT1, "reverted")["action"] == "reverted"
     assert fetch(cluster, db, "SELECT to_regnamespace('stage4_keys') IS NULL") == [(True,)]
 
+
+def test_opt4_moves_rows_out_of_default_and_back_without_firing_the_applications_triggers(cluster, db, capsys):
+    """A row trigger that audits, and one that rewrites the row on INSERT: a move changes nothing, so
+    neither fires, and the moved rows keep their exact content (the daily job would fail otherwise)."""
+    assert change(capsys, cluster, db, OPT1)["action"] == "deployed"
+    fetch(cluster, db, """
+        INSERT INTO public.geometrias (nome, categoria, geom, data_referencia)
+        SELECT 'futura ' || g, categoria, geom, make_date(2029, 3 + g, 1) FROM public.geometrias, generate_series(1, 3) g
+        WHERE id = 1;
+        CREATE TABLE public.auditoria (op text, id bigint);
+        CREATE FUNCTION public.auditar() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN INSERT INTO public.auditoria VALUES (TG_OP, coalesce(NEW.id, OLD.id)); RETURN NULL; END $$;
+        CREATE FUNCTION public.carimbar() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN NEW.nome := NEW.nome || ' (carimbado)'; RETURN NEW; END $$;
+        CREATE TRIGGER auditar AFTER INSERT OR DELETE ON public.geometrias FOR EACH ROW EXECUTE FUNCTION public.auditar();
+        CREATE TRIGGER carimbar BEFORE INSERT ON public.geometrias FOR EACH ROW EXECUTE FUNCTION public.carimbar();""")
+    rows = fetch(cluster, db, ROWS)
+    assert fetch(cluster, db, "SELECT count(*) FROM public.geometrias_default") == [(3,)]
+    assert change(capsys, cluster, db, OPT4)["action"] == "deployed"
+    assert fetch(cluster, db, "SELECT (SELECT count(*) FROM public.geometrias_default), "
+                              "(SELECT count(*) FROM public.geometrias_p2029), "
+                              "(SELECT count(*) FROM public.auditoria)") == [(0, 3, 0)]
+    assert change(capsys, cluster, db, OPT4, "reverted")["action"] == "reverted"
+    assert fetch(cluster, db, "SELECT (SELECT count(*) FROM public.geometrias_default), (SELECT count(*) FROM public.auditoria), "
+                              "(SELECT count(*) FROM public.geometrias WHERE nome LIKE '%carimbado%')") == [(3, 0, 0)]
+    assert fetch(cluster, db, ROWS) == rows
+    # The triggers are still the table's, on every partition.
+    assert fetch(cluster, db, "SELECT count(DISTINCT tgrelid) FROM pg_trigger WHERE tgname = 'auditar'") == fetch(
+        cluster, db, "SELECT count(*) FROM pg_partition_tree('public.geometrias')")

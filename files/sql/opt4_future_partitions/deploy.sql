@@ -9,10 +9,11 @@
 --   creates each missing year with stage4.create_secured_partition() (RLS enabled, no grants
 --   to anon/authenticated; the parent's partitioned indexes give it every index). If the DEFAULT
 --   partition already holds rows of that year, PostgreSQL refuses the new partition, so in the
---   same transaction those rows are moved out of DEFAULT into a temporary table, the partition
---   is created, and they are inserted back through the parent (OVERRIDING SYSTEM VALUE keeps
---   their ids; a content checksum of the moved rows is compared, so they keep their exact
---   content; the updated_at trigger fires on UPDATE only, not on this INSERT). Returns the
+--   same transaction DEFAULT is detached, the partition created, and the rows moved from one to
+--   the other while both are detached (stage4.opt4_move_rows()): a detached partition has none
+--   of the parent's triggers, so the application's row triggers (audit, webhooks, Realtime, a
+--   BEFORE INSERT that rewrites the row) do not fire for a move that changes nothing; ids are
+--   kept (OVERRIDING SYSTEM VALUE) and a content checksum of the moved rows is compared. Returns the
 --   partitions it created; a second call creates nothing. p_now makes it testable in any year:
 --   SELECT stage4.ensure_future_partitions('2033-06-01') keeps 2029..2035. It must run as the
 --   table's owner (as deploy and the scheduled job do); it is not SECURITY DEFINER. When the
@@ -96,53 +97,57 @@ RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WHERE attrelid = p_table AND attnum > 0 AND NOT attisdropped AND attgenerated = ''
 $$;
 
--- Moves the rows of p_source with p_key in [p_from, p_to) into the temporary table
--- pg_temp.stage4_opt4_rows; returns how many and an order-independent checksum of their content.
-CREATE OR REPLACE FUNCTION stage4.opt4_stash_rows(p_source regclass, p_key text, p_from date, p_to date,
-                                                  OUT moved bigint, OUT checksum text)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    cols text := stage4.opt4_column_list(p_source);
-BEGIN
-    IF to_regclass('pg_temp.stage4_opt4_rows') IS NOT NULL THEN
-        DROP TABLE pg_temp.stage4_opt4_rows;
-    END IF;
-    EXECUTE format('CREATE TEMPORARY TABLE stage4_opt4_rows ON COMMIT DROP AS SELECT %s FROM %s WITH NO DATA',
-                   cols, p_source);
-    EXECUTE format('WITH gone AS (DELETE FROM %s WHERE %I >= $1 AND %I < $2 RETURNING %s) '
-                   'INSERT INTO pg_temp.stage4_opt4_rows SELECT * FROM gone',
-                   p_source, p_key, p_key, cols)
-        USING p_from, p_to;
-    GET DIAGNOSTICS moved = ROW_COUNT;
-    SELECT md5(coalesce(string_agg(h, '' ORDER BY h), '')) INTO checksum
-    FROM (SELECT md5(r::text) AS h FROM pg_temp.stage4_opt4_rows r) s;
-END $$;
-
--- Inserts the stashed rows back through p_parent (ids kept) and checks that exactly those rows,
--- with the same content, are now in p_target.
-CREATE OR REPLACE FUNCTION stage4.opt4_restore_rows(p_parent regclass, p_target regclass, p_key text,
-                                                    p_from date, p_to date, p_checksum text, p_moved bigint)
-RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- Moves the rows of partition p_source with p_key in [p_from, p_to) into partition p_target, both
+-- of p_parent (whose ACCESS EXCLUSIVE lock the caller holds), without firing the application's
+-- row triggers (audit rows, webhooks, Realtime events, a BEFORE INSERT that rewrites the row): both
+-- are detached for the move, which takes away the triggers they have from the parent, and attached
+-- again with their bounds (p_source only with p_reattach_source). Raises unless p_target then holds
+-- exactly the rows taken out (count and content). Returns how many moved.
+CREATE OR REPLACE FUNCTION stage4.opt4_move_rows(p_parent regclass, p_source regclass, p_target regclass, p_key text,
+                                                 p_from date, p_to date, p_reattach_source boolean)
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cols text := stage4.opt4_column_list(p_parent);
-    found_rows bigint;
-    found_checksum text;
+    in_range text := format('%I >= %L AND %I < %L', p_key, p_from, p_key, p_to);
+    source_bound text := (SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE oid = p_source AND relispartition);
+    target_bound text := (SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE oid = p_target AND relispartition);
+    taken jsonb;
+    found jsonb;
+    moved bigint;
 BEGIN
     IF p_target IS NULL THEN
-        RAISE EXCEPTION 'stage4: cannot put back % rows of % from % to %: no partition takes them (no DEFAULT partition?)',
-            p_moved, p_parent, p_from, p_to;
+        RAISE EXCEPTION 'stage4: cannot move the rows of % from % to %: no partition takes them (no DEFAULT partition?)',
+            p_source, p_from, p_to;
     END IF;
-    EXECUTE format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM pg_temp.stage4_opt4_rows',
-                   p_parent, cols, cols);
-    EXECUTE format('SELECT count(*), md5(coalesce(string_agg(md5(r::text), '''' ORDER BY md5(r::text)), '''')) '
-                   'FROM (SELECT %s FROM %s WHERE %I >= $1 AND %I < $2) r',
-                   cols, p_target, p_key, p_key)
-        INTO found_rows, found_checksum USING p_from, p_to;
-    IF found_rows <> p_moved OR found_checksum <> p_checksum THEN
-        RAISE EXCEPTION 'stage4: rows moved into % differ from the rows taken out (% rows, expected %)',
-            p_target, found_rows, p_moved;
+    taken := stage4.rows_checksum(p_source, in_range);
+    IF (taken->>'row_count')::bigint = 0 THEN
+        RETURN 0;
     END IF;
-    DROP TABLE pg_temp.stage4_opt4_rows;
+    IF source_bound IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', p_parent, p_source);
+    END IF;
+    IF target_bound IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', p_parent, p_target);
+    END IF;
+    EXECUTE format('WITH gone AS (DELETE FROM %1$s WHERE %2$s RETURNING %3$s) '
+                   'INSERT INTO %4$s (%3$s) OVERRIDING SYSTEM VALUE SELECT %3$s FROM gone', p_source, in_range, cols, p_target);
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    found := stage4.rows_checksum(p_target, in_range);
+    IF found IS DISTINCT FROM taken THEN
+        RAISE EXCEPTION 'stage4: rows moved into % differ from the rows taken out of %: % rows (checksum %), expected % (%)',
+            p_target, p_source, found->>'row_count', found->>'checksum', taken->>'row_count', taken->>'checksum';
+    END IF;
+    -- A DEFAULT partition is attached last: its rows are checked against every other bound.
+    IF target_bound IS NOT NULL AND target_bound <> 'DEFAULT' THEN
+        EXECUTE format('ALTER TABLE %s ATTACH PARTITION %s %s', p_parent, p_target, target_bound);
+    END IF;
+    IF source_bound IS NOT NULL AND p_reattach_source THEN
+        EXECUTE format('ALTER TABLE %s ATTACH PARTITION %s %s', p_parent, p_source, source_bound);
+    END IF;
+    IF target_bound = 'DEFAULT' THEN
+        EXECUTE format('ALTER TABLE %s ATTACH PARTITION %s DEFAULT', p_parent, p_target);
+    END IF;
+    RETURN moved;
 END $$;
 
 CREATE OR REPLACE FUNCTION stage4.ensure_future_partitions(p_now date DEFAULT current_date, p_years_ahead int DEFAULT NULL)
@@ -163,7 +168,7 @@ DECLARE
     default_part regclass;
     new_part regclass;
     moved bigint;
-    checksum text;
+    default_rows boolean;
     locked boolean := false;
     created text[] := '{}';
 BEGIN
@@ -222,15 +227,18 @@ BEGIN
             locked := true;
         END IF;
 
+        -- The new partition cannot be attached while DEFAULT holds rows of its range: DEFAULT steps out
+        -- for it, and opt4_move_rows() moves them, attaching both again.
         moved := 0;
-        IF default_part IS NOT NULL THEN
-            SELECT s.moved, s.checksum INTO moved, checksum FROM stage4.opt4_stash_rows(default_part, key, lo, hi) s;
+        default_rows := default_part IS NOT NULL AND (stage4.rows_checksum(default_part,
+                            format('%I >= %L AND %I < %L', key, lo, key, hi))->>'row_count')::bigint > 0;
+        IF default_rows THEN
+            EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', parent, default_part);
         END IF;
         new_part := stage4.create_secured_partition(parent, part_name, format('FOR VALUES FROM (%L) TO (%L)', lo, hi));
-        IF moved > 0 THEN
-            PERFORM stage4.opt4_restore_rows(parent, new_part, key, lo, hi, checksum, moved);
-        ELSIF to_regclass('pg_temp.stage4_opt4_rows') IS NOT NULL THEN
-            DROP TABLE pg_temp.stage4_opt4_rows;
+        IF default_rows THEN
+            moved := stage4.opt4_move_rows(parent, default_part, new_part, key, lo, hi, false);
+            EXECUTE format('ALTER TABLE %s ATTACH PARTITION %s DEFAULT', parent, default_part);
         END IF;
         INSERT INTO stage4.opt4_created_partitions (relation, parent, year, rows_moved)
         VALUES (format('%I.%I', parent_schema, part_name), 'public.geometrias', y, moved);
@@ -273,7 +281,7 @@ END $$;
 
 REVOKE ALL ON stage4.partition_policy, stage4.opt4_created_partitions FROM PUBLIC;
 REVOKE ALL ON FUNCTION stage4.opt4_partition_ranges(regclass), stage4.opt4_column_list(regclass),
-    stage4.opt4_stash_rows(regclass, text, date, date), stage4.opt4_restore_rows(regclass, regclass, text, date, date, text, bigint),
+    stage4.opt4_move_rows(regclass, regclass, regclass, text, date, date, boolean),
     stage4.ensure_future_partitions(date, int), stage4.schedule_future_partitions() FROM PUBLIC;
 
 DO $$

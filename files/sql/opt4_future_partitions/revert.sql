@@ -18,7 +18,6 @@ DECLARE
     default_part regclass;
     r record;
     moved bigint;
-    checksum text;
     moved_rows text;
 BEGIN
     -- Locked first, so that the rows verify_reverted compares with are those the revert moves.
@@ -44,22 +43,18 @@ BEGIN
         JOIN stage4.opt4_partition_ranges(geometrias) rg ON rg.partition = to_regclass(l.relation)
         ORDER BY l.year DESC
     LOOP
-        SELECT s.moved, s.checksum INTO moved, checksum
-        FROM stage4.opt4_stash_rows(r.partition, 'data_referencia', r.lower_bound, r.upper_bound) s;
+        -- Detached first: DEFAULT may then take its rows (without firing the application's triggers).
         EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', geometrias, r.partition);
+        moved := stage4.opt4_move_rows(geometrias, r.partition, default_part, 'data_referencia', r.lower_bound,
+                                       r.upper_bound, false);
         EXECUTE format('DROP TABLE %s', r.partition);
-        IF moved > 0 THEN
-            PERFORM stage4.opt4_restore_rows(geometrias, default_part, 'data_referencia', r.lower_bound, r.upper_bound,
-                                             checksum, moved);
-        END IF;
         RAISE NOTICE 'OPT4 revert: dropped %, % row(s) put back into %', r.relation, moved, coalesce(default_part::text, '-');
     END LOOP;
 END $$;
 
 DROP FUNCTION stage4.schedule_future_partitions();
 DROP FUNCTION stage4.ensure_future_partitions(date, int);
-DROP FUNCTION stage4.opt4_restore_rows(regclass, regclass, text, date, date, text, bigint);
-DROP FUNCTION stage4.opt4_stash_rows(regclass, text, date, date);
+DROP FUNCTION stage4.opt4_move_rows(regclass, regclass, regclass, text, date, date, boolean);
 DROP FUNCTION stage4.opt4_column_list(regclass);
 DROP FUNCTION stage4.opt4_partition_ranges(regclass);
 DROP TABLE stage4.opt4_created_partitions;

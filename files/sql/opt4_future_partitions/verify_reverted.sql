@@ -11,8 +11,7 @@ BEGIN
     SELECT string_agg(f, ', ') INTO left_over
     FROM unnest(ARRAY['stage4.ensure_future_partitions(date, integer)', 'stage4.schedule_future_partitions()',
                       'stage4.opt4_partition_ranges(regclass)', 'stage4.opt4_column_list(regclass)',
-                      'stage4.opt4_stash_rows(regclass, text, date, date)',
-                      'stage4.opt4_restore_rows(regclass, regclass, text, date, date, text, bigint)']) f
+                      'stage4.opt4_move_rows(regclass, regclass, regclass, text, date, date, boolean)']) f
     WHERE to_regprocedure(f) IS NOT NULL;
     IF left_over IS NOT NULL OR to_regclass('stage4.partition_policy') IS NOT NULL
        OR to_regclass('stage4.opt4_created_partitions') IS NOT NULL THEN
