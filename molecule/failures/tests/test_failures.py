@@ -86,6 +86,7 @@ def test_check_mode_changes_nothing():
         assert handle.read().strip() == "True"
     output = log("check_mode")
     assert "Dump the database" not in output  # no backup in check mode
+    assert "Checkpoint before measuring" not in output and "Benchmark stage" not in output  # no heavy work
     check_run = next(load_report(d) for d in run_dirs() if load_report(d)["check_mode"])
     assert check_run["outcome"] == "check mode: nothing was changed"
     assert {o["status"] for o in check_run["optimizations"]} == {"would be applied (check mode)"}
