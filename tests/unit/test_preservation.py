@@ -242,3 +242,27 @@ def test_opt4_moves_rows_out_of_default_and_back_without_firing_the_applications
     # The triggers are still the table's, on every partition.
     assert fetch(cluster, db, "SELECT count(DISTINCT tgrelid) FROM pg_trigger WHERE tgname = 'auditar'") == fetch(
         cluster, db, "SELECT count(*) FROM pg_partition_tree('public.geometrias')")
+
+
+def test_partitions_belong_to_the_tables_owner_not_to_the_role_that_deploys(cluster, db, capsys):
+    fetch(cluster, db, "DO $$ BEGIN IF to_regrole('dono_geometrias') IS NULL THEN CREATE ROLE dono_geometrias; END IF; END $$; "
+                       "GRANT CREATE ON SCHEMA public TO dono_geometrias; "
+                       "ALTER TABLE public.geometrias OWNER TO dono_geometrias")
+    assert change(capsys, cluster, db, OPT1)["action"] == "deployed"
+    assert fetch(cluster, db, "SELECT DISTINCT pg_get_userbyid(c.relowner) FROM pg_partition_tree('public.geometrias') t "
+                              "JOIN pg_class c ON c.oid = t.relid") == [("dono_geometrias",)]
+    assert change(capsys, cluster, db, OPT1, "reverted")["action"] == "reverted"
+    assert fetch(cluster, db, "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'public.geometrias'::regclass") == [
+        ("dono_geometrias",)]
+
+
+def test_postgrest_is_told_to_reload_its_schema_after_a_swap_and_its_revert(cluster, db, capsys):
+    listener = cluster.connect(db)
+    with listener.cursor() as cur:
+        cur.execute("LISTEN pgrst")
+    for state in ("applied", "reverted"):
+        listener.notifies.clear()
+        change(capsys, cluster, db, OPT1, state)
+        listener.poll()
+        assert [(n.channel, n.payload) for n in listener.notifies] == [("pgrst", "reload schema")], state
+    listener.close()

@@ -262,3 +262,6 @@ SELECT stage4.set_returning_query('public.geometrias_no_raio(double precision, d
                          ST_SetSRID(ST_MakePoint(lon, lat), 4326)::geography,
                          raio_m))
     ORDER BY g.id$query$);
+
+-- PostgREST reloads its schema cache at the commit (stage4.notify_api_changed()).
+SELECT stage4.notify_api_changed();

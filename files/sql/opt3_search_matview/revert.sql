@@ -24,3 +24,6 @@ DROP FUNCTION stage4_search_api.candidatos(text, extensions.geometry, integer);
 DROP SCHEMA stage4_search_api;
 DROP MATERIALIZED VIEW stage4_search.geometrias_busca;
 DROP SCHEMA stage4_search;
+
+-- PostgREST reloads its schema cache at the commit (stage4.notify_api_changed()).
+SELECT stage4.notify_api_changed();

@@ -299,3 +299,6 @@ BEGIN
     RAISE NOTICE 'OPT4: % partition(s) created: %', cardinality(created), array_to_string(created, ', ');
     PERFORM stage4.schedule_future_partitions();
 END $$;
+
+-- PostgREST reloads its schema cache at the commit (stage4.notify_api_changed()).
+SELECT stage4.notify_api_changed();

@@ -59,3 +59,6 @@ DROP FUNCTION stage4.opt4_column_list(regclass);
 DROP FUNCTION stage4.opt4_partition_ranges(regclass);
 DROP TABLE stage4.opt4_created_partitions;
 DROP TABLE stage4.partition_policy;
+
+-- PostgREST reloads its schema cache at the commit (stage4.notify_api_changed()).
+SELECT stage4.notify_api_changed();

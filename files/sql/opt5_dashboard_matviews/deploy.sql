@@ -304,3 +304,6 @@ $$;
 
 -- The refresh jobs (cron.schedule() replaces a job of the same name and user).
 SELECT cron.schedule(j.jobname, j.schedule, j.command) FROM stage4_dashboard.refresh_jobs() AS j;
+
+-- PostgREST reloads its schema cache at the commit (stage4.notify_api_changed()).
+SELECT stage4.notify_api_changed();

@@ -50,3 +50,6 @@ DROP SCHEMA stage4_dashboard_api;
 DROP FUNCTION stage4_dashboard.refresh_jobs();
 DROP MATERIALIZED VIEW stage4_dashboard.resumo_categoria_ano, stage4_dashboard.extensao_categoria;
 DROP SCHEMA stage4_dashboard;
+
+-- PostgREST reloads its schema cache at the commit (stage4.notify_api_changed()).
+SELECT stage4.notify_api_changed();

@@ -1108,6 +1108,14 @@ BEGIN
     RETURN stage4.drop_retired(coalesce(nullif(current_setting('stage4.settle_wait_seconds', true), ''), '30')::double precision);
 END $$;
 
+-- Tells PostgREST (self-hosted; Supabase's event triggers do it too) that the API's tables or
+-- functions changed, so that it reloads its schema cache. Delivered at the commit, once per
+-- transaction; harmless where nothing listens.
+CREATE OR REPLACE FUNCTION stage4.notify_api_changed()
+RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    NOTIFY pgrst, 'reload schema'
+$$;
+
 -- Puts back on p_table (and its partitions, where the setting is per partition) the settings that
 -- p_before (describe_table()) records and that a new table does not get from CREATE TABLE ... LIKE:
 -- replica identity, per-column statistics targets and options, extended statistics, and the
@@ -1329,6 +1337,7 @@ BEGIN
         PERFORM stage4.reset_acl(stmt, item->'acl');
     END LOOP;
     PERFORM set_config('check_function_bodies', previous_check, true);
+    PERFORM stage4.notify_api_changed();
     RETURN work_table;
 END $$;
 

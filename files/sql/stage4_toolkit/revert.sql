@@ -16,7 +16,7 @@ DROP FUNCTION IF EXISTS stage4.storage_layout(regclass, name), stage4.assert_can
     stage4.assert_no_api_readable_matviews(), stage4.assert_partitions_secured(regclass),
     stage4.assert_table_preserved(regclass, jsonb, boolean, jsonb, boolean), stage4.restore_table_settings(regclass, jsonb),
     stage4.assert_carried(regclass, text), stage4.catalog_dependents(regclass), stage4.referable(regclass, oid),
-    stage4.policy_definition(oid), stage4.copied_columns(regclass, text), stage4.is_rollout_trigger(oid),
+    stage4.policy_definition(oid), stage4.copied_columns(regclass, text), stage4.notify_api_changed(), stage4.is_rollout_trigger(oid),
     stage4.create_key_registry(regclass, text, text[], text), stage4.add_key_truncate_guard(regclass),
     stage4.register_original_key(regclass, regclass, text[]), stage4.drop_unused_key_registries(), stage4.drop_capture_triggers(regclass), stage4.publications_of(regclass),
     stage4.assert_can_publish_via_root(regclass, text), stage4.publish_via_root(text, regclass), stage4.restore_publication_settings(text),

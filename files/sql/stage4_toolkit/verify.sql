@@ -15,7 +15,7 @@ BEGIN
                       'lock_online_rebuild', 'lock_complete_shadow', 'lock_for_rebuild', 'key_row', 'start_online_rebuild', 'start_capture', 'copy_batch',
                       'index_shadow', 'replay_logged', 'apply_delta', 'replay_proven', 'analyze_shadow', 'prepare_online_rebuild',
                       'finish_online_rebuild', 'abort_online_rebuild', 'restore_table_settings', 'assert_carried',
-                      'catalog_dependents', 'referable', 'policy_definition', 'copied_columns', 'is_rollout_trigger',
+                      'catalog_dependents', 'referable', 'policy_definition', 'copied_columns', 'notify_api_changed', 'is_rollout_trigger',
                       'create_key_registry', 'add_key_truncate_guard', 'register_original_key', 'drop_unused_key_registries', 'drop_capture_triggers', 'publications_of',
                       'assert_can_publish_via_root', 'publish_via_root', 'restore_publication_settings',
                       'read_policies', 'assert_known_read_policies', 'accept_read_policies', 'forget_read_policies']) f
