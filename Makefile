@@ -27,7 +27,7 @@ help:
 	@echo "make pgbench-ratio - the benchmark module's QPS per query against pgbench -M prepared"
 	@echo "make clean   - stop and delete the local cluster, reports and backups"
 
-setup: system-packages $(VENV)/.installed collections/.installed
+setup: system-packages $(VENV)/.installed collections/.installed $(SUPABASE_CLI)
 
 # Debian would create and start a "main" cluster on port 5432 when installing the server; we run
 # our own clusters on their own ports, so tell it not to.
@@ -43,6 +43,13 @@ system-packages:
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+# The Supabase CLI that pushes the exported migrations in the tests (pinned in its package-lock.json).
+SUPABASE_CLI := tools/supabase-cli/node_modules/.bin/supabase
+$(SUPABASE_CLI): tools/supabase-cli/package-lock.json
+	command -v npm >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null)
+	npm ci --prefix tools/supabase-cli --no-audit --no-fund --loglevel=error
 	touch $@
 
 collections/.installed: requirements.yml $(VENV)/.installed

@@ -39,12 +39,15 @@ TIMESTAMP_FORMAT = "%Y%m%d%H%M%S"
 # one pgx batch, "ExecBatch is implicitly transactional" in pkg/migration/file.go, after a RESET ALL; the
 # TypeScript CLI brackets the file in BEGIN ... COMMIT). So set_config(..., true), like SET LOCAL, lasts
 # exactly the whole file, as it lasts the whole transaction in stage4_change, and any error (a failing
-# verify included) rolls the whole file back. CLI 2.115.0 and 2.116.0 pipelined a file without a
-# transaction block and refused LOCK TABLE (supabase/cli#6347): use a release outside that range.
+# verify included) rolls the whole file back. Some releases (2.115.0, 2.116.0, 2.117.0: supabase/cli#6347)
+# send the file as a pipeline without BEGIN: one implicit transaction, in which a top-level LOCK TABLE is
+# refused (25P01). So no change has a top-level statement that needs a transaction block (LOCK runs in a
+# DO block), and the files work under any release; tests/unit/test_packaging.py pushes them with 2.117.0.
 TRANSACTION_NOTE = """\
 -- `supabase db push` runs this file as one transaction (with its schema_migrations row): the settings
 -- below hold for the whole file, and any error, a failing verify included, rolls all of it back.
--- Supabase CLI 2.115.0 and 2.116.0 ran files without a transaction block (supabase/cli#6347): avoid them.
+-- No statement here needs a transaction block: releases that send the file as a pipeline without
+-- BEGIN (2.115.0 to 2.117.0, supabase/cli#6347) run it as one implicit transaction just the same.
 """
 
 

@@ -33,7 +33,8 @@ TABLE_STATE = """
 
 
 def run(argv, **kwargs):
-    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=False, cwd=REPO, **kwargs)
+    kwargs.setdefault("cwd", REPO)
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=False, **kwargs)
 
 
 def pins(path):
@@ -149,6 +150,12 @@ def test_export_names_files_and_records_sources(exported):
     assert all(re.fullmatch(r"[0-9]+_.*\.sql", name) for name in migrations)
 
 
+def test_no_migration_has_a_top_level_statement_that_needs_a_transaction_block(exported):
+    """A CLI that sends a file as a pipeline without BEGIN refuses those (LOCK TABLE: 25P01)."""
+    for path in sorted(exported.glob("*.sql")) + sorted((exported / "rollbacks").glob("*.sql")):
+        assert not re.search(r"^\s*LOCK\b", path.read_text(), re.MULTILINE | re.IGNORECASE), path.name
+
+
 def test_migrations_apply_record_the_ledger_and_revert_cleanly(cluster, exported):
     before = query(cluster, TABLE_STATE)
     migrations = sorted(exported.glob("*.sql"))
@@ -182,3 +189,23 @@ def test_migrations_apply_record_the_ledger_and_revert_cleanly(cluster, exported
     assert query(cluster, "SELECT count(*) FROM stage4.ledger") == [(0,)]
     assert query(cluster, "SELECT count(*) FROM cron.job WHERE jobname LIKE 'stage4%'") == [(0,)]
     assert query(cluster, "SELECT relkind FROM pg_class WHERE oid = 'public.geometrias'::regclass") == [("r",)]
+
+
+def test_the_supabase_cli_pushes_every_migration(cluster, exported, tmp_path):
+    """The real CLI (tools/supabase-cli, 2.117.0: a file goes as a pipeline without BEGIN, where a top-level
+    LOCK TABLE is refused) applies all of them; the rollbacks, run as the README says, undo them."""
+    before = query(cluster, TABLE_STATE)
+    project = tmp_path / "project"
+    (project / "supabase").mkdir(parents=True)
+    os.symlink(exported, project / "supabase" / "migrations")
+    url = "postgresql://%s:%s@%s:%s/%s?sslmode=disable" % (cluster.user, cluster.password, cluster.host, cluster.port, DB)
+    done = run([str(REPO / "tools/supabase-cli/node_modules/.bin/supabase"), "db", "push", "--db-url", url,
+                "--include-all", "--yes"], cwd=project)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [row[0] for row in query(cluster, "SELECT change FROM stage4.ledger ORDER BY seq")] == CHANGES
+    assert query(cluster, "SELECT count(*) FROM supabase_migrations.schema_migrations") == [(len(CHANGES),)]
+    assert query(cluster, "SELECT relkind FROM pg_class WHERE oid = 'public.geometrias'::regclass") == [("p",)]
+    for path in sorted((exported / "rollbacks").glob("revert_*.sql"), reverse=True):
+        reverted = psql(cluster, path)
+        assert reverted.returncode == 0, "%s:\n%s" % (path.name, reverted.stderr)
+    assert query(cluster, TABLE_STATE) == before

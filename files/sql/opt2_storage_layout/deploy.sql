@@ -56,7 +56,9 @@
 -- short (the transaction is retried); statement_timeout bounds the time the lock is held.
 SELECT set_config('lock_timeout', coalesce(nullif(current_setting('stage4.lock_timeout', true), ''), '2s'), true),
        set_config('statement_timeout', coalesce(nullif(current_setting('stage4.statement_timeout', true), ''), '30min'), true);
-LOCK TABLE public.geometrias IN ACCESS EXCLUSIVE MODE;
+-- In a DO block: the Supabase CLI (2.117.0) sends a migration as a pipeline without BEGIN, where a
+-- top-level LOCK TABLE is refused (25P01); the block runs in the same transaction either way.
+DO $$ BEGIN LOCK TABLE public.geometrias IN ACCESS EXCLUSIVE MODE; END $$;
 
 -- What this change did to each relation, and what that relation had before (read by revert).
 CREATE TABLE stage4.opt2_layout (

@@ -11,7 +11,9 @@
 -- columnar path are restored exactly.
 SET LOCAL lock_timeout = '2s';
 SET LOCAL statement_timeout = '30min';
-LOCK TABLE public.geometrias IN ACCESS EXCLUSIVE MODE;
+-- In a DO block: the Supabase CLI (2.117.0) sends a migration as a pipeline without BEGIN, where a
+-- top-level LOCK TABLE is refused (25P01); the block runs in the same transaction either way.
+DO $$ BEGIN LOCK TABLE public.geometrias IN ACCESS EXCLUSIVE MODE; END $$;
 
 DO $$
 DECLARE

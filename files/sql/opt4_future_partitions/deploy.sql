@@ -43,7 +43,9 @@ SET LOCAL statement_timeout = '5min';
 -- taken later, the application's writes in between would count as rows gained. No checksum of
 -- every row (seconds per million rows, under this lock): creating a partition rewrites no row
 -- but those it moves out of DEFAULT, whose checksum ensure_future_partitions() compares.
-LOCK TABLE ONLY public.geometrias IN ACCESS EXCLUSIVE MODE;
+-- In a DO block: the Supabase CLI (2.117.0) sends a migration as a pipeline without BEGIN, where a
+-- top-level LOCK TABLE is refused (25P01); the block runs in the same transaction either way.
+DO $$ BEGIN LOCK TABLE ONLY public.geometrias IN ACCESS EXCLUSIVE MODE; END $$;
 SELECT stage4.save_proven_snapshot('opt4_future_partitions', 'public.geometrias', jsonb_build_object(
            'rows', 'only the rows moved out of the DEFAULT partition are rewritten; ensure_future_partitions() compares their checksum'))
        IS NOT NULL AS snapshot_saved;
