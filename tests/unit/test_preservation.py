@@ -266,3 +266,21 @@ def test_postgrest_is_told_to_reload_its_schema_after_a_swap_and_its_revert(clus
         listener.poll()
         assert [(n.channel, n.payload) for n in listener.notifies] == [("pgrst", "reload schema")], state
     listener.close()
+
+
+def test_no_api_call_runs_under_the_cutovers_lock(cluster, db, capsys):
+    """A user's RPC may cost seconds at scale (a radius search without a bounding-box prefilter scans
+    the whole table): the checks under ACCESS EXCLUSIVE only plan the API's calls, so the cutover fits
+    its transaction_timeout whatever they cost; the benchmark after the change runs them."""
+    fetch(cluster, db, """
+        CREATE OR REPLACE FUNCTION public.geometrias_no_raio(lon double precision, lat double precision, raio_m double precision)
+        RETURNS SETOF public.geometrias LANGUAGE sql STABLE SET search_path = public, extensions, pg_temp AS $$
+            SELECT g.* FROM public.geometrias g  -- 12 ms a row: 3 s a call at 251 features
+            WHERE pg_sleep(0.012) IS NOT NULL AND ST_DWithin(g.geom::geography, ST_SetSRID(ST_MakePoint(lon, lat), 4326)::geography, raio_m) ORDER BY g.id
+        $$""")
+    for state in ("applied", "reverted"):
+        args = dict(cluster.login_args(db), sql_root=pgcluster.SQL_ROOT, change=OPT1, state=state,
+                    variables=VARIABLES[OPT1], transaction_timeout=1.8, lock_retries=0)
+        result = pgcluster.run_module(capsys, stage4_change.main, args)
+        assert not result.get("failed"), result.get("msg")
+        assert result["duration_s"] < 1.8

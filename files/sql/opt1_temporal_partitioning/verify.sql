@@ -35,5 +35,5 @@ BEGIN
     IF stage4.database_setting('jit') IS DISTINCT FROM 'off' THEN
         RAISE EXCEPTION 'OPT1: JIT is not off for this database';
     END IF;
-    PERFORM stage4.assert_api_answers(false);  -- under the table's lock
+    PERFORM stage4.assert_api_answers(p_under_lock => true);  -- planned only: nothing of the API runs under the lock
 END $$;
