@@ -9,8 +9,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 LOCALDB_PORT ?= 55432
 FEATURES ?= 251
-# Debian packages: the server, PostGIS and pg_cron for PostgreSQL 15, the matching pg_dump.
-APT_PACKAGES := postgresql-15 postgresql-15-postgis-3 postgresql-15-cron postgresql-client-15 python3-venv chromium
+# Debian packages: the server, PostGIS and pg_cron for PostgreSQL 15, the matching pg_dump; PgBouncer
+# for the test of a transaction-mode pooler.
+APT_PACKAGES := postgresql-15 postgresql-15-postgis-3 postgresql-15-cron postgresql-client-15 python3-venv chromium pgbouncer
 
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR := 0

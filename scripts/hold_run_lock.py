@@ -74,6 +74,32 @@ def holder(cur):
             "holder_since": row[1], "holder_client": row[2], "holder_user": row[3]}
 
 
+POOLED = ("A connection pooler in transaction mode sits between Stage 4 and the database (PgBouncer, or Supavisor: "
+          "Supabase's port 6543): the run lock and the session settings need one server session for the whole run. "
+          "Connect directly (Supabase: db.<project>.supabase.co, port 5432) or through a session-mode pooler")
+
+
+def transaction_pooled(conn, connect):
+    """Whether consecutive transactions of conn may run on different server sessions, as behind a pooler in
+    transaction mode: while another connection holds a transaction open, conn asks for its backend's pid
+    again. Directly (or through a session-mode pooler) conn keeps its backend and the other has its own;
+    behind a transaction-mode pooler the other takes the backend conn just released, and conn gets another."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        first = cur.fetchone()[0]
+    other = connect()
+    try:
+        with other.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")  # its transaction stays open
+            theirs = cur.fetchone()[0]
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            second = cur.fetchone()[0]
+    finally:
+        other.close()
+    return theirs == first or second != first
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-id", required=True)
@@ -88,10 +114,15 @@ def main(argv=None):
             login = json.loads(handle.readline())
         os.unlink(args.login)
         password = login.get("password") or None
-        conn = psycopg2.connect(host=login["host"], port=login["port"], dbname=login["dbname"], user=login["user"],
-                                password=password, sslmode=login.get("sslmode") or "prefer", connect_timeout=10,
-                                application_name=APPLICATION_PREFIX + args.run_id)
+        def connect():
+            return psycopg2.connect(host=login["host"], port=login["port"], dbname=login["dbname"], user=login["user"],
+                                    password=password, sslmode=login.get("sslmode") or "prefer", connect_timeout=10,
+                                    application_name=APPLICATION_PREFIX + args.run_id)
+        conn = connect()
         conn.autocommit = True
+        if transaction_pooled(conn, connect):
+            write_state(args.state_file, state="error", message=POOLED)
+            return 2
         with conn.cursor() as cur:
             cur.execute("SELECT pg_try_advisory_lock(%s, hashtext(current_database()))", (STAGE4_LOCK_CLASS,))
             if not cur.fetchone()[0]:
