@@ -284,3 +284,17 @@ def test_no_api_call_runs_under_the_cutovers_lock(cluster, db, capsys):
         result = pgcluster.run_module(capsys, stage4_change.main, args)
         assert not result.get("failed"), result.get("msg")
         assert result["duration_s"] < 1.8
+
+
+def test_a_publication_the_deploying_role_may_not_alter_is_refused(cluster, db):
+    """The swap takes the table out of its publications and back in: only their owner may."""
+    conn = cluster.connect(db)
+    with conn.cursor() as cur:
+        cur.execute("DO $$ BEGIN IF to_regrole('implantador') IS NULL THEN CREATE ROLE implantador; END IF; "
+                    "IF to_regrole('dono_publicacao') IS NULL THEN CREATE ROLE dono_publicacao; END IF; END $$; "
+                    "ALTER PUBLICATION supabase_realtime OWNER TO dono_publicacao; "
+                    "GRANT USAGE ON SCHEMA stage4 TO implantador; GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA stage4 TO implantador; "
+                    "SET ROLE implantador")
+        with pytest.raises(Exception, match="supabase_realtime \\(owner dono_publicacao\\)"):
+            cur.execute("SELECT stage4.assert_can_publish_via_root('public.geometrias', 'OPT1')")
+    conn.close()

@@ -698,13 +698,21 @@ RETURNS SETOF pg_publication LANGUAGE sql STABLE SET search_path = pg_catalog, p
                   WHERE n.pnpubid = p.oid AND c.oid = p_table)
 $$;
 
--- Raises when turning publish_via_partition_root on for p_table's sake would change how another
--- partitioned table of the same publication is published (the table owner's decision, not ours).
+-- Raises when a publication of p_table may not be altered by the current role, or when turning
+-- publish_via_partition_root on for p_table's sake would change how another partitioned table of
+-- the same publication is published (the table owner's decision, not ours).
 CREATE OR REPLACE FUNCTION stage4.assert_can_publish_via_root(p_table regclass, p_label text)
 RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     blocking text;
 BEGIN
+    -- The swap takes the table out of its publications and puts it back: their owner's right.
+    SELECT string_agg(format('%I (owner %s)', p.pubname, pg_get_userbyid(p.pubowner)), ', ') INTO blocking
+    FROM stage4.publications_of(p_table) p WHERE NOT pg_has_role(p.pubowner, 'USAGE');
+    IF blocking IS NOT NULL THEN
+        RAISE EXCEPTION '%: % is in publications that % may not alter: %. A rebuild takes the table out of them and '
+                        'puts it back. Nothing was changed.', p_label, p_table, current_user, blocking;
+    END IF;
     SELECT string_agg(format('%I (also publishes %s)', p.pubname, other.oid::regclass), ', ') INTO blocking
     FROM stage4.publications_of(p_table) p
     JOIN pg_class other ON other.relkind = 'p' AND other.oid <> p_table AND NOT other.relispartition
