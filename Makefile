@@ -6,6 +6,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 VENV := .venv
+# The Supabase CLI that pushes the exported migrations in the tests (pinned in its package-lock.json).
+SUPABASE_CLI := tools/supabase-cli/node_modules/.bin/supabase
 BIN := $(VENV)/bin
 LOCALDB_PORT ?= 55432
 FEATURES ?= 251
@@ -46,8 +48,6 @@ $(VENV)/.installed: requirements.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-# The Supabase CLI that pushes the exported migrations in the tests (pinned in its package-lock.json).
-SUPABASE_CLI := tools/supabase-cli/node_modules/.bin/supabase
 $(SUPABASE_CLI): tools/supabase-cli/package-lock.json
 	command -v npm >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null)
 	npm ci --prefix tools/supabase-cli --no-audit --no-fund --loglevel=error
