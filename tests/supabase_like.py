@@ -116,3 +116,24 @@ def build(cluster, features=251):
                     "--user", "postgres", "--dbname", DATABASE, "--features", str(features)],
                    env=dict(os.environ, DB_PASSWORD=cluster.password), check=True, capture_output=True, text=True)
     return password
+
+
+def require_tls(cluster):
+    """Serves TLS only (a self-signed certificate; a connection without TLS is rejected by pg_hba), as
+    Supabase's database does for a client that asks for it: a run with ssl_mode require then proves that
+    each of its connections uses TLS."""
+    data = os.path.join(cluster.folder, "data")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-keyout", os.path.join(data, "server.key"), "-out", os.path.join(data, "server.crt")],
+                   check=True, capture_output=True)
+    for name in ("server.key", "server.crt"):
+        os.chmod(os.path.join(data, name), 0o600)
+        subprocess.run(["chown", "postgres", os.path.join(data, name)], check=True)
+    with open(os.path.join(data, "postgresql.auto.conf"), "a", encoding="utf-8") as conf:
+        conf.write("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+    hba = os.path.join(data, "pg_hba.conf")
+    with open(hba, encoding="utf-8") as handle:
+        rules = handle.read()
+    with open(hba, "w", encoding="utf-8") as handle:
+        handle.write("hostnossl all all all reject\n" + rules)
+    cluster._localdb("restart")  # noqa: SLF001 (the cluster's own restart)
