@@ -72,6 +72,18 @@ class Cluster:
         conn.autocommit = autocommit
         return conn
 
+    def query(self, dbname, sql, params=None, user=None, password=None):
+        """Runs sql in autocommit on dbname (as user, default the superuser); its rows, or None."""
+        conn = psycopg2.connect(host=self.host, port=self.port, user=user or self.user,
+                                password=password or self.password, dbname=dbname)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return cur.fetchall() if cur.description else None
+        finally:
+            conn.close()
+
     def preload_pg_cron(self, dbname):
         """Restarts the cluster with pg_cron loaded, running its jobs in dbname (what the
         stage4_pg_cron role configures on a self-managed server)."""
@@ -106,6 +118,19 @@ class Cluster:
         _run([sys.executable, REFERENCE_DB, "--host", self.host, "--port", str(self.port),
               "--user", self.user, "--dbname", dbname, "--features", str(features), "--recreate"],
              env)
+
+
+def schema_dump(cluster, dbname, user=None, password=None, exclude=("stage4",), sslmode=None):
+    """pg_dump --schema-only of every schema but those excluded (the rollout's own), as lines, without the
+    random \\restrict token pg_dump writes: what must be identical before a change and after its revert."""
+    env = dict(os.environ, PGPASSWORD=password or cluster.password)
+    if sslmode:
+        env["PGSSLMODE"] = sslmode
+    argv = ["pg_dump", "--schema-only", "-h", cluster.host, "-p", str(cluster.port), "-U", user or cluster.user, dbname]
+    for schema in exclude:
+        argv[2:2] = ["-N", schema]
+    done = subprocess.run(argv, check=True, capture_output=True, text=True, env=env)
+    return [line for line in done.stdout.splitlines() if not line.startswith(("\\restrict", "\\unrestrict"))]
 
 
 SQL_ROOT = os.path.join(REPO, "files", "sql")

@@ -11,7 +11,6 @@ the same derandomized examples every time; make faults explores (STAGE4_FUZZ_RAN
 example found there is kept below as an @example.
 """
 import os
-import subprocess
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -139,13 +138,7 @@ def fresh(cluster):
 
 
 def fetch(cluster, sql):
-    conn = cluster.connect("fuzz")
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-            return cur.fetchall() if cur.description else None
-    finally:
-        conn.close()
+    return cluster.query("fuzz", sql)
 
 
 def run_change(cluster, name, state, capsys):
@@ -155,11 +148,7 @@ def run_change(cluster, name, state, capsys):
 
 
 def schema(cluster):
-    """pg_dump --schema-only of every schema but the rollout's own, without its random \\restrict token."""
-    done = subprocess.run(["pg_dump", "--schema-only", "-N", "stage4", "-h", cluster.host, "-p", str(cluster.port),
-                           "-U", cluster.user, "fuzz"], check=True, capture_output=True, text=True,
-                          env=dict(os.environ, PGPASSWORD=cluster.password))
-    return [line for line in done.stdout.splitlines() if not line.startswith(("\\restrict", "\\unrestrict"))]
+    return pgcluster.schema_dump(cluster, "fuzz")
 
 
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=not os.environ.get("STAGE4_FUZZ_RANDOM"),

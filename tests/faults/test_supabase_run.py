@@ -2,9 +2,6 @@
 against a database set up as Supabase sets one up (tests/supabase_like.py: postgres is not a superuser,
 PostGIS and pg_cron belong to supabase_admin), over TLS only (ssl_mode require; the server rejects any
 connection without TLS), with a password, as the managed-server settings of the prod inventory say."""
-import os
-import subprocess
-
 import pytest
 
 import pgcluster
@@ -24,21 +21,12 @@ def supabase():
 
 
 def as_admin(cluster, sql):
-    conn = supabase_like.admin_connect(cluster, cluster.admin_password)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-            return cur.fetchall()
-    finally:
-        conn.close()
+    return cluster.query(supabase_like.DATABASE, sql, user="supabase_admin", password=cluster.admin_password)
 
 
 def schema(cluster):
-    done = subprocess.run(["pg_dump", "--schema-only", "-N", "stage4", "-N", "stage4_benchmark", "-h", cluster.host,
-                           "-p", str(cluster.port), "-U", "supabase_admin", supabase_like.DATABASE], check=True,
-                          capture_output=True, text=True,
-                          env=dict(os.environ, PGPASSWORD=cluster.admin_password, PGSSLMODE="require"))
-    return [line for line in done.stdout.splitlines() if not line.startswith(("\\restrict", "\\unrestrict"))]
+    return pgcluster.schema_dump(cluster, supabase_like.DATABASE, "supabase_admin", cluster.admin_password,
+                                 ("stage4", "stage4_benchmark"), sslmode="require")
 
 
 def test_rollout_then_rollback_on_supabase_over_tls(supabase):

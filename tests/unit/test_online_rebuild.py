@@ -9,7 +9,6 @@ import datetime
 import json
 import os
 import random
-import subprocess
 import threading
 import time
 
@@ -68,10 +67,7 @@ def fetch(cluster, db, sql, params=None):
 
 
 def schema_dump(cluster, db):
-    done = subprocess.run(["pg_dump", "--schema-only", "-N", "stage4", "-h", cluster.host, "-p", str(cluster.port),
-                           "-U", cluster.user, db], check=True, capture_output=True, text=True,
-                          env=dict(os.environ, PGPASSWORD=cluster.password))
-    return [line for line in done.stdout.splitlines() if not line.startswith(("\\restrict", "\\unrestrict"))]
+    return pgcluster.schema_dump(cluster, db)
 
 
 def leftovers(cluster, db):

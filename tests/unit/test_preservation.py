@@ -3,7 +3,6 @@ their reverts, through library/stage4_change.py (the online path, prepare includ
 --schema-only of every schema identical to the original and every row in place; what a rebuild could
 not carry is refused before any change, named; what a swap retired is never dropped with CASCADE."""
 import os
-import subprocess
 
 import pytest
 
@@ -53,21 +52,11 @@ def change(capsys, cluster, db, name, state="applied"):
 
 
 def fetch(cluster, db, sql, params=None):
-    conn = cluster.connect(db)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall() if cur.description else None
-    finally:
-        conn.close()
+    return cluster.query(db, sql, params)
 
 
 def schema(cluster, db):
-    """pg_dump --schema-only of every schema but the rollout's own, without its random \\restrict token."""
-    done = subprocess.run(["pg_dump", "--schema-only", "-N", "stage4", "-h", cluster.host, "-p", str(cluster.port),
-                           "-U", cluster.user, db], check=True, capture_output=True, text=True,
-                          env=dict(os.environ, PGPASSWORD=cluster.password))
-    return [line for line in done.stdout.splitlines() if not line.startswith(("\\restrict", "\\unrestrict"))]
+    return pgcluster.schema_dump(cluster, db)
 
 
 def visible_as_authenticated(cluster, db):

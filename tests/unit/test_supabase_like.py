@@ -3,7 +3,6 @@ postgres, the role that deploys, is not a superuser; PostGIS and pg_cron belong 
 application lives in database postgres. Through library/stage4_change.py with the variables of
 playbooks/group_vars/all.yml, as the playbook applies them."""
 import os
-import subprocess
 
 import pytest
 import yaml
@@ -35,21 +34,12 @@ def change(capsys, cluster, name, state, variables=None):
 
 
 def fetch(cluster, sql):
-    conn = cluster.connect(supabase_like.DATABASE)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-            return cur.fetchall()
-    finally:
-        conn.close()
+    return cluster.query(supabase_like.DATABASE, sql)
 
 
 def schema(cluster):
     """Every schema but the rollout's own, read by supabase_admin (postgres may not read them all)."""
-    done = subprocess.run(["pg_dump", "--schema-only", "-N", "stage4", "-h", cluster.host, "-p", str(cluster.port),
-                           "-U", "supabase_admin", supabase_like.DATABASE], check=True, capture_output=True, text=True,
-                          env=dict(os.environ, PGPASSWORD=cluster.admin_password))
-    return [line for line in done.stdout.splitlines() if not line.startswith(("\\restrict", "\\unrestrict"))]
+    return pgcluster.schema_dump(cluster, supabase_like.DATABASE, "supabase_admin", cluster.admin_password)
 
 
 def test_the_deploying_role_is_not_a_superuser(supabase):
