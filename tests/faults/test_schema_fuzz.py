@@ -63,7 +63,10 @@ DECORATIONS = {
     "column_setting": lambda n, v: "ALTER TABLE public.geometrias ALTER COLUMN %s" % [
         "categoria SET STATISTICS %d" % (50 + v), "categoria SET (n_distinct = %d)" % (5 + v),
         "descricao SET STORAGE EXTERNAL", "nome SET (n_distinct = -0.5)"][v % 4],
-    "replica_identity": lambda n, v: "ALTER TABLE public.geometrias REPLICA IDENTITY %s" % ["FULL", "NOTHING"][v % 2],
+    "replica_identity": lambda n, v: [
+        "ALTER TABLE public.geometrias REPLICA IDENTITY FULL", "ALTER TABLE public.geometrias REPLICA IDENTITY NOTHING",
+        "CREATE UNIQUE INDEX fuzz_ri_%d ON public.geometrias (id, data_referencia); "
+        "ALTER TABLE public.geometrias REPLICA IDENTITY USING INDEX fuzz_ri_%d" % (n, n)][v % 3],
     "publication": lambda n, v: "CREATE PUBLICATION fuzz_pub_%d FOR TABLE public.geometrias%s" % (
         n, " WITH (publish = 'insert')" if v % 2 else ""),
     "view": lambda n, v: ("CREATE SCHEMA IF NOT EXISTS fuzz; CREATE VIEW fuzz.v_%d%s AS SELECT id, nome, categoria "
@@ -156,6 +159,7 @@ def schema(cluster):
 @given(chosen=decorations)
 @example(chosen=[("column", 7), ("column", 9), ("replica_identity", 0), ("statistics", 1), ("column_setting", 0),
                  ("publication", 0), ("other_table_policy", 1), ("function", 2), ("matview", 1)])
+@example(chosen=[("replica_identity", 2)])  # found by hand: the revert looked the index up in a partition tree
 def test_a_decorated_table_is_carried_whole_or_refused_before_any_change(fuzz_cluster, capsys, chosen):
     cluster = fuzz_cluster
     fresh(cluster)

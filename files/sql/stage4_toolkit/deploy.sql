@@ -1134,17 +1134,19 @@ DECLARE
     item jsonb;
     target regclass;
     mode text := p_before->'replica_identity'->>'mode';
+    identity_index regclass := CASE WHEN p_before->'replica_identity'->>'index' IS NOT NULL THEN
+        to_regclass(format('%s.%I', p_before->>'schema', p_before->'replica_identity'->>'index')) END;
 BEGIN
     FOR target IN SELECT p_table UNION ALL SELECT relid FROM pg_partition_tree(p_table) WHERE relid <> p_table LOOP
         IF mode IS NOT NULL AND mode <> 'i' THEN
             EXECUTE format('ALTER TABLE ONLY %s REPLICA IDENTITY %s', target,
                            CASE mode WHEN 'f' THEN 'FULL' WHEN 'n' THEN 'NOTHING' ELSE 'DEFAULT' END);
         ELSIF mode = 'i' THEN
-            -- The index of this partition that belongs to the parent's replica identity index.
+            -- The index of the same name on the table, or the one of this partition attached to it.
             EXECUTE format('ALTER TABLE ONLY %s REPLICA IDENTITY USING INDEX %I', target, (
                 SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-                WHERE i.indrelid = target
-                  AND i.indexrelid IN (SELECT relid FROM pg_partition_tree(format('%s.%I', p_before->>'schema', p_before->'replica_identity'->>'index')::regclass))));
+                WHERE i.indrelid = target AND (i.indexrelid = identity_index
+                                               OR i.indexrelid IN (SELECT relid FROM pg_partition_tree(identity_index)))));
         END IF;
         FOR item IN SELECT jsonb_array_elements(coalesce(p_before->'column_statistics', '[]')) LOOP
             IF (item->>'target')::int <> -1 THEN
