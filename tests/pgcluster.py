@@ -84,6 +84,14 @@ class Cluster:
         finally:
             conn.close()
 
+    def clone_database(self, name, template):
+        """A fresh copy of template (a file copy), with the search_path the reference database sets, a
+        database setting the copy does not carry."""
+        self.query("postgres", 'DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % name)
+        self.query("postgres", 'CREATE DATABASE "%s" TEMPLATE "%s"' % (name, template))
+        self.query("postgres", 'ALTER DATABASE "%s" SET search_path = "$user", public, extensions' % name)
+        return name
+
     def preload_pg_cron(self, dbname):
         """Restarts the cluster with pg_cron loaded, running its jobs in dbname (what the
         stage4_pg_cron role configures on a self-managed server)."""

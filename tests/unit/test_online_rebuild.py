@@ -42,13 +42,7 @@ def cluster():
 
 @pytest.fixture
 def db(cluster, request):
-    name = "t_" + request.node.name[:50]
-    conn = cluster.connect()
-    with conn.cursor() as cur:
-        cur.execute('DROP DATABASE IF EXISTS "%s"' % name)
-        cur.execute('CREATE DATABASE "%s" TEMPLATE "%s"' % (name, TEMPLATE))
-    conn.close()
-    return name
+    return cluster.clone_database("t_" + request.node.name[:50], TEMPLATE)
 
 
 def opt1_args(cluster, db, **extra):

@@ -35,14 +35,7 @@ def cluster():
 
 @pytest.fixture
 def db(cluster, request):
-    name = "t_" + request.node.name[:50]
-    conn = cluster.connect()
-    with conn.cursor() as cur:
-        cur.execute('DROP DATABASE IF EXISTS "%s"' % name)
-        cur.execute('CREATE DATABASE "%s" TEMPLATE "%s"' % (name, TEMPLATE))
-        cur.execute('ALTER DATABASE "%s" SET search_path = "$user", public, extensions' % name)
-    conn.close()
-    return name
+    return cluster.clone_database("t_" + request.node.name[:50], TEMPLATE)
 
 
 def change(capsys, cluster, db, name, state="applied"):
