@@ -2,7 +2,8 @@
 """Build the reference database (the BIBLIOTECA fixture) with synthetic features.
 
     scripts/reference_db.py --host 127.0.0.1 --port 55432 --user postgres \\
-        --dbname BIBLIOTECA --features 251 [--seed 20260207] [--recreate]
+        --dbname BIBLIOTECA --features 251 [--seed 20260207] [--recreate] \\
+        [--postgis-schema extensions]
 
 Creates the database when it is missing, loads files/fixture/reference_schema.sql
 and fills public.geometrias with --features polygons around Brazilian cities.
@@ -10,6 +11,11 @@ The content depends only on --seed and --features, so two builds with the same
 arguments have the same checksum. If the database already holds
 public.geometrias the script changes nothing (unless --recreate, which drops
 the database, disconnecting its sessions, and builds it again).
+
+--postgis-schema installs PostGIS in another schema than Supabase's `extensions`
+(for example `public`, where older Supabase projects and most self-hosted
+servers have it); the schema `extensions` is created all the same, and the
+functions keep their `SET search_path = public, extensions`, as users write it.
 
 The password comes from DB_PASSWORD, else PGPASSWORD; it is never printed.
 Prints one JSON line: database, features, checksum, seconds and changed
@@ -22,6 +28,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 import uuid
@@ -344,10 +351,23 @@ def is_built(conn):
     return built
 
 
-def build(conn, features, seed):
+def with_postgis_in(text, schema):
+    """The fixture's SQL with PostGIS created in, and its names qualified by, another schema."""
+    if schema == "extensions":
+        return text
+    target = '"%s"' % schema.replace('"', '""')
+    text = text.replace("CREATE EXTENSION IF NOT EXISTS postgis SCHEMA extensions;",
+                        "CREATE EXTENSION IF NOT EXISTS postgis SCHEMA %s;" % target)
+    # Qualified PostGIS names: extensions.geometry, extensions.ST_MakePoint(...), ...
+    return re.sub(r"\bextensions\.(?=(geometry|geography|ST_|st_))", target + ".", text)
+
+
+def build(conn, features, seed, postgis_schema="extensions"):
     """Schema and data in one transaction: a failed build leaves nothing behind."""
     with conn, conn.cursor() as cur:
-        cur.execute(SCHEMA_FILE.read_text(encoding="utf-8"))
+        if postgis_schema != "extensions":
+            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(postgis_schema)))
+        cur.execute(with_postgis_in(SCHEMA_FILE.read_text(encoding="utf-8"), postgis_schema))
         cur.execute(STATEMENTS_EXTENSION_SQL)
         # Filling the table without its secondary indexes, then building them
         # from the schema's own definitions, is much cheaper than maintaining
@@ -358,7 +378,7 @@ def build(conn, features, seed):
         indexes = cur.fetchall()
         for drop, _ in indexes:
             cur.execute(drop)
-        cur.execute(HELPERS_SQL)
+        cur.execute(with_postgis_in(HELPERS_SQL, postgis_schema))
         cur.execute("SELECT setseed(%s)", (seed / 2**31,))
         cur.execute(INSERT_SQL, generation_parameters(features))
         cur.execute("SET LOCAL maintenance_work_mem = '512MB'")
@@ -416,6 +436,8 @@ def parse_args(argv):
                         help="random seed; same seed and features give the same data")
     parser.add_argument("--recreate", action="store_true",
                         help="drop the database (disconnecting its sessions) and build it again")
+    parser.add_argument("--postgis-schema", default="extensions",
+                        help="schema PostGIS is installed in (default extensions, as on Supabase)")
     return parser.parse_args(argv)
 
 
@@ -428,7 +450,7 @@ def main(argv):
         try:
             changed = not is_built(conn)
             if changed:
-                build(conn, args.features, args.seed)
+                build(conn, args.features, args.seed, args.postgis_schema)
             else:
                 print(f"reference_db: {args.dbname} already holds public.geometrias; "
                       "nothing to do (use --recreate to rebuild)", file=sys.stderr)

@@ -120,11 +120,12 @@ class Cluster:
         finally:
             conn.close()
 
-    def build_reference_db(self, dbname, features=251):
+    def build_reference_db(self, dbname, features=251, postgis_schema="extensions"):
         """(Re)create the reference fixture database with scripts/reference_db.py."""
         env = dict(os.environ, DB_PASSWORD=self.password)
         _run([sys.executable, REFERENCE_DB, "--host", self.host, "--port", str(self.port),
-              "--user", self.user, "--dbname", dbname, "--features", str(features), "--recreate"],
+              "--user", self.user, "--dbname", dbname, "--features", str(features), "--recreate",
+              "--postgis-schema", postgis_schema],
              env)
 
 

@@ -68,12 +68,14 @@
 -- the view is built, about 1 min per million rows); one transaction.
 SET LOCAL lock_timeout = '2s';
 SET LOCAL statement_timeout = '30min';
--- Nothing below may resolve through the caller's search_path.
+-- Nothing below may resolve through the caller's search_path; PostGIS's names resolve wherever
+-- it is installed, and the helpers pin that path (SET search_path FROM CURRENT).
 SET LOCAL search_path = pg_catalog, pg_temp;
+SELECT stage4.use_postgis_search_path();
 
 -- The functions this change replaces, as they were: revert.sql and verify*.sql read them back.
 SELECT stage4.save_function_snapshots('opt3_search_matview', ARRAY[
-    'public.search_geometrias(text, extensions.geometry, integer)'::regprocedure,
+    'public.search_geometrias(text, geometry, integer)'::regprocedure,
     'public.geometrias_no_raio(double precision, double precision, double precision)'::regprocedure]);
 
 -- The read policies are the known ones (precheck.sql refused others): stage4.visibilidade may apply
@@ -97,7 +99,7 @@ CREATE MATERIALIZED VIEW stage4_search.geometrias_busca AS
            g.data_referencia,
            -- exactly the expression of the GIN index geometrias_fts_gin and of the original function
            to_tsvector('portuguese'::regconfig, g.nome || ' ' || coalesce(g.descricao, '')) AS tsv,
-           extensions.st_envelope(g.geom) AS bbox
+           st_envelope(g.geom) AS bbox
     FROM public.geometrias AS g
     ORDER BY bbox
     WITH DATA;
@@ -127,12 +129,12 @@ GRANT USAGE ON SCHEMA stage4_search_api TO anon, authenticated, service_role;
 -- The ranking query is EXECUTEd so that it is planned with the actual words and box (the GIN and
 -- GiST indexes combined); the lookup keeps its plan for the session. Parameters are p_-prefixed
 -- and every column qualified: parameters and output columns are plpgsql variables.
-CREATE FUNCTION stage4_search_api.candidatos(p_q text, p_bbox extensions.geometry, p_limit integer DEFAULT NULL)
+CREATE FUNCTION stage4_search_api.candidatos(p_q text, p_bbox geometry, p_limit integer DEFAULT NULL)
 RETURNS TABLE (id bigint, data_referencia date, rank real)
 LANGUAGE plpgsql
 STABLE
 SECURITY DEFINER
-SET search_path = pg_catalog, extensions, pg_temp
+SET search_path FROM CURRENT
 AS $$
 DECLARE
     v stage4.visibilidade%ROWTYPE;
@@ -149,7 +151,7 @@ BEGIN
     FOR match IN EXECUTE
         'SELECT b.id, b.data_referencia, ts_rank(b.tsv, query) AS rank
          FROM stage4_search.geometrias_busca AS b, websearch_to_tsquery(''portuguese'', $1) AS query
-         WHERE b.tsv @@ query AND ($2::extensions.geometry IS NULL OR b.bbox && $2)
+         WHERE b.tsv @@ query AND ($2::geometry IS NULL OR b.bbox && $2)
          ORDER BY rank DESC, b.id'
         USING p_q, p_bbox
     LOOP
@@ -166,14 +168,14 @@ BEGIN
     END LOOP;
 END
 $$;
-COMMENT ON FUNCTION stage4_search_api.candidatos(text, extensions.geometry, integer) IS
+COMMENT ON FUNCTION stage4_search_api.candidatos(text, geometry, integer) IS
     'OPT3: keys and ts_rank of the best p_limit (NULL: all) features, by rank then id, matching the Portuguese web '
     'search p_q whose bounding box overlaps p_bbox (NULL: anywhere) that the session''s role may read '
     '(stage4.visibilidade; nothing when its rules are not the ones in force). '
     'Reads the materialized view and the table as its owner; returns no row content: public.search_geometrias() '
     'joins the keys back to public.geometrias as the caller, so RLS decides too.';
-REVOKE ALL ON FUNCTION stage4_search_api.candidatos(text, extensions.geometry, integer) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION stage4_search_api.candidatos(text, extensions.geometry, integer) TO anon, authenticated, service_role;
+REVOKE ALL ON FUNCTION stage4_search_api.candidatos(text, geometry, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION stage4_search_api.candidatos(text, geometry, integer) TO anon, authenticated, service_role;
 
 -- The role candidatos() answers exactly for, NULL when it cannot (the same accessor as OPT5's, over
 -- the toolkit's view): search_geometrias() uses the helper only when it is current_user, the role
@@ -197,24 +199,15 @@ COMMENT ON FUNCTION stage4_search_api.papel_exato() IS
 REVOKE ALL ON FUNCTION stage4_search_api.papel_exato() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION stage4_search_api.papel_exato() TO anon, authenticated, service_role;
 
--- Same signature, defaults, volatility, SECURITY INVOKER and search_path; CREATE OR REPLACE keeps
--- the owner, the grants and the comment. LANGUAGE plpgsql instead of sql, as OPT5's functions: it
--- chooses between two queries, keeps its plans for the session and evaluates papel_exato() once.
+-- Same signature, defaults, volatility, SECURITY INVOKER and search_path, read back from the
+-- catalog (stage4.set_plpgsql_body); CREATE OR REPLACE keeps the owner, the grants and the
+-- comment. LANGUAGE plpgsql instead of sql, as OPT5's functions: it chooses between two queries,
+-- keeps its plans for the session and evaluates papel_exato() once.
 -- The ELSE branch is the original query, verbatim. In the first branch the helper returns exactly
 -- the best existing rows the caller may read, so it applies the LIMIT itself (same order: rank,
 -- then id) and only those rows are fetched; the join back, as the caller under RLS, could only drop a
 -- row, never add one.
-CREATE OR REPLACE FUNCTION public.search_geometrias(
-    q text,
-    bbox extensions.geometry DEFAULT NULL,
-    max_results int DEFAULT 50
-)
-RETURNS SETOF public.geometrias
-LANGUAGE plpgsql
-STABLE
-SECURITY INVOKER
-SET search_path = public, extensions, pg_temp
-AS $$
+SELECT stage4.set_plpgsql_body('public.search_geometrias(text, geometry, integer)', $body$
 BEGIN
     -- OPT3: candidates from the search materialized view (stage4_search_api.candidatos), joined
     -- back to the table as the caller, so RLS decides which rows come back. The view is as fresh
@@ -238,7 +231,7 @@ BEGIN
             LIMIT max_results;
     END IF;
 END
-$$;
+$body$);
 
 -- The radius RPC: the same query (precheck pinned it), with a shortcut before the exact test. The
 -- geodesic ST_DWithin of a polygon costs about 20 us; at 1,000,000 features the search of q02 (5 km)

@@ -6,17 +6,19 @@
 -- OPT1 is not required: the materialized view is keyed by (id, data_referencia), which is unique
 -- both on the plain table (primary key id) and on OPT1's partitioned one (id, data_referencia).
 SET LOCAL search_path = pg_catalog, pg_temp;
+-- PostGIS's names unqualified, wherever it is installed (extensions on Supabase, often public).
+SELECT stage4.use_postgis_search_path();
 
 DO $$
 DECLARE
-    fn regprocedure := to_regprocedure('public.search_geometrias(text, extensions.geometry, integer)');
+    fn regprocedure := to_regprocedure('public.search_geometrias(text, geometry, integer)');
     p pg_catalog.pg_proc%ROWTYPE;
     t regclass := to_regclass('public.geometrias');
     c pg_catalog.pg_class%ROWTYPE;
     missing text;
 BEGIN
     IF fn IS NULL THEN
-        RAISE EXCEPTION 'OPT3: public.search_geometrias(text, extensions.geometry, integer) does not exist';
+        RAISE EXCEPTION 'OPT3: public.search_geometrias(text, geometry, integer) does not exist';
     END IF;
     IF t IS NULL THEN
         RAISE EXCEPTION 'OPT3: table public.geometrias does not exist';

@@ -7,6 +7,8 @@
 SET LOCAL lock_timeout = '2s';
 SET LOCAL statement_timeout = '5min';
 SET LOCAL search_path = pg_catalog, pg_temp;
+-- PostGIS's names unqualified, wherever it is installed (extensions on Supabase, often public).
+SELECT stage4.use_postgis_search_path();
 
 DO $$
 BEGIN
@@ -20,7 +22,7 @@ SELECT stage4.forget_applied_functions('opt3_search_matview');
 SELECT stage4.forget_read_policies('opt3_search_matview');
 
 DROP FUNCTION stage4_search_api.papel_exato();
-DROP FUNCTION stage4_search_api.candidatos(text, extensions.geometry, integer);
+DROP FUNCTION stage4_search_api.candidatos(text, geometry, integer);
 DROP SCHEMA stage4_search_api;
 DROP MATERIALIZED VIEW stage4_search.geometrias_busca;
 DROP SCHEMA stage4_search;

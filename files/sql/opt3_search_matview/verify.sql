@@ -4,17 +4,19 @@
 -- deployer, anon, an authenticated owner and service_role, and through its fallback branch. The
 -- radius RPC kept its contract and returns what its original returns (at the end).
 SET LOCAL search_path = pg_catalog, pg_temp;
+-- PostGIS's names unqualified, wherever it is installed (extensions on Supabase, often public).
+SELECT stage4.use_postgis_search_path();
 
 DO $$
 DECLARE
-    snap record;
-    f pg_proc%ROWTYPE;
+    snap stage4.function_snapshots%ROWTYPE;
+    mismatch text;
     helper pg_proc%ROWTYPE;
     view_owner oid := (SELECT relowner FROM pg_class WHERE oid = 'stage4_search.geometrias_busca'::regclass);
     missing text;
 BEGIN
     SELECT * INTO snap FROM stage4.function_snapshots
-    WHERE change = 'opt3_search_matview' AND function = 'public.search_geometrias(text,extensions.geometry,integer)';
+    WHERE change = 'opt3_search_matview' AND to_regprocedure(function) = 'public.search_geometrias(text, geometry, integer)'::regprocedure;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'OPT3: no snapshot of public.search_geometrias()';
     END IF;
@@ -54,7 +56,7 @@ BEGIN
     -- The helpers: SECURITY DEFINER owned by the view's owner, pinned search_path, EXECUTE for the
     -- API roles only; they answer for the deployer right after deploy.
     FOR helper IN SELECT * FROM pg_proc
-                  WHERE oid IN ('stage4_search_api.candidatos(text, extensions.geometry, integer)'::regprocedure,
+                  WHERE oid IN ('stage4_search_api.candidatos(text, geometry, integer)'::regprocedure,
                                 'stage4_search_api.papel_exato()'::regprocedure) LOOP
         IF NOT helper.prosecdef OR helper.proowner <> view_owner
            OR NOT EXISTS (SELECT 1 FROM unnest(helper.proconfig) c WHERE c LIKE 'search\_path=%') THEN
@@ -74,15 +76,11 @@ BEGIN
             stage4_search_api.papel_exato(), current_user;
     END IF;
 
-    -- The public function kept its contract.
-    SELECT * INTO f FROM pg_proc WHERE oid = 'public.search_geometrias(text, extensions.geometry, integer)'::regprocedure;
-    IF f.prosecdef OR f.provolatile <> 's' OR f.proconfig IS DISTINCT FROM ARRAY['search_path=public, extensions, pg_temp']
-       OR pg_get_userbyid(f.proowner) <> snap.owner OR obj_description(f.oid, 'pg_proc') IS DISTINCT FROM snap.comment
-       OR (SELECT coalesce(jsonb_agg(g.stmt ORDER BY g.n), '[]')
-           FROM stage4.grant_statements(coalesce(f.proacl, acldefault('f', f.proowner)),
-                                        format('FUNCTION %s', f.oid::regprocedure)) WITH ORDINALITY g(stmt, n)) <> snap.acl
-       OR pg_get_function_arguments(f.oid) <> 'q text, bbox extensions.geometry DEFAULT NULL::extensions.geometry, max_results integer DEFAULT 50' THEN
-        RAISE EXCEPTION 'OPT3: public.search_geometrias() lost part of its contract (security, volatility, search_path, owner, grants, comment or arguments)';
+    -- The public function kept its contract: signature, defaults, settings (only the language and
+    -- the body changed), owner, grants and comment.
+    mismatch := stage4.function_snapshot_mismatch(snap, p_body_may_change => true);
+    IF mismatch IS NOT NULL THEN
+        RAISE EXCEPTION 'OPT3: public.search_geometrias() lost part of its contract (%)', mismatch;
     END IF;
 
     PERFORM stage4.assert_api_answers();
@@ -101,7 +99,7 @@ DO $$
 DECLARE
     owner_uid uuid;
     searches text[];
-    box extensions.geometry;
+    box geometry;
     q text;
     who text;
     match_ids bigint[];
@@ -116,7 +114,7 @@ BEGIN
     SELECT array_agg(f.nome ORDER BY f.owner_id) INTO searches
     FROM (SELECT DISTINCT ON (g.owner_id) g.owner_id, g.nome FROM public.geometrias g
           WHERE NOT g.publico ORDER BY g.owner_id, g.id LIMIT 3) f;
-    SELECT extensions.st_expand(extensions.st_envelope(g.geom), 0.05) INTO box
+    SELECT st_expand(st_envelope(g.geom), 0.05) INTO box
     FROM public.geometrias g WHERE NOT g.publico ORDER BY g.id LIMIT 1;
 
     FOREACH q IN ARRAY coalesce(searches, '{}') || ARRAY['parque'] LOOP
@@ -126,7 +124,7 @@ BEGIN
         SELECT coalesce(array_agg(g.id), '{}'), coalesce(array_agg(g.data_referencia), '{}') INTO match_ids, match_dates
         FROM public.geometrias g
         WHERE to_tsvector('portuguese', g.nome || ' ' || coalesce(g.descricao, '')) @@ websearch_to_tsquery('portuguese', q)
-          AND (box IS NULL OR g.geom OPERATOR(extensions.&&) box);
+          AND (box IS NULL OR g.geom && box);
         FOREACH who IN ARRAY ARRAY['', 'anon', 'authenticated', 'nobody', 'service_role'] LOOP
             IF who <> '' THEN
                 EXECUTE format('SET ROLE %I', CASE who WHEN 'nobody' THEN 'authenticated' ELSE who END);
@@ -170,7 +168,7 @@ DO $$
 DECLARE
     original text := (SELECT definition FROM stage4.function_snapshots
                       WHERE change = 'opt3_search_matview'
-                        AND function = 'public.search_geometrias(text,extensions.geometry,integer)');
+                        AND to_regprocedure(function) = 'public.search_geometrias(text, geometry, integer)'::regprocedure);
     owner_uid uuid;
     who text;
     args text;
@@ -184,18 +182,18 @@ DECLARE
 BEGIN
     EXECUTE regexp_replace(original, '^CREATE OR REPLACE FUNCTION public\.search_geometrias\(',
                            'CREATE FUNCTION stage4_search_api.stage4_original_search_geometrias(');
-    GRANT EXECUTE ON FUNCTION stage4_search_api.stage4_original_search_geometrias(text, extensions.geometry, integer)
+    GRANT EXECUTE ON FUNCTION stage4_search_api.stage4_original_search_geometrias(text, geometry, integer)
         TO anon, authenticated, service_role;
     FOREACH new_fn IN ARRAY ARRAY['public.search_geometrias', 'stage4_search_api.stage4_original_search_geometrias'] LOOP
-        EXECUTE format('CREATE FUNCTION %s(q text, bbox extensions.geometry DEFAULT NULL, max_results int DEFAULT 50) '
+        EXECUTE format('CREATE FUNCTION %s(q text, bbox geometry DEFAULT NULL, max_results int DEFAULT 50) '
                        'RETURNS SETOF public.geometrias LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp '
                        'AS %L',
                        CASE WHEN new_fn LIKE 'public.%' THEN 'stage4_search_api.stage4_definer_search_geometrias'
                             ELSE 'stage4_search_api.stage4_definer_original_search_geometrias' END,
                        format('SELECT * FROM %s(q, bbox, max_results)', new_fn));
     END LOOP;
-    GRANT EXECUTE ON FUNCTION stage4_search_api.stage4_definer_search_geometrias(text, extensions.geometry, integer),
-                              stage4_search_api.stage4_definer_original_search_geometrias(text, extensions.geometry, integer)
+    GRANT EXECUTE ON FUNCTION stage4_search_api.stage4_definer_search_geometrias(text, geometry, integer),
+                              stage4_search_api.stage4_definer_original_search_geometrias(text, geometry, integer)
         TO anon;
     -- The owner with the most private rows plays the authenticated user.
     SELECT g.owner_id INTO owner_uid FROM public.geometrias g
@@ -227,11 +225,11 @@ BEGIN
         END IF;
         FOREACH args IN ARRAY ARRAY[
             $a$'parque'$a$,
-            $a$'parque', extensions.st_makeenvelope(-46.9333, -23.8505, -46.3333, -23.2505, 4326), 50$a$,
+            $a$'parque', st_makeenvelope(-46.9333, -23.8505, -46.3333, -23.2505, 4326), 50$a$,
             $a$'lote residencial', NULL, 10$a$,
             $a$'"área de preservação" or lago', NULL, 200$a$,
-            $a$'rio -parque', extensions.st_makeenvelope(-43.3229, -23.0568, -43.0229, -22.7568, 4326), 20$a$,
-            $a$'parque', extensions.st_makeenvelope(-46.7833, -23.7005, -46.4833, -23.4005, 4326), 3$a$,
+            $a$'rio -parque', st_makeenvelope(-43.3229, -23.0568, -43.0229, -22.7568, 4326), 20$a$,
+            $a$'parque', st_makeenvelope(-46.7833, -23.7005, -46.4833, -23.4005, 4326), 3$a$,
             $a$'xyzzy inexistente'$a$]
         LOOP
             EXECUTE format('SELECT coalesce(jsonb_agg(to_jsonb(s) ORDER BY s.ordinality), ''[]'') FROM %s(%s) WITH ORDINALITY s',
@@ -257,9 +255,9 @@ BEGIN
         PERFORM set_config('row_security', 'on', true);
     END LOOP;
     PERFORM set_config('request.jwt.claims', '', true);
-    DROP FUNCTION stage4_search_api.stage4_definer_search_geometrias(text, extensions.geometry, integer),
-                  stage4_search_api.stage4_definer_original_search_geometrias(text, extensions.geometry, integer),
-                  stage4_search_api.stage4_original_search_geometrias(text, extensions.geometry, integer);
+    DROP FUNCTION stage4_search_api.stage4_definer_search_geometrias(text, geometry, integer),
+                  stage4_search_api.stage4_definer_original_search_geometrias(text, geometry, integer),
+                  stage4_search_api.stage4_original_search_geometrias(text, geometry, integer);
 END $$;
 
 -- The radius RPC: the same contract as captured (only the language and the body changed) and the

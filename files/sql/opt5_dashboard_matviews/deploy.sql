@@ -59,6 +59,8 @@
 SET LOCAL lock_timeout = '2s';
 SET LOCAL statement_timeout = '30min';
 SET LOCAL search_path = pg_catalog, pg_temp;
+-- PostGIS's names unqualified, wherever it is installed (extensions on Supabase, often public).
+SELECT stage4.use_postgis_search_path();
 
 -- The functions this change replaces, as they were: revert.sql and verify*.sql read them back.
 SELECT stage4.save_function_snapshots('opt5_dashboard_matviews', ARRAY['public.area_por_categoria(integer)'::regprocedure, 'public.extensao_por_categoria()'::regprocedure,
@@ -93,13 +95,13 @@ CREATE UNIQUE INDEX resumo_categoria_ano_chave ON stage4_dashboard.resumo_catego
 -- with the same cast as ST_Extent(...)::geometry.
 CREATE MATERIALIZED VIEW stage4_dashboard.extensao_categoria AS
     SELECT e.categoria, e.publico, e.owner_id, e.n,
-           extensions.st_xmin(e.extent) AS x_min, extensions.st_ymin(e.extent) AS y_min,
-           extensions.st_xmax(e.extent) AS x_max, extensions.st_ymax(e.extent) AS y_max
+           st_xmin(e.extent) AS x_min, st_ymin(e.extent) AS y_min,
+           st_xmax(e.extent) AS x_max, st_ymax(e.extent) AS y_max
     FROM (SELECT g.categoria,
                  g.publico,
                  CASE WHEN g.publico THEN NULL ELSE g.owner_id END AS owner_id,
                  count(*) AS n,
-                 extensions.st_extent(g.geom) AS extent
+                 st_extent(g.geom) AS extent
           FROM public.geometrias AS g
           GROUP BY 1, 2, 3) AS e
     WITH DATA;
@@ -215,13 +217,7 @@ REVOKE ALL ON FUNCTION stage4_dashboard.refresh_jobs() FROM PUBLIC;
 -- plpgsql keeps its plans for the session, and evaluates papel_exato() once. The ELSE
 -- branch is the original query, verbatim. Output columns are plpgsql variables here: every column
 -- reference is qualified.
-CREATE OR REPLACE FUNCTION public.area_por_categoria(ano int)
-RETURNS TABLE (categoria text, total_area_m2 double precision, n bigint)
-LANGUAGE plpgsql
-STABLE
-SECURITY INVOKER
-SET search_path = public, extensions, pg_temp
-AS $$
+SELECT stage4.set_plpgsql_body('public.area_por_categoria(integer)', $body$
 BEGIN
     -- OPT5: from the materialized groups the caller may see (stage4_dashboard_api), refreshed by
     -- the pg_cron job stage4_refresh_resumo_categoria_ano; the same date range as the original.
@@ -243,15 +239,9 @@ BEGIN
             ORDER BY g.categoria;
     END IF;
 END
-$$;
+$body$);
 
-CREATE OR REPLACE FUNCTION public.extensao_por_categoria()
-RETURNS TABLE (categoria text, extensao extensions.geometry, n bigint)
-LANGUAGE plpgsql
-STABLE
-SECURITY INVOKER
-SET search_path = public, extensions, pg_temp
-AS $$
+SELECT stage4.set_plpgsql_body('public.extensao_por_categoria()', $body$
 BEGIN
     -- OPT5: from the materialized groups the caller may see (stage4_dashboard_api), refreshed by
     -- the pg_cron job stage4_refresh_extensao_categoria.
@@ -272,15 +262,9 @@ BEGIN
             ORDER BY g.categoria;
     END IF;
 END
-$$;
+$body$);
 
-CREATE OR REPLACE FUNCTION public.resumo_anual()
-RETURNS TABLE (ano int, categoria text, n bigint, total_area_m2 double precision)
-LANGUAGE plpgsql
-STABLE
-SECURITY INVOKER
-SET search_path = public, extensions, pg_temp
-AS $$
+SELECT stage4.set_plpgsql_body('public.resumo_anual()', $body$
 BEGIN
     -- OPT5: from the materialized groups the caller may see (stage4_dashboard_api), refreshed by
     -- the pg_cron job stage4_refresh_resumo_categoria_ano.
@@ -300,7 +284,7 @@ BEGIN
             ORDER BY 1, 2;
     END IF;
 END
-$$;
+$body$);
 
 -- The refresh jobs (cron.schedule() replaces a job of the same name and user).
 SELECT cron.schedule(j.jobname, j.schedule, j.command) FROM stage4_dashboard.refresh_jobs() AS j;

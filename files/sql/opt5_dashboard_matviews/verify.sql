@@ -3,6 +3,8 @@
 -- and they return what the original functions return, for the deployer, anon, an authenticated
 -- owner and service_role (and through the fallback branch).
 SET LOCAL search_path = pg_catalog, pg_temp;
+-- PostGIS's names unqualified, wherever it is installed (extensions on Supabase, often public).
+SELECT stage4.use_postgis_search_path();
 
 -- REFRESH ... CONCURRENTLY runs in a transaction block (unlike CREATE INDEX CONCURRENTLY): proves
 -- that the unique indexes qualify and that the cron jobs' command works.
@@ -17,9 +19,9 @@ END $$;
 
 DO $$
 DECLARE
-    snap record;
+    snap stage4.function_snapshots%ROWTYPE;
     job record;
-    f pg_proc%ROWTYPE;
+    mismatch text;
     missing text;
 BEGIN
     IF (SELECT sum(n) FROM stage4_dashboard.resumo_categoria_ano) IS DISTINCT FROM (SELECT count(*) FROM public.geometrias)
@@ -54,15 +56,12 @@ BEGIN
         RAISE EXCEPTION 'OPT5: a pgrst.db_schemas role setting exposes stage4_dashboard or stage4_dashboard_api through PostgREST';
     END IF;
 
-    -- The functions kept their contract.
+    -- The functions kept their contract: signatures, settings (only the language and the body
+    -- changed), owners, grants and comments.
     FOR snap IN SELECT * FROM stage4.function_snapshots WHERE change = 'opt5_dashboard_matviews' LOOP
-        SELECT * INTO f FROM pg_proc WHERE oid = snap.function::regprocedure;
-        IF f.prosecdef OR f.provolatile <> 's' OR f.proconfig IS DISTINCT FROM ARRAY['search_path=public, extensions, pg_temp']
-           OR pg_get_userbyid(f.proowner) <> snap.owner OR obj_description(f.oid, 'pg_proc') IS DISTINCT FROM snap.comment
-           OR (SELECT coalesce(jsonb_agg(g.stmt ORDER BY g.n), '[]')
-               FROM stage4.grant_statements(coalesce(f.proacl, acldefault('f', f.proowner)),
-                                            format('FUNCTION %s', f.oid::regprocedure)) WITH ORDINALITY g(stmt, n)) <> snap.acl THEN
-            RAISE EXCEPTION 'OPT5: % lost part of its contract (security, volatility, search_path, owner, grants or comment)', snap.function;
+        mismatch := stage4.function_snapshot_mismatch(snap, p_body_may_change => true);
+        IF mismatch IS NOT NULL THEN
+            RAISE EXCEPTION 'OPT5: % lost part of its contract (%)', snap.function, mismatch;
         END IF;
     END LOOP;
     IF (SELECT count(*) FROM stage4.function_snapshots WHERE change = 'opt5_dashboard_matviews') <> 3 THEN

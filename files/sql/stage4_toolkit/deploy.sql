@@ -588,22 +588,53 @@ BEGIN
     RETURN reinstated;
 END $$;
 
--- Makes the set-returning function p_function (SQL or PL/pgSQL) a PL/pgSQL one whose body is
--- `RETURN QUERY p_query`, with the same signature and settings (volatility, SECURITY, SET, cost);
--- CREATE OR REPLACE keeps its owner, grants and comment. `#variable_conflict use_column` keeps the
--- SQL-function rule that a column name wins over a parameter of the same name.
-CREATE OR REPLACE FUNCTION stage4.set_returning_query(p_function regprocedure, p_query text)
+-- Gives the function p_function (SQL or PL/pgSQL) the PL/pgSQL body p_body, with the same
+-- signature and settings (volatility, SECURITY, SET search_path, cost): its header is read back
+-- from the catalog, so a change never restates what the user wrote. CREATE OR REPLACE keeps its
+-- owner, grants and comment. The body resolves its names through the function's own search_path.
+CREATE OR REPLACE FUNCTION stage4.set_plpgsql_body(p_function regprocedure, p_body text)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     definition text := pg_get_functiondef(p_function);
 BEGIN
-    IF definition !~ E'\n LANGUAGE (sql|plpgsql)\n' OR position('$function$' IN p_query) > 0 THEN
+    IF definition !~ E'\n LANGUAGE (sql|plpgsql)\n' OR position('$function$' IN p_body) > 0 THEN
         RAISE EXCEPTION 'stage4: cannot rewrite %: unexpected definition', p_function;
     END IF;
     EXECUTE replace(left(definition, strpos(definition, E'\nAS $function$')), E'\n LANGUAGE sql\n', E'\n LANGUAGE plpgsql\n')
-            || E'AS $function$\n#variable_conflict use_column\nBEGIN\n    RETURN QUERY\n' || p_query
-            || E';\nEND\n$function$';
+            || E'AS $function$\n' || p_body || E'\n$function$';
 END $$;
+
+-- Makes the set-returning function p_function a PL/pgSQL one whose body is `RETURN QUERY
+-- p_query` (stage4.set_plpgsql_body). `#variable_conflict use_column` keeps the SQL-function rule
+-- that a column name wins over a parameter of the same name.
+CREATE OR REPLACE FUNCTION stage4.set_returning_query(p_function regprocedure, p_query text)
+RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT stage4.set_plpgsql_body(p_function,
+        E'#variable_conflict use_column\nBEGIN\n    RETURN QUERY\n' || p_query || E';\nEND')
+$$;
+
+-- The schema PostGIS is installed in: Supabase puts it in `extensions`, many servers in `public`.
+CREATE OR REPLACE FUNCTION stage4.postgis_schema()
+RETURNS name LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found name := (SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+                   WHERE e.extname = 'postgis');
+BEGIN
+    IF found IS NULL THEN
+        RAISE EXCEPTION 'stage4: PostGIS is not installed in database %', current_database();
+    END IF;
+    RETURN found;
+END $$;
+
+-- Sets the transaction's search_path to pg_catalog, PostGIS's schema, pg_temp, so that a change's
+-- SQL names PostGIS's types, functions and operators unqualified wherever PostGIS lives, and
+-- the helpers it creates pin that path (SET search_path FROM CURRENT). No SET clause of its own:
+-- one would undo the setting when the function returns.
+CREATE OR REPLACE FUNCTION stage4.use_postgis_search_path()
+RETURNS text LANGUAGE sql VOLATILE AS $$
+    SELECT pg_catalog.set_config('search_path',
+                                 pg_catalog.format('pg_catalog, %I, pg_temp', stage4.postgis_schema()), true)
+$$;
 
 -- Turns SQL-language set-returning functions into PL/pgSQL ones with the same signature,
 -- settings, grants and answers: `RETURN QUERY <the same query>`. Why: a SQL function with a SET
