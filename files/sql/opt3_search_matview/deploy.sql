@@ -30,9 +30,10 @@
 -- the view's owner, but hands back only keys and ranks; the public function stays SECURITY INVOKER
 -- and fetches the rows from public.geometrias as the caller, so the table's RLS policies still
 -- decide, row by row, what each role receives. The helper needs a schema the caller can USE, hence
--- the second schema stage4_search_api (USAGE and EXECUTE for anon, authenticated, service_role
--- only), which must never be listed in PostgREST's exposed schemas (db-schemas; verify.sql refuses
--- a pgrst.db_schemas role setting that lists it).
+-- the second schema stage4_search_api (USAGE and EXECUTE for whoever may call
+-- search_geometrias(), PUBLIC included when its grants say so: the helper returns only what each
+-- caller may read, see below), which must never be listed in PostgREST's exposed schemas
+-- (db-schemas; verify.sql refuses a pgrst.db_schemas role setting that lists it).
 --
 -- The helper filters too. Anyone who may execute it can call it directly (psql, another function),
 -- so it must not return keys of rows the caller may not read: which private rows exist, their
@@ -112,13 +113,13 @@ CREATE INDEX geometrias_busca_tsv_gin ON stage4_search.geometrias_busca USING gi
 CREATE INDEX geometrias_busca_bbox_gist ON stage4_search.geometrias_busca USING gist (bbox);
 ANALYZE stage4_search.geometrias_busca;
 
--- The helper, in a schema the API roles may use (but PostgREST must not expose).
+-- The helper, in a schema the function's callers may use (but PostgREST must not expose).
 CREATE SCHEMA stage4_search_api;
 COMMENT ON SCHEMA stage4_search_api IS
-    'OPT3: accessor of the search materialized view for public.search_geometrias(). USAGE for the API roles; '
+    'OPT3: accessor of the search materialized view for public.search_geometrias(). USAGE for its callers; '
     'never list it in PostgREST''s exposed schemas (db-schemas).';
 REVOKE ALL ON SCHEMA stage4_search_api FROM PUBLIC;
-GRANT USAGE ON SCHEMA stage4_search_api TO anon, authenticated, service_role;
+SELECT stage4.grant_to_callers('USAGE', 'SCHEMA stage4_search_api', ARRAY['public.search_geometrias(text, geometry, integer)'::regprocedure]);
 
 -- The best p_limit matches (rank, then id) whose row still exists and which the caller may read
 -- (stage4.visibilidade), NULL: all of them. The lookup runs for every role, also those that read
@@ -175,7 +176,7 @@ COMMENT ON FUNCTION stage4_search_api.candidatos(text, geometry, integer) IS
     'Reads the materialized view and the table as its owner; returns no row content: public.search_geometrias() '
     'joins the keys back to public.geometrias as the caller, so RLS decides too.';
 REVOKE ALL ON FUNCTION stage4_search_api.candidatos(text, geometry, integer) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION stage4_search_api.candidatos(text, geometry, integer) TO anon, authenticated, service_role;
+SELECT stage4.grant_to_callers('EXECUTE', 'FUNCTION stage4_search_api.candidatos(text, geometry, integer)', ARRAY['public.search_geometrias(text, geometry, integer)'::regprocedure]);
 
 -- The role candidatos() answers exactly for, NULL when it cannot (the same accessor as OPT5's, over
 -- the toolkit's view): search_geometrias() uses the helper only when it is current_user, the role
@@ -197,7 +198,7 @@ COMMENT ON FUNCTION stage4_search_api.papel_exato() IS
     'it cannot (read policies changed since OPT3, row_security off, no SELECT on public.geometrias); unless it is '
     'current_user, public.search_geometrias() runs its original query.';
 REVOKE ALL ON FUNCTION stage4_search_api.papel_exato() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION stage4_search_api.papel_exato() TO anon, authenticated, service_role;
+SELECT stage4.grant_to_callers('EXECUTE', 'FUNCTION stage4_search_api.papel_exato()', ARRAY['public.search_geometrias(text, geometry, integer)'::regprocedure]);
 
 -- Same signature, defaults, volatility, SECURITY INVOKER and search_path, read back from the
 -- catalog (stage4.set_plpgsql_body); CREATE OR REPLACE keeps the owner, the grants and the

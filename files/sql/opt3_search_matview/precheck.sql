@@ -48,18 +48,6 @@ BEGIN
             current_user, pg_catalog.pg_get_userbyid(p.proowner);
     END IF;
 
-    -- Whoever may call the function must be able to call the helper, which OPT3 grants to the API
-    -- roles only (never PUBLIC: it reveals the keys of private rows that match).
-    SELECT string_agg(DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(a.grantee) END, ', ')
-      INTO missing
-    FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
-    WHERE a.grantee <> p.proowner
-      AND (a.grantee = 0 OR pg_catalog.pg_get_userbyid(a.grantee) NOT IN ('anon', 'authenticated', 'service_role'));
-    IF missing IS NOT NULL THEN
-        RAISE EXCEPTION 'OPT3: public.search_geometrias() is executable by % too; OPT3 grants its helper to anon, authenticated and service_role only, so these could no longer call it',
-            missing;
-    END IF;
-
     -- The columns the materialized view and the helper's visibility filter read.
     SELECT string_agg(col, ', ') INTO missing
     FROM unnest(ARRAY['id', 'data_referencia', 'nome', 'descricao', 'geom', 'publico', 'owner_id']) col

@@ -53,8 +53,9 @@ BEGIN
         RAISE EXCEPTION 'OPT3: a pgrst.db_schemas role setting exposes stage4_search or stage4_search_api through PostgREST';
     END IF;
 
-    -- The helpers: SECURITY DEFINER owned by the view's owner, pinned search_path, EXECUTE for the
-    -- API roles only; they answer for the deployer right after deploy.
+    -- The helpers: SECURITY DEFINER owned by the view's owner, pinned search_path, EXECUTE for
+    -- exactly the callers of public.search_geometrias(); they answer for the deployer right after
+    -- deploy.
     FOR helper IN SELECT * FROM pg_proc
                   WHERE oid IN ('stage4_search_api.candidatos(text, geometry, integer)'::regprocedure,
                                 'stage4_search_api.papel_exato()'::regprocedure) LOOP
@@ -63,11 +64,14 @@ BEGIN
             RAISE EXCEPTION 'OPT3: %() must be SECURITY DEFINER, owned by the view''s owner, with a pinned search_path',
                 helper.oid::regproc;
         END IF;
-        IF EXISTS (SELECT 1 FROM aclexplode(helper.proacl) a WHERE a.grantee = 0)
-           OR NOT has_function_privilege('anon', helper.oid, 'EXECUTE')
-           OR NOT has_function_privilege('authenticated', helper.oid, 'EXECUTE')
-           OR NOT has_function_privilege('service_role', helper.oid, 'EXECUTE') THEN
-            RAISE EXCEPTION 'OPT3: EXECUTE on %() must go to anon, authenticated and service_role, not PUBLIC',
+        IF (SELECT array_agg(DISTINCT a.grantee ORDER BY a.grantee) FROM aclexplode(helper.proacl) a
+            WHERE a.grantee <> helper.proowner)
+           IS DISTINCT FROM
+           (SELECT array_agg(DISTINCT a.grantee ORDER BY a.grantee)
+            FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+            WHERE p.oid = 'public.search_geometrias(text, geometry, integer)'::regprocedure
+              AND a.grantee <> helper.proowner) THEN
+            RAISE EXCEPTION 'OPT3: EXECUTE on %() must go to exactly the roles that may call public.search_geometrias()',
                 helper.oid::regproc;
         END IF;
     END LOOP;

@@ -121,10 +121,11 @@ SELECT stage4.accept_read_policies('opt5_dashboard_matviews', 'OPT5');
 -- The API side: usable by the roles that may call the functions, never exposed by PostgREST.
 CREATE SCHEMA stage4_dashboard_api;
 COMMENT ON SCHEMA stage4_dashboard_api IS
-    'OPT5: row-filtered views of the dashboard materialized views for the dashboard functions. USAGE for the API roles; '
+    'OPT5: row-filtered views of the dashboard materialized views for the dashboard functions. USAGE for their callers; '
     'never list it in PostgREST''s exposed schemas (db-schemas).';
 REVOKE ALL ON SCHEMA stage4_dashboard_api FROM PUBLIC;
-GRANT USAGE ON SCHEMA stage4_dashboard_api TO anon, authenticated, service_role;
+SELECT stage4.grant_to_callers('USAGE', 'SCHEMA stage4_dashboard_api',
+    ARRAY['public.area_por_categoria(integer)'::regprocedure, 'public.extensao_por_categoria()'::regprocedure, 'public.resumo_anual()'::regprocedure]);
 
 CREATE VIEW stage4_dashboard_api.resumo_categoria_ano WITH (security_barrier = true) AS
     SELECT m.ano_inicio, m.categoria, m.n, m.total_area_m2
@@ -144,8 +145,8 @@ COMMENT ON VIEW stage4_dashboard_api.extensao_categoria IS
 
 REVOKE ALL ON stage4_dashboard_api.resumo_categoria_ano, stage4_dashboard_api.extensao_categoria
     FROM PUBLIC, anon, authenticated, service_role;
-GRANT SELECT ON stage4_dashboard_api.resumo_categoria_ano, stage4_dashboard_api.extensao_categoria
-    TO anon, authenticated, service_role;
+SELECT stage4.grant_to_callers('SELECT', 'TABLE stage4_dashboard_api.resumo_categoria_ano, stage4_dashboard_api.extensao_categoria',
+    ARRAY['public.area_por_categoria(integer)'::regprocedure, 'public.extensao_por_categoria()'::regprocedure, 'public.resumo_anual()'::regprocedure]);
 
 -- The role the views answer exactly for (stage4.visibilidade: the session's role, when row_security
 -- is on, it may SELECT the table and the read policies are the accepted ones), NULL otherwise. The
@@ -168,7 +169,8 @@ COMMENT ON FUNCTION stage4_dashboard_api.papel_exato() IS
     '(read policies changed since OPT5, row_security off, no SELECT on public.geometrias); unless it is current_user, the '
     'dashboard functions aggregate the table as before.';
 REVOKE ALL ON FUNCTION stage4_dashboard_api.papel_exato() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION stage4_dashboard_api.papel_exato() TO anon, authenticated, service_role;
+SELECT stage4.grant_to_callers('EXECUTE', 'FUNCTION stage4_dashboard_api.papel_exato()',
+    ARRAY['public.area_por_categoria(integer)'::regprocedure, 'public.extensao_por_categoria()'::regprocedure, 'public.resumo_anual()'::regprocedure]);
 
 -- The refresh jobs, one source of truth for deploy.sql, verify.sql and revert.sql: job k starts k
 -- minutes after the configured schedule (a '*/N' or fixed minute field; any other minute field is

@@ -613,6 +613,24 @@ RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
         E'#variable_conflict use_column\nBEGIN\n    RETURN QUERY\n' || p_query || E';\nEND')
 $$;
 
+-- Who may call any of p_functions (their EXECUTE grantees, PUBLIC included: on Supabase a user's
+-- function is executable by PUBLIC by default), as a GRANT's list of roles.
+CREATE OR REPLACE FUNCTION stage4.callers_of(p_functions regprocedure[])
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT string_agg(DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END, ', ')
+    FROM pg_proc p, aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+    WHERE p.oid = ANY (p_functions) AND a.privilege_type = 'EXECUTE'
+$$;
+
+-- Grants p_privilege on p_object ('SCHEMA s', 'FUNCTION f(geometry)', 'TABLE v') to every caller
+-- of p_functions: a change's accessors stay open to whoever may call the functions it rewrites.
+-- No SET clause: p_object's names resolve through the caller's search_path (PostGIS's types).
+CREATE OR REPLACE FUNCTION stage4.grant_to_callers(p_privilege text, p_object text, p_functions regprocedure[])
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE pg_catalog.format('GRANT %s ON %s TO %s', p_privilege, p_object, stage4.callers_of(p_functions));
+END $$;
+
 -- The schema PostGIS is installed in: Supabase puts it in `extensions`, many servers in `public`.
 CREATE OR REPLACE FUNCTION stage4.postgis_schema()
 RETURNS name LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -2288,8 +2306,9 @@ END $$;
 -- for the policies they know. One place decides it for both: the known policies (precheck), the
 -- fingerprints of the policies a change accepted (deploy), and stage4.visibilidade (call time).
 --
--- The known read policies (name, permissive, command, roles, USING), as pg_get_expr() deparses them
--- under the search_path pg_catalog, pg_temp. WITH CHECK does not affect reads and is not compared.
+-- The policies that decide reads (command SELECT or ALL; the others never hide a row from a
+-- SELECT): name, permissive, command, roles, USING, as pg_get_expr() deparses it under the
+-- search_path pg_catalog, pg_temp. WITH CHECK does not affect reads and is not compared.
 CREATE OR REPLACE FUNCTION stage4.read_policies()
 RETURNS jsonb LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(jsonb_agg(jsonb_build_array(
@@ -2299,19 +2318,53 @@ RETURNS jsonb LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                       FROM unnest(p.polroles) r) x),
                pg_get_expr(p.polqual, p.polrelid)) ORDER BY p.polname), '[]')
     FROM pg_policy p
-    WHERE p.polrelid = to_regclass('public.geometrias')
+    WHERE p.polrelid = to_regclass('public.geometrias') AND p.polcmd IN ('r', '*')
 $$;
 
+-- Which rule of stage4.visibilidade a read policy (an element of read_policies()) is, whatever its
+-- name and however the application wrote it, NULL when none:
+--   publicas  permissive, TO anon, authenticated, USING the row's publico is true;
+--   dono      permissive, TO authenticated, USING owner_id equals auth.uid() (bare, or wrapped in
+--             a sub-select as Supabase advises so that it is computed once per query).
+CREATE OR REPLACE FUNCTION stage4.read_policy_rule(p_policy jsonb)
+RETURNS text LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE
+        WHEN NOT (p_policy ->> 1)::boolean THEN NULL
+        WHEN p_policy -> 3 = '["anon", "authenticated"]'
+             AND p_policy ->> 4 IN ('publico', '(publico = true)', '(publico IS TRUE)') THEN 'publicas'
+        WHEN p_policy -> 3 = '["authenticated"]'
+             AND p_policy ->> 4 IN ('(owner_id = auth.uid())', '(auth.uid() = owner_id)',
+                                    '(owner_id = ( SELECT auth.uid() AS uid))',
+                                    '(( SELECT auth.uid() AS uid) = owner_id)') THEN 'dono'
+    END
+$$;
+
+-- The read policies must be exactly the two rules stage4.visibilidade applies (each at least once,
+-- under any name), and nothing else that decides reads: a materialized copy answers from those rules.
 CREATE OR REPLACE FUNCTION stage4.assert_known_read_policies(p_label text)
 RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    known constant jsonb := '[["geometrias_dono", true, "*", ["authenticated"], "(owner_id = auth.uid())"],
-                              ["geometrias_leitura_publica", true, "r", ["anon", "authenticated"], "publico"]]';
     found jsonb := stage4.read_policies();
+    unknown text;
+    missing text;
 BEGIN
-    IF found IS DISTINCT FROM known THEN
-        RAISE EXCEPTION '%: the RLS policies of public.geometrias are not the known ones, so a materialized copy cannot reproduce what each caller may see. Found %, expected %. Refusing: adapt Stage 4''s visibility rules (stage4.visibilidade) to these policies first.',
-            p_label, found, known;
+    SELECT string_agg(format('%s (%s, FOR %s, TO %s, USING %s)', p ->> 0,
+                             CASE WHEN (p ->> 1)::boolean THEN 'permissive' ELSE 'RESTRICTIVE' END,
+                             CASE p ->> 2 WHEN 'r' THEN 'SELECT' ELSE 'ALL' END,
+                             (SELECT string_agg(r, ', ') FROM jsonb_array_elements_text(p -> 3) r), p ->> 4), '; ')
+      INTO unknown
+    FROM jsonb_array_elements(found) p
+    WHERE stage4.read_policy_rule(p) IS NULL;
+    SELECT string_agg(r.description, '; ') INTO missing
+    FROM (VALUES ('publicas', 'anon and authenticated read the rows where publico is true'),
+                 ('dono', 'authenticated reads the rows where owner_id = auth.uid()')) r(rule, description)
+    WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements(found) p WHERE stage4.read_policy_rule(p) = r.rule);
+    IF unknown IS NOT NULL OR missing IS NOT NULL THEN
+        RAISE EXCEPTION '%: the RLS policies of public.geometrias are not the known ones, so a materialized copy cannot reproduce what each caller may see.%',
+            p_label,
+            CASE WHEN unknown IS NULL THEN '' ELSE ' Policies that decide reads otherwise: ' || unknown || '.' END
+            || CASE WHEN missing IS NULL THEN '' ELSE ' Missing: a permissive policy by which ' || missing || '.' END
+            USING HINT = 'Refusing: adapt Stage 4''s visibility rules (stage4.visibilidade) to these policies first.';
     END IF;
 END $$;
 
@@ -2321,7 +2374,7 @@ CREATE OR REPLACE VIEW stage4.read_policies_fingerprint AS
     SELECT md5(string_agg(format('%s|%s|%s|%s|%s', p.polname, p.polpermissive, p.polcmd, p.polroles, p.polqual),
                           ';' ORDER BY p.polname)) AS fingerprint
     FROM pg_policy p
-    WHERE p.polrelid = to_regclass('public.geometrias');
+    WHERE p.polrelid = to_regclass('public.geometrias') AND p.polcmd IN ('r', '*');
 
 -- Fingerprints of the policies a change found to be the known ones when it deployed. A change
 -- records its own at deploy and removes it at revert.
@@ -2344,8 +2397,9 @@ CREATE TABLE IF NOT EXISTS stage4.accepted_read_policies (
 --             query raises for RLS-bound roles), it may SELECT the table (otherwise the original
 --             query raises), and the read policies are ones a change accepted as the known ones
 --   todas     RLS lets it read every row: RLS off, superuser, BYPASSRLS, or owner without FORCE
---   publicas  the policy geometrias_leitura_publica applies to it (member of anon or authenticated)
---   uid       auth.uid() when the policy geometrias_dono applies to it (member of authenticated)
+--   publicas  the policy that lets anon and authenticated read public rows applies to it (member of
+--             either; stage4.read_policy_rule 'publicas')
+--   uid       auth.uid() when the owner's policy applies to it (member of authenticated; rule 'dono')
 -- A row is visible when exata AND (todas OR (publico AND publicas) OR owner_id = uid). The rules
 -- are PostgreSQL's (check_enable_rls; policy roles by privileges of role, hence pg_has_role USAGE).
 -- Only built-in functions and auth.uid() (both executable by the API roles): views run their

@@ -5,11 +5,12 @@ SELECT stage4.drop_retired(0) WHERE to_regprocedure('stage4.drop_retired(double 
 DROP VIEW IF EXISTS stage4.visibilidade;
 DROP VIEW IF EXISTS stage4.read_policies_fingerprint;
 DROP FUNCTION IF EXISTS stage4.forget_read_policies(text), stage4.accept_read_policies(text, text),
-    stage4.assert_known_read_policies(text), stage4.read_policies();
+    stage4.assert_known_read_policies(text), stage4.read_policy_rule(jsonb), stage4.read_policies();
 DROP FUNCTION IF EXISTS stage4.storage_layout(regclass, name), stage4.assert_can_materialize(text), stage4.assert_partitioned_by_year(text),
     stage4.restore_function_snapshots(text), stage4.save_function_snapshots(text, regprocedure[]),
     stage4.function_snapshot_mismatch(stage4.function_snapshots, boolean),
     stage4.cache_function_plans(text, regprocedure[]), stage4.set_returning_query(regprocedure, text), stage4.set_plpgsql_body(regprocedure, text),
+    stage4.grant_to_callers(text, text, regprocedure[]), stage4.callers_of(regprocedure[]),
     stage4.use_postgis_search_path(), stage4.postgis_schema(),
     stage4.restore_functions_before_revert(text), stage4.reinstate_applied_functions(text), stage4.forget_applied_functions(text), stage4.set_database_setting(text, text, text),
     stage4.restore_database_settings(text), stage4.database_setting(text),

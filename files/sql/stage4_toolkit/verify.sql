@@ -8,7 +8,7 @@ BEGIN
                       'snapshot', 'reset_acl', 'create_secured_partition', 'rebuild_table', 'assert_table_preserved',
                       'assert_partitions_secured', 'assert_no_api_readable_matviews', 'yearly_partitions',
                       'assert_api_answers', 'save_function_snapshots', 'restore_function_snapshots', 'function_snapshot_mismatch',
-                      'cache_function_plans', 'set_returning_query', 'set_plpgsql_body', 'postgis_schema', 'use_postgis_search_path', 'restore_functions_before_revert', 'reinstate_applied_functions', 'forget_applied_functions', 'set_database_setting', 'restore_database_settings', 'database_setting',
+                      'cache_function_plans', 'set_returning_query', 'set_plpgsql_body', 'callers_of', 'grant_to_callers', 'postgis_schema', 'use_postgis_search_path', 'restore_functions_before_revert', 'reinstate_applied_functions', 'forget_applied_functions', 'set_database_setting', 'restore_database_settings', 'database_setting',
                       'assert_partitioned_by_year', 'assert_can_materialize', 'storage_layout', 'create_shadow',
                       'complete_shadow', 'create_shadow_index', 'rewrite_stale_toast', 'leaf_partitions', 'gist_index_on',
                       'storage_choice', 'clustered_layout', 'swap_shadow', 'retire', 'drop_retired', 'settle_retired', 'drop_online_schema_if_empty', 'yearly_layout', 'layout_in_snapshot',
@@ -18,7 +18,7 @@ BEGIN
                       'catalog_dependents', 'referable', 'policy_definition', 'copied_columns', 'notify_api_changed', 'is_rollout_trigger',
                       'create_key_registry', 'add_key_truncate_guard', 'register_original_key', 'drop_unused_key_registries', 'drop_capture_triggers', 'publications_of',
                       'assert_can_publish_via_root', 'publish_via_root', 'restore_publication_settings',
-                      'read_policies', 'assert_known_read_policies', 'accept_read_policies', 'forget_read_policies']) f
+                      'read_policies', 'read_policy_rule', 'assert_known_read_policies', 'accept_read_policies', 'forget_read_policies']) f
     WHERE NOT EXISTS (SELECT 1 FROM pg_proc WHERE proname = f AND pronamespace = 'stage4'::regnamespace);
     IF missing IS NOT NULL THEN
         RAISE EXCEPTION 'stage4_toolkit: missing functions: %', missing;
