@@ -108,6 +108,22 @@ options:
     description: Untimed executions of each query on every benchmark connection before the timed ones.
     type: int
     default: 3
+  time_budget_s:
+    description:
+      - Seconds of timed executions the latency phase may take, spread over the queries by their cost
+        (V(0) disables it; every query then gets O(iterations)).
+      - Each query's cost is the duration of its untimed execution for the fingerprint (the faster
+        of two below one second, so that the session's cold caches do not count). The
+        queries get as many timed executions as fit, the cheapest first, between O(min_iterations)
+        and O(iterations); a query too slow for even O(min_iterations) within the budget gets
+        O(min_iterations), so the budget bounds the phase unless some query alone exceeds it.
+      - Its warm-up shrinks with it, to a tenth of its timed executions (at least 1, at most O(warmup)).
+    type: float
+    default: 0
+  min_iterations:
+    description: With O(time_budget_s), the fewest timed executions of any query.
+    type: int
+    default: 8
   concurrency:
     description:
       - Worker processes running the timed executions in parallel, each with its own connection
@@ -162,6 +178,31 @@ options:
         privileges apply as for the API (for example V(anon) or V(authenticated)).
       - O(login_user) must be a member of it. Storing the results is done as O(login_user).
     type: str
+  roles:
+    description:
+      - The callers to measure every query as, each in sessions of its own. Empty, the sessions run
+        as O(login_user) (or O(as_role)).
+      - Each entry names a C(label) (empty for the login role itself), the C(role) to C(SET ROLE) to
+        (empty, the login role) and the C(claims) of the request's JWT that
+        C(request.jwt.claims) holds, as PostgREST sets them for C(anon) and C(authenticated).
+      - A query measured as a labelled caller is returned as C(<query id>@<label>), so the gate and
+        the reports treat each caller's latency as a query of its own.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      label:
+        description: Name of the caller in the query ids (letters, digits, C(_) and C(-)); empty for the login role.
+        type: str
+        default: ""
+      role:
+        description: Role to C(SET ROLE) to; empty for the login role.
+        type: str
+        default: ""
+      claims:
+        description: The JWT claims of the caller (for example C(sub) and C(role)); empty, none.
+        type: dict
+        default: {}
   statement_timeout_ms:
     description: C(statement_timeout) of the benchmark sessions in milliseconds; V(0) disables it.
     type: int
@@ -268,9 +309,21 @@ benchmark:
       type: str
       sample: "2024-06-01T12:00:00.529530+00:00"
     iterations:
-      description: Timed executions per query.
+      description: Timed executions per query (the most, with O(time_budget_s)).
       type: int
       sample: 30
+    time_budget_s:
+      description: The O(time_budget_s) given, null without a budget.
+      type: float
+      sample: 60.0
+    min_iterations:
+      description: The O(min_iterations) given, null without a budget.
+      type: int
+      sample: 8
+    elapsed_s:
+      description: Wall time of the whole measurement in seconds, every phase included.
+      type: float
+      sample: 1.402
     warmup:
       description: Untimed executions per query and connection.
       type: int
@@ -395,6 +448,9 @@ benchmark:
         - C(plan) describes one C(EXPLAIN (ANALYZE, BUFFERS, VERBOSE)) run after the latency phase;
           C(shared_hit) and C(shared_read) are the shared buffers of its top node.
         - C(fingerprint) is the hash of the result of the plain statement, C(result_rows) its row count.
+        - C(caller) is the label of the O(roles) entry that ran the query, null for the login role.
+        - C(pilot_ms) is the duration of that untimed execution (the faster of two below one second),
+          the cost by which O(time_budget_s) is shared; C(calls) is how many timed executions the query got.
       type: dict
       sample:
         q01_bbox_intersects:
@@ -447,6 +503,7 @@ import os
 import platform
 import queue
 import random
+import re
 import time
 import traceback
 
@@ -489,7 +546,8 @@ PROVENANCE_SETTINGS = (
     "plan_cache_mode",
 )
 MEASUREMENT_PARAMETERS = ("concurrency", "prepared", "order", "seed", "iterations", "warmup",
-                          "throughput_seconds", "ci_level", "statement_timeout_ms", "as_role")
+                          "throughput_seconds", "ci_level", "statement_timeout_ms", "as_role", "time_budget_s",
+                          "min_iterations", "roles")
 PERCENTILES = (50, 95, 99)
 STATS_SOURCES = ("pg_stat_statements", "pg_stat_database")
 
@@ -500,6 +558,11 @@ ARGUMENT_SPEC = dict(
     stage=dict(type="str", required=True),
     iterations=dict(type="int", default=30),
     warmup=dict(type="int", default=3),
+    time_budget_s=dict(type="float", default=0.0),
+    min_iterations=dict(type="int", default=8),
+    roles=dict(type="list", elements="dict", default=[],
+               options=dict(label=dict(type="str", default=""), role=dict(type="str", default=""),
+                            claims=dict(type="dict", default={}))),
     concurrency=dict(type="int", default=2),
     prepared=dict(type="bool", default=True),
     order=dict(type="str", default="interleaved", choices=["interleaved", "sequential"]),
@@ -545,12 +608,22 @@ def check_args(params):
               for name, low in minimums.items() if params[name] < low]
     if params["login_port"] > 65535:
         errors.append("login_port must be <= 65535 (got %d)" % params["login_port"])
+    if params["time_budget_s"] < 0:
+        errors.append("time_budget_s must be >= 0 (got %g)" % params["time_budget_s"])
+    if params["time_budget_s"] > 0 and not 1 <= params["min_iterations"] <= params["iterations"]:
+        errors.append("min_iterations must be between 1 and iterations (%d) (got %d)"
+                      % (params["iterations"], params["min_iterations"]))
     if params["throughput_seconds"] < 0:
         errors.append("throughput_seconds must be >= 0 (got %g)" % params["throughput_seconds"])
     if not 0 < params["ci_level"] < 1:
         errors.append("ci_level must be between 0 and 1, both excluded (got %g)" % params["ci_level"])
     errors.extend("%s must not be empty" % name
                   for name in ("run_id", "stage", "benchmark_schema") if not params[name].strip())
+    labels = [entry["label"] for entry in params["roles"]]
+    errors.extend("roles: label %r must be empty or letters, digits, _ and -" % label
+                  for label in labels if label and not re.match(r"^[A-Za-z0-9_-]+$", label))
+    if len(set(labels)) < len(labels):
+        errors.append("roles: every label must be different")
     if params["as_role"] is not None and not params["as_role"].strip():
         errors.append("as_role must not be empty when given")
     return errors
@@ -753,31 +826,63 @@ def default_seed(run_id, stage):
     return int(hashlib.sha256(("%s\n%s" % (run_id, stage)).encode("utf-8")).hexdigest()[:8], 16)
 
 
-def interleaved_schedules(query_count, rounds_per_worker, seed):
-    """Per worker, its rounds one after the other: every query once per round, shuffled."""
+def budgeted_iterations(costs_s, budget_s, workers, least, most):
+    """Timed executions per query so that they fit budget_s of wall time on `workers` clients.
+
+    Water-filling over budget_s * workers seconds of executions: the cheapest query still unserved
+    takes `most` when that costs no more than an equal share of what is left, and gives the rest
+    back; the others then take what their equal share buys. A query gets at least `least`, even
+    when that exceeds its share (the budget is then exceeded by that query's minimum alone).
+    """
+    counts = [least] * len(costs_s)
+    left = budget_s * workers
+    open_queries = sorted(range(len(costs_s)), key=lambda index: costs_s[index])
+    while open_queries:
+        share = left / len(open_queries)
+        cost = max(costs_s[open_queries[0]], 1e-6)
+        if most * cost <= share:
+            counts[open_queries.pop(0)] = most
+            left -= most * cost
+            continue
+        for index in open_queries:
+            counts[index] = max(least, min(most, int(share / max(costs_s[index], 1e-6))))
+        break
+    return counts
+
+
+def interleaved_schedules(shares_per_query, seed):
+    """Per worker, its rounds one after the other: every query still owed an execution once per
+    round, shuffled. shares_per_query[q][w] is how many executions of q worker w times."""
     rng = random.Random(seed)
     schedules = []
-    for rounds in rounds_per_worker:
+    for worker in range(len(shares_per_query[0]) if shares_per_query else 0):
+        owed = [shares[worker] for shares in shares_per_query]
         schedule = []
-        for _ in range(rounds):
-            order = list(range(query_count))
+        for round_number in range(max(owed, default=0)):
+            order = [index for index, count in enumerate(owed) if count > round_number]
             rng.shuffle(order)
             schedule.extend(order)
         schedules.append(schedule)
     return schedules
 
 
-def latency_phases(query_count, params, workers, seed):
+def latency_phases(query_count, params, workers, seed, counts=None):
     """The timed phases: one of mixed rounds (interleaved), or one per query (sequential).
 
+    counts: timed executions per query (default O(iterations) each); a query's warm-up is at most
+    a tenth of them (at least 1) when they are fewer than O(iterations).
     A phase is dict(warmup=[query indexes run untimed by every worker first],
     schedules=[query indexes timed, per worker]).
     """
-    shares = split_iterations(params["iterations"], workers)
+    counts = counts or [params["iterations"]] * query_count
+    warmups = [params["warmup"] if count >= params["iterations"] else min(params["warmup"], max(1, count // 10))
+               for count in counts]
+    shares = [split_iterations(count, workers) for count in counts]
     if params["order"] == "interleaved":
-        return [dict(warmup=list(range(query_count)) * params["warmup"],
-                     schedules=interleaved_schedules(query_count, shares, seed))]
-    return [dict(warmup=[index] * params["warmup"], schedules=[[index] * share for share in shares])
+        return [dict(warmup=[index for rounds in range(max(warmups, default=0))
+                             for index in range(query_count) if warmups[index] > rounds],
+                     schedules=interleaved_schedules(shares, seed))]
+    return [dict(warmup=[index] * warmups[index], schedules=[[index] * share for share in shares[index]])
             for index in range(query_count)]
 
 
@@ -899,8 +1004,24 @@ def connect(params):
         raise BenchmarkError(str(exc)) from exc
 
 
-def open_session(params):
-    """A benchmark connection: read-only, with the statement timeout and the API role."""
+def callers(params):
+    """The callers measured: O(roles), or the login session alone."""
+    return params["roles"] or [dict(label="", role="", claims={})]
+
+
+def with_callers(queries, params):
+    """Every query once per caller: its id gets '@<label>' for a labelled caller, and 'session'
+    is the caller's index (the session of that caller runs it)."""
+    return [dict(query, query_id=query["query_id"] + ("@" + caller["label"] if caller["label"] else ""),
+                 session=number)
+            for number, caller in enumerate(callers(params)) for query in queries]
+
+
+def open_session(params, caller=None):
+    """A benchmark connection: read-only, with the statement timeout, the caller's role (else
+    O(as_role)) and the caller's JWT claims, as PostgREST sets them."""
+    caller = caller or {}
+    role = caller.get("role") or params["as_role"]
     conn = connect(params)
     try:
         # Fetch JSON as text: parsing it in Python would add client time to the latency.
@@ -910,8 +1031,10 @@ def open_session(params):
             cur.execute("SET default_transaction_read_only = on")
             cur.execute("SELECT set_config('statement_timeout', %s, false)",
                         (str(params["statement_timeout_ms"]),))
-            if params["as_role"]:
-                cur.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(params["as_role"])))
+            if caller.get("claims"):
+                cur.execute("SELECT set_config('request.jwt.claims', %s, false)", (json.dumps(caller["claims"]),))
+            if role:
+                cur.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
     except psycopg2.Error as exc:
         conn.close()
         raise BenchmarkError("cannot prepare a benchmark session on %s: %s"
@@ -974,15 +1097,15 @@ def statements_relation(conn):
     return rows[0][0]
 
 
-def statement_counters(conn, relation, queryids):
-    """{queryid: (calls, shared_blks_hit, shared_blks_read, total_exec_time)} in this database,
-    summed over the roles and nesting levels of each query id."""
-    rows = execute(conn, "SELECT queryid, sum(calls)::bigint, sum(shared_blks_hit)::bigint,"
+def statement_counters(conn, relation, keys):
+    """{(userid, queryid): (calls, shared_blks_hit, shared_blks_read, total_exec_time)} in this
+    database, summed over the nesting levels: one entry per caller's role and query."""
+    rows = execute(conn, "SELECT userid, queryid, sum(calls)::bigint, sum(shared_blks_hit)::bigint,"
                          " sum(shared_blks_read)::bigint, sum(total_exec_time)"
                          " FROM %s WHERE queryid = ANY(%%s::bigint[])"
                          " AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
-                         " GROUP BY queryid" % relation, (list(queryids),))
-    return {row[0]: tuple(row[1:]) for row in rows}
+                         " GROUP BY userid, queryid" % relation, (sorted({key[1] for key in keys}),))
+    return {(row[0], row[1]): tuple(row[2:]) for row in rows}
 
 
 def server_settings(conn):
@@ -1022,37 +1145,42 @@ def gather_provenance(params, conn, seed):
 # Worker processes
 # --------------------------------------------------------------------------
 
-def prepare_statements(cur, queries, prepared):
-    """What a session executes for each query: EXECUTE of its prepared statement, or the SQL."""
-    if not prepared:
-        return [query["sql"] for query in queries]
+def prepare_statements(sessions, queries, prepared):
+    """What runs each query: (its caller's session, EXECUTE of its prepared statement or the SQL)."""
     texts = []
     for index, query in enumerate(queries):
+        conn = sessions[query.get("session", 0)]
+        if not prepared:
+            texts.append((conn, query["sql"]))
+            continue
         try:
-            cur.execute("PREPARE %s AS\n%s" % (PREPARED_NAME % index, query["sql"]))
+            with conn.cursor() as cur:
+                cur.execute("PREPARE %s AS\n%s" % (PREPARED_NAME % index, query["sql"]))
         except psycopg2.Error as exc:
             raise QueryFailed(index, exc) from exc
-        texts.append("EXECUTE " + PREPARED_NAME % index)
+        texts.append((conn, "EXECUTE " + PREPARED_NAME % index))
     return texts
 
 
-def run_untimed(cur, texts, indexes):
+def run_untimed(texts, indexes):
     for index in indexes:
+        conn, text = texts[index]
         try:
-            cur.execute(texts[index])
-            cur.fetchall()
+            with conn.cursor() as cur:
+                cur.execute(text)
+                cur.fetchall()
         except psycopg2.Error as exc:
             raise QueryFailed(index, exc) from exc
 
 
-def run_schedule(cur, texts, schedule):
+def run_schedule(texts, schedule):
     """Time every execution of the schedule; returns (start, end, samples in ms per query, executor).
 
     Each sample covers executing the statement, receiving all its rows and freeing them, as one
     pgbench transaction does. (Freed by the next execute instead, as a psycopg2 cursor does, the
     43,000 rows of a map query added 4 ms to the point query after it at 1,000,000 features.)
     """
-    executors = [statement_executor(cur.connection, text) for text in texts]
+    executors = [statement_executor(conn, text) for conn, text in texts]
     samples = [[] for _ in texts]
     clock = time.perf_counter
     start = clock()
@@ -1132,13 +1260,13 @@ def statement_executor(conn, text):
     return fetching_executor(conn, text), EXECUTORS[1]
 
 
-def run_for(cur, text, seconds):
+def run_for(target, seconds):
     """Execute text back to back for seconds; returns (start, end, executions, executor).
 
     The loop does nothing but execute, receive all rows and read the clock, to keep the client's
     share of the time as small as pgbench's (executor: which of EXECUTORS ran).
     """
-    execute_prepared, client = statement_executor(cur.connection, text)
+    execute_prepared, client = statement_executor(*target)
     clock = time.perf_counter
     count = 0
     start = clock()
@@ -1172,30 +1300,33 @@ def describe_failure(exc, queries, phase):
 
 
 def run_worker(params, queries, phases, number, signals, outbox):
-    """One worker process: its own session, then every phase, reporting to the parent.
+    """One worker process: its own session per caller, then every phase, reporting to the parent.
 
     Messages are (kind, phase, worker, payload): ready (warm, waiting for the start signal),
     done (payload: the phase's measurements), exit (all done), error (payload: the message).
     """
     parent_pid = os.getppid()
     phase = {}
+    sessions = []
     try:
-        conn = open_session(params)
         try:
-            with conn.cursor() as cur:
-                texts = prepare_statements(cur, queries, params["prepared"])
-                for phase_number, phase in enumerate(phases):
-                    run_untimed(cur, texts, phase.get("warmup", []))
-                    outbox.put(("ready", phase_number, number, None))
-                    wait_for_signal(signals[phase_number], parent_pid)
-                    if "seconds" in phase:
-                        payload = run_for(cur, texts[phase["query"]], phase["seconds"])
-                    else:
-                        payload = run_schedule(cur, texts, phase["schedules"][number])
-                    outbox.put(("done", phase_number, number, payload))
-            flush_stats(conn)
+            for caller in callers(params):
+                sessions.append(open_session(params, caller))
+            texts = prepare_statements(sessions, queries, params["prepared"])
+            for phase_number, phase in enumerate(phases):
+                run_untimed(texts, phase.get("warmup", []))
+                outbox.put(("ready", phase_number, number, None))
+                wait_for_signal(signals[phase_number], parent_pid)
+                if "seconds" in phase:
+                    payload = run_for(texts[phase["query"]], phase["seconds"])
+                else:
+                    payload = run_schedule(texts, phase["schedules"][number])
+                outbox.put(("done", phase_number, number, payload))
+            for conn in sessions:
+                flush_stats(conn)
         finally:
-            conn.close()
+            for conn in sessions:
+                conn.close()
         outbox.put(("exit", None, number, None))
     except Exception as exc:  # any failure is the parent's to report; a worker must not hang it
         outbox.put(("error", None, number, describe_failure(exc, queries, phase)))
@@ -1277,26 +1408,40 @@ def describe_query(query):
     return "query %s (%s)" % (query["query_id"], query["file"])
 
 
-def inspect_queries(control, queries):
-    """Fingerprint each query with its plain statement and read its query id (None when the
-    server computes none)."""
+# A query faster than this runs twice before the measurement: its cost (for O(time_budget_s)) is
+# the faster run.
+PILOT_REPEAT_BELOW_S = 1.0
+
+
+def inspect_queries(controls, queries):
+    """Fingerprint each query with its plain statement, read its query id (None when the server
+    computes none) and time it (pilot_s: the cost time_budget_s shares the budget by)."""
     inspected = []
     for query in queries:
+        control = controls[query.get("session", 0)]
         try:
+            began = time.perf_counter()
             rows = execute(control, query["sql"])
+            pilot_s = time.perf_counter() - began
+            if pilot_s < PILOT_REPEAT_BELOW_S:  # a first run also pays the session's cold caches
+                began = time.perf_counter()
+                execute(control, query["sql"])
+                pilot_s = min(pilot_s, time.perf_counter() - began)
             queryid = explain(control, "VERBOSE", query["sql"])[0].get("Query Identifier")
+            userid = execute(control, "SELECT oid FROM pg_roles WHERE rolname = current_user")[0][0]
         except psycopg2.Error as exc:
             raise BenchmarkError("%s failed: %s" % (describe_query(query), str(exc).strip())) from exc
-        inspected.append(dict(result_rows=len(rows), fingerprint=fingerprint(rows), queryid=queryid))
+        inspected.append(dict(result_rows=len(rows), fingerprint=fingerprint(rows), queryid=queryid,
+                              userid=userid, pilot_s=pilot_s))
     return inspected
 
 
-def explain_queries(control, queries):
+def explain_queries(controls, queries):
     """Plan and buffers of one EXPLAIN ANALYZE per query, in the warm state that was measured."""
     explained = []
     for query in queries:
         try:
-            output = explain(control, "ANALYZE, BUFFERS, VERBOSE", query["sql"])
+            output = explain(controls[query.get("session", 0)], "ANALYZE, BUFFERS, VERBOSE", query["sql"])
         except psycopg2.Error as exc:
             raise BenchmarkError("%s failed: %s" % (describe_query(query), str(exc).strip())) from exc
         shared_hit, shared_read = top_node_buffers(output)
@@ -1304,13 +1449,13 @@ def explain_queries(control, queries):
     return explained
 
 
-def run_phases(params, queries, phases, control, counters, queryids):
+def run_phases(params, queries, phases, controls, counters, counter_keys):
     """Run the latency phases, EXPLAIN every query, then run the throughput phases.
 
     Returns (wall seconds of the latency phases, samples per query, throughput per query,
     EXPLAIN results per query, pg_stat_statements counters per query over the latency phases,
     the names of the EXECUTORS that ran).
-    counters() snapshots pg_stat_statements by query id (queryids, per query); None when it
+    counters() snapshots pg_stat_statements by (role, query id) (counter_keys, per query); None when it
     cannot be used.
     """
     latency_count = sum(1 for phase in phases if "schedules" in phase)
@@ -1332,10 +1477,10 @@ def run_phases(params, queries, phases, control, counters, queryids):
             # Only the queries timed in this phase: a worker done early may already be warming up
             # the next phase's query (order=sequential).
             timed = {index for schedule in phases[phase_number]["schedules"] for index in schedule}
-            totals = [counters_delta(before.get(queryid), after.get(queryid), total) if index in timed else total
-                      for index, (queryid, total) in enumerate(zip(queryids, totals))]
+            totals = [counters_delta(before.get(key), after.get(key), total) if index in timed else total
+                      for index, (key, total) in enumerate(zip(counter_keys, totals))]
         # While the workers wait: the plans of the warm state that was just measured.
-        explained = explain_queries(control, queries)
+        explained = explain_queries(controls, queries)
         for phase_number in range(latency_count, len(phases)):
             throughputs.append(throughput(pool.run_phase(phase_number)))
             executors.add(throughputs[-1]["client"])
@@ -1345,30 +1490,38 @@ def run_phases(params, queries, phases, control, counters, queryids):
 
 def run_benchmark(params, queries):
     """Measure all queries; return the benchmark dict (without 'stored')."""
+    began = time.monotonic()
     seed = params["seed"] if params["seed"] is not None else default_seed(params["run_id"], params["stage"])
-    control = open_session(params)
-    observer = None
+    controls, observer = [], None
     try:
+        for caller in callers(params):
+            controls.append(open_session(params, caller))
         observer = connect(params)  # the login role, without as_role: statistics of every role
-        provenance = gather_provenance(params, control, seed)
-        inspected = inspect_queries(control, queries)
+        provenance = gather_provenance(params, controls[0], seed)
+        inspected = inspect_queries(controls, queries)
         relation = statements_relation(observer)
         queryids = [item["queryid"] for item in inspected]
+        counter_keys = [(item["userid"], item["queryid"]) for item in inspected]
         use_statements = relation is not None and None not in queryids
-        phases = latency_phases(len(queries), params, params["concurrency"], seed)
+        counts = None
+        if params["time_budget_s"] > 0:
+            counts = budgeted_iterations([item["pilot_s"] for item in inspected], params["time_budget_s"],
+                                         params["concurrency"], params["min_iterations"], params["iterations"])
+        phases = latency_phases(len(queries), params, params["concurrency"], seed, counts)
         if params["throughput_seconds"] > 0:
             phases += [dict(query=index, seconds=params["throughput_seconds"]) for index in range(len(queries))]
         before = database_blocks(observer)
         started_at = datetime.datetime.now(datetime.timezone.utc)
         wall, samples, throughputs, explained, totals, executors = run_phases(
-            params, queries, phases, control,
-            (lambda: statement_counters(observer, relation, queryids)) if use_statements else None, queryids)
+            params, queries, phases, controls,
+            (lambda: statement_counters(observer, relation, counter_keys)) if use_statements else None,
+            counter_keys)
         finished_at = datetime.datetime.now(datetime.timezone.utc)
-        for conn in (control, observer):
+        for conn in controls + [observer]:
             flush_stats(conn)
         after = blocks_after(observer, before)
     finally:
-        for conn in (control, observer):
+        for conn in controls + [observer]:
             if conn is not None:
                 conn.close()
     provenance["measurement"]["executor"] = ", ".join(sorted(executors)) or None
@@ -1378,6 +1531,8 @@ def run_benchmark(params, queries):
         stats.update(confidence_intervals(samples[index], params["ci_level"]))
         stats.update(file=query["file"], sql_sha256=query["sql_sha256"], queryid=queryids[index],
                      result_rows=inspected[index]["result_rows"], fingerprint=inspected[index]["fingerprint"],
+                     pilot_ms=round(inspected[index]["pilot_s"] * 1000.0, 3),
+                     caller=callers(params)[query.get("session", 0)]["label"] or None,
                      statements=statements_summary(totals[index]) if totals else None,
                      qps=throughputs[index]["qps"] if throughputs else None,
                      throughput_executions=throughputs[index]["executions"] if throughputs else None,
@@ -1390,10 +1545,13 @@ def run_benchmark(params, queries):
         run_id=params["run_id"], stage=params["stage"],
         started_at=started_at.isoformat(), finished_at=finished_at.isoformat(),
         iterations=params["iterations"], warmup=params["warmup"],
+        time_budget_s=params["time_budget_s"] or None,
+        min_iterations=params["min_iterations"] if params["time_budget_s"] else None,
         concurrency=min(params["concurrency"], params["iterations"]),
         prepared=params["prepared"], order=params["order"], seed=seed,
         throughput_seconds=params["throughput_seconds"], ci_level=params["ci_level"],
         executions=executions, duration_s=round(wall, 6),
+        elapsed_s=round(time.monotonic() - began, 3),
         qps=round(executions / wall, 3) if wall > 0 else None,
         mean_ms=round(sum(all_samples) / executions, 3),
         cache_hit_ratio=hit_ratio(blks_hit, blks_read), blks_hit=blks_hit, blks_read=blks_read,
@@ -1516,7 +1674,7 @@ def main():
 
     store = params["store"] and not module.check_mode
     try:
-        queries = load_queries(params["queries_dir"])
+        queries = with_callers(load_queries(params["queries_dir"]), params)
         if store:
             check_store_target(params)
         benchmark = run_benchmark(params, queries)

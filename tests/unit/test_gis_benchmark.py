@@ -15,6 +15,8 @@ import psycopg2
 import pytest
 import yaml
 from ansible.module_utils.testing import patch_module_args
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 # Importable however pytest is invoked (its rootdir decides which conftest.py it loads).
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,6 +44,38 @@ def valid_params(**overrides):
                   stage="baseline")
     params.update(overrides)
     return params
+
+
+def test_a_time_budget_bounds_the_slow_query_and_keeps_every_sample_of_the_cheap_ones(cluster, capsys, tmp_path):
+    (tmp_path / "q1_cheap.sql").write_text("SELECT count(*) FROM public.geometrias", encoding="utf-8")
+    (tmp_path / "q2_slow.sql").write_text("SELECT pg_sleep(0.25)", encoding="utf-8")
+    bench = run_module(capsys, bench_args(cluster, queries_dir=str(tmp_path), run_id="run-budget", iterations=60,
+                                          warmup=5, concurrency=1, time_budget_s=1.5, min_iterations=3,
+                                          throughput_seconds=0, store=False))["benchmark"]
+    cheap, slow = bench["queries"]["q1_cheap"], bench["queries"]["q2_slow"]
+    assert cheap["calls"] == 60 and cheap["pilot_ms"] < 250
+    assert 3 <= slow["calls"] <= 6 and slow["pilot_ms"] >= 250  # (1.5 s - the cheap ones) / 0.25 s
+    assert bench["duration_s"] < 2.5 and bench["time_budget_s"] == 1.5 and bench["min_iterations"] == 3
+
+
+def test_each_caller_is_measured_in_sessions_of_its_own(cluster, db, capsys):
+    """As the API's users: anon, an authenticated owner with its JWT claims, and the table's owner."""
+    owner_uid = fetch(db, "SELECT owner_id::text FROM public.geometrias WHERE NOT publico AND owner_id IS NOT NULL"
+                          " GROUP BY owner_id ORDER BY count(*) DESC, owner_id LIMIT 1")[0][0]
+    roles = [dict(label="", role="", claims={}), dict(label="anon", role="anon", claims={}),
+             dict(label="authenticated", role="authenticated", claims={"sub": owner_uid, "role": "authenticated"})]
+    bench = run_module(capsys, bench_args(cluster, run_id="run-callers", iterations=4, roles=roles,
+                                          store=False))["benchmark"]
+    plain = sorted(query_id for query_id in bench["queries"] if "@" not in query_id)
+    assert sorted(bench["queries"]) == sorted(plain + [q + "@anon" for q in plain] + [q + "@authenticated" for q in plain])
+    counted = "q08_rpc_resumo_anual"  # counts every row the caller may read
+    rows = {caller: bench["queries"][counted + suffix]["fingerprint"] for caller, suffix in
+            (("owner", ""), ("anon", "@anon"), ("authenticated", "@authenticated"))}
+    assert len(set(rows.values())) == 3  # RLS: each caller reads other rows
+    for query_id, stats in bench["queries"].items():
+        assert stats["calls"] == 4 and stats["caller"] == (query_id.split("@")[1] if "@" in query_id else None)
+        # pg_stat_statements counts each caller's executions apart, by its role
+        assert stats["statements"]["calls"] == 4, query_id
 
 
 # --------------------------------------------------------------------------
@@ -218,13 +252,54 @@ def test_default_seed_is_stable_per_run_and_stage():
 
 
 def test_interleaved_schedules():
-    schedules = gis_benchmark.interleaved_schedules(4, [3, 2, 0], seed=7)
+    shares = [[3, 2, 0]] * 4
+    schedules = gis_benchmark.interleaved_schedules(shares, seed=7)
     assert [len(schedule) for schedule in schedules] == [12, 8, 0]
     for schedule in schedules:
         for start in range(0, len(schedule), 4):
             assert sorted(schedule[start:start + 4]) == [0, 1, 2, 3]  # every query once per round
-    assert schedules == gis_benchmark.interleaved_schedules(4, [3, 2, 0], seed=7)
-    assert schedules != gis_benchmark.interleaved_schedules(4, [3, 2, 0], seed=8)
+    assert schedules == gis_benchmark.interleaved_schedules(shares, seed=7)
+    assert schedules != gis_benchmark.interleaved_schedules(shares, seed=8)
+
+
+def test_interleaved_schedules_with_fewer_executions_of_some_queries():
+    # query 1 costs more: it takes part in the first two rounds only
+    schedules = gis_benchmark.interleaved_schedules([[4], [2], [4]], seed=3)
+    assert sorted(schedules[0][:3]) == [0, 1, 2] and sorted(schedules[0][3:6]) == [0, 1, 2]
+    assert sorted(schedules[0][6:8]) == [0, 2] and sorted(schedules[0][8:]) == [0, 2]
+
+
+@given(costs=st.lists(st.floats(min_value=1e-5, max_value=30.0), min_size=1, max_size=12),
+       budget=st.floats(min_value=0.1, max_value=600.0), workers=st.integers(1, 4),
+       least=st.integers(1, 10), extra=st.integers(0, 300))
+@settings(max_examples=300, deadline=None)
+def test_budgeted_iterations_fit_the_budget_between_the_bounds(costs, budget, workers, least, extra):
+    most = least + extra
+    counts = gis_benchmark.budgeted_iterations(costs, budget, workers, least, most)
+    assert all(least <= count <= most for count in counts)
+    spent = sum(count * cost for count, cost in zip(counts, costs))
+    # within the budget, but for the minimum of the queries too slow for more
+    assert spent <= budget * workers + sum(least * cost for cost in costs) + 1e-9
+    # a cheaper query never gets fewer executions than a costlier one
+    ranked = sorted(zip(costs, counts))
+    assert all(earlier[1] >= later[1] for earlier, later in zip(ranked, ranked[1:]) if earlier[0] < later[0])
+    # a budget that covers every query's `most` gives every query `most`
+    if sum(most * cost for cost in costs) <= budget * workers * (1 - 1e-9):
+        assert counts == [most] * len(costs)
+
+
+def test_a_slow_query_gets_few_samples_and_the_cheap_ones_all_of_theirs():
+    # nine 2 ms queries and a 25 s RPC, 120 s on one client, 8 to 200 executions
+    counts = gis_benchmark.budgeted_iterations([0.002] * 9 + [25.0], 120, 1, 8, 200)
+    assert counts == [200] * 9 + [8]
+    counts = gis_benchmark.budgeted_iterations([0.002] * 9 + [0.4], 60, 1, 8, 200)
+    assert counts[:9] == [200] * 9 and counts[9] == 141  # (60 - 9 * 200 * 0.002) / 0.4
+
+
+def test_latency_phases_follow_the_budgeted_counts():
+    phases = gis_benchmark.latency_phases(3, valid_params(iterations=100, warmup=10), 1, seed=1, counts=[100, 8, 30])
+    assert sorted(phases[0]["warmup"]) == [0] * 10 + [1] + [2] * 3
+    assert sorted(phases[0]["schedules"][0]) == [0] * 100 + [1] * 8 + [2] * 30
 
 
 def test_latency_phases():
@@ -289,6 +364,11 @@ def test_check_args_accepts_defaults():
 
 
 @pytest.mark.parametrize("overrides, message", [
+    (dict(roles=[dict(label="anon user", role="anon", claims={})]), "label 'anon user' must be empty or letters"),
+    (dict(roles=[dict(label="a", role="anon", claims={}), dict(label="a", role="", claims={})]),
+     "every label must be different"),
+    (dict(time_budget_s=-1.0), "time_budget_s must be >= 0"),
+    (dict(time_budget_s=10.0, iterations=5, min_iterations=6), "min_iterations must be between 1 and iterations (5)"),
     (dict(iterations=0), "iterations must be >= 1"),
     (dict(warmup=-1), "warmup must be >= 0"),
     (dict(concurrency=0), "concurrency must be >= 1"),
@@ -320,7 +400,8 @@ def test_documentation_matches_argument_spec():
         "run_id", "stage", "started_at", "finished_at", "iterations", "warmup", "concurrency",
         "executions", "duration_s", "qps", "mean_ms", "cache_hit_ratio", "blks_hit",
         "blks_read", "server_version", "as_role", "stored", "queries", "prepared", "order", "seed",
-        "throughput_seconds", "ci_level", "stats_source", "provenance"}
+        "throughput_seconds", "ci_level", "stats_source", "provenance", "time_budget_s", "min_iterations",
+        "elapsed_s"}
 
 
 # --------------------------------------------------------------------------
@@ -512,8 +593,7 @@ def test_a_throughput_phase_reports_an_error_raised_while_executing(cluster):
 def test_an_unprepared_throughput_phase_fetches_with_psycopg2(cluster):
     conn = gis_benchmark.connect(gis_benchmark.with_defaults(cluster.login_args(DB)))
     try:
-        with conn.cursor() as cur:
-            start, end, count, client = gis_benchmark.run_for(cur, "SELECT 1", 0.05)
+        start, end, count, client = gis_benchmark.run_for((conn, "SELECT 1"), 0.05)
     finally:
         conn.close()
     assert count >= 1 and end - start >= 0.05 and client == "psycopg2 EXECUTE + fetchall"
@@ -523,18 +603,18 @@ def test_latency_samples_run_through_the_throughput_executor_and_report_the_quer
     """Prepared: through libpq, as the throughput loop; plain SQL: a psycopg2 cursor per execution."""
     conn = gis_benchmark.connect(gis_benchmark.with_defaults(cluster.login_args(DB)))
     try:
+        texts = gis_benchmark.prepare_statements([conn], [dict(sql="SELECT 1"), dict(sql="SELECT 2")], True)
+        start, end, samples, executor = gis_benchmark.run_schedule(texts, [0, 1, 0])
+        assert executor == "libpq PQexecPrepared"
+        assert [len(values) for values in samples] == [2, 1] and end >= start
+        _, _, samples, executor = gis_benchmark.run_schedule([(conn, "SELECT 1"), (conn, "SELECT 2")], [1, 1])
+        assert executor == "psycopg2 EXECUTE + fetchall" and [len(values) for values in samples] == [0, 2]
         with conn.cursor() as cur:
-            texts = gis_benchmark.prepare_statements(cur, [dict(sql="SELECT 1"), dict(sql="SELECT 2")], True)
-            start, end, samples, executor = gis_benchmark.run_schedule(cur, texts, [0, 1, 0])
-            assert executor == "libpq PQexecPrepared"
-            assert [len(values) for values in samples] == [2, 1] and end >= start
-            _, _, samples, executor = gis_benchmark.run_schedule(cur, ["SELECT 1", "SELECT 2"], [1, 1])
-            assert executor == "psycopg2 EXECUTE + fetchall" and [len(values) for values in samples] == [0, 2]
             cur.execute("DEALLOCATE ALL")
-            texts = gis_benchmark.prepare_statements(cur, [dict(sql="SELECT 1"), dict(sql="SELECT 1 / 0")], True)
-            with pytest.raises(gis_benchmark.QueryFailed, match="division by zero") as failure:
-                gis_benchmark.run_schedule(cur, texts, [0, 1])
-            assert failure.value.index == 1
+        texts = gis_benchmark.prepare_statements([conn], [dict(sql="SELECT 1"), dict(sql="SELECT 1 / 0")], True)
+        with pytest.raises(gis_benchmark.QueryFailed, match="division by zero") as failure:
+            gis_benchmark.run_schedule(texts, [0, 1])
+        assert failure.value.index == 1
     finally:
         conn.close()
 
