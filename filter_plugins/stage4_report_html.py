@@ -507,6 +507,9 @@ def _optimizations_section(report):
                          f'<div class="chips">{_count_chips(gate)}</div>'
                          + (f'<div class="small">{_e(statement)}</div>' if statement else "")
                          + ("" if gate.get("passed") else f'<div class="small fail">{_e(gate.get("reason"))}</div>'))
+        elif opt.get("declined"):
+            mean = "n/a"
+            gate_cell = f'<span class="muted">not applied: {_e(opt.get("declined"))}</span>'
         else:
             mean = "n/a"
             gate_cell = '<span class="muted">not measured in this run</span>'
@@ -794,6 +797,8 @@ def stage4_report_summary(report, output_dir):
             line += _gate_counts(gate)
             if not gate.get("passed"):
                 line += f'; gate failed: {gate.get("reason")}'
+        elif opt.get("declined"):
+            line += opt.get("declined")
         else:
             line += "not measured in this run"
         lines.append(line.rstrip())

@@ -20,6 +20,10 @@ description:
   - With I(state=reverted), runs revert and verify_reverted in one transaction and removes the ledger row. A
     change applied before others that are still applied is refused; revert the later ones first.
   - Every deploy and revert is also appended to C(<ledger_schema>.ledger_events).
+  - A change may have C(decline.sql), one query returning one text value, the reason why the change does not
+    pay, or cannot apply, on this database as it is now (NULL when it should be applied). Before a deploy it runs
+    in a read-only transaction (in check mode too); a reason ends the module with C(action=declined), nothing
+    changed and nothing recorded, so a later run decides again (after the table grew, say).
   - DDL should wait for its lock only briefly (the scripts set C(lock_timeout)); when the lock is not granted
     the whole transaction is retried with exponential backoff.
   - A change may also have C(prepare.sql) and C(cleanup.sql), for work too long to do in the deploy transaction
@@ -184,8 +188,13 @@ action:
   returned: always
   type: str
   sample: deployed
-  # deployed, redeployed, reverted, cleaned_up, unchanged, would_deploy, would_redeploy, would_revert,
-  # would_clean_up
+  # deployed, redeployed, reverted, cleaned_up, unchanged, declined, would_deploy, would_redeploy,
+  # would_revert, would_clean_up
+declined:
+  description: Why the change was not deployed (what its decline.sql answered).
+  returned: when action is declined
+  type: str
+  sample: "public.geometrias holds 251 rows in 0.6 MB, below 8 MB: partitioning cannot pay at this size"
 change:
   description: Name of the change.
   returned: always
@@ -279,7 +288,7 @@ try:
 except ImportError:  # connect() reports it
     pass
 
-SCRIPTS = ("precheck", "prepare", "deploy", "verify", "prepare_revert", "revert", "verify_reverted", "cleanup", "settle")
+SCRIPTS = ("decline", "precheck", "prepare", "deploy", "verify", "prepare_revert", "revert", "verify_reverted", "cleanup", "settle")
 REQUIRED_SCRIPTS = ("deploy", "verify", "revert")
 RUN_ON = {"deploy": ("precheck", "deploy", "verify"), "redeploy": ("deploy", "verify"),
           "revert": ("revert", "verify_reverted"), "cleanup": ("cleanup",)}
@@ -550,6 +559,24 @@ def dry_run_precheck(conn, params, scripts):
         conn.rollback()
 
 
+def decline_reason(conn, params, scripts):
+    """What decline.sql answers, in a read-only transaction rolled back: None, or why not to deploy."""
+    if "decline" not in scripts:
+        return None
+    conn.autocommit = False
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET TRANSACTION READ ONLY")
+            for key, value in sorted(params["variables"].items()):
+                cur.execute("SELECT set_config(%s, %s, true)", ("stage4." + key, str(value)))
+            cur.execute(scripts["decline"]["text"])
+            row = cur.fetchone()
+        return row[0] if row else None
+    finally:
+        conn.rollback()
+        conn.autocommit = True
+
+
 def run_scripts(cur, names, params, scripts, local=True):
     """Sets the change's variables (for the transaction, or the session when not local) and runs the scripts."""
     for key, value in sorted(params["variables"].items()):
@@ -694,6 +721,14 @@ def main():
         module.fail_json(msg="change {0}: {1}".format(params["change"], error), **result)
     if action == "unchanged":
         module.exit_json(changed=False, action="unchanged", applied=row is not None, **result)
+    if action == "deploy":
+        try:
+            reason = decline_reason(conn, params, scripts)
+        except psycopg2.Error as error:
+            module.fail_json(msg="change {0}: decline.sql failed: {1}; nothing was changed".format(
+                params["change"], first_line(error)), **result)
+        if reason:
+            module.exit_json(changed=False, action="declined", declined=reason, applied=False, **result)
     before_transaction = steps_before_transaction(action, scripts, prepared)
     uses_prepare = bool(before_transaction)
     result["prepared"] = ("resumed" if prepared else "started") if uses_prepare else "none"

@@ -73,6 +73,10 @@ def load_changes():
                for item in settings["stage4_tooling_changes"] if item["change"] in TOOLING]
     for item in settings["stage4_optimizations"]:
         variables = {key: str(value) for key, value in (item.get("variables") or {}).items()}
+        # A plain reference to another setting of the same file ("{{ stage4_opt1_min_table_bytes }}") is its value.
+        variables = {key: str(settings.get(reference.group(1), value)) if reference else value
+                     for key, value in variables.items()
+                     for reference in [re.fullmatch(r"\{\{\s*(stage4_\w+)\s*\}\}", value)]}
         templated = [key for key, value in variables.items() if "{{" in value or "{%" in value]
         if templated:
             raise SystemExit("{0}: variables {1} are Jinja templates, which only Ansible can evaluate".format(

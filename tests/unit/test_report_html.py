@@ -371,3 +371,14 @@ def test_console_summary_of_the_fixture():
         "JSON:     reports/local/20261127T000718Z-rollout-8d3c21/report.json",
         "Audit:    reports/local/20261127T000718Z-rollout-8d3c21/audit.jsonl",
     ]
+
+
+def test_a_declined_optimization_says_why_instead_of_a_gate():
+    report = sample_report()
+    reason = "public.geometrias holds 251 rows in 232 kB, below 8192 kB (min_parallel_table_scan_size)"
+    report["optimizations"][0].update(status="declined", gate=None, declined=reason)
+    dom = Dom(stage4_report_html(report))
+    row = next(e for e in dom.find("tr", "opt-row") if e["attrs"]["data-opt"] == "opt1")
+    assert "declined" in row["text"] and "not applied: " + reason in row["text"]
+    lines = stage4_report_summary(report, "/r/local/run")
+    assert lines[1].startswith("opt1  declined") and lines[1].endswith(reason)
