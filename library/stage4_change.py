@@ -541,40 +541,39 @@ def sql_diff(change, action, row, scripts, names, prepared):
             "after_header": "{0}: {1} ({2})".format(change, action, ", ".join(names)), "after": body}
 
 
-def dry_run_precheck(conn, params, scripts):
-    """Runs precheck.sql read-only and rolls back; returns None or the refusal."""
-    if "precheck" not in scripts:
-        return None
+def read_only(conn, params, text):
+    """Runs text with the change's variables in a read-only transaction, rolled back; returns the first row
+    of its last statement's result, or None."""
     conn.autocommit = False
     try:
         with conn.cursor() as cur:
             cur.execute("SET TRANSACTION READ ONLY")
             for key, value in sorted(params["variables"].items()):
                 cur.execute("SELECT set_config(%s, %s, true)", ("stage4." + key, str(value)))
-            cur.execute(scripts["precheck"]["text"])
-        return None
-    except psycopg2.Error as error:
-        return first_line(error)
-    finally:
-        conn.rollback()
-
-
-def decline_reason(conn, params, scripts):
-    """What decline.sql answers, in a read-only transaction rolled back: None, or why not to deploy."""
-    if "decline" not in scripts:
-        return None
-    conn.autocommit = False
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SET TRANSACTION READ ONLY")
-            for key, value in sorted(params["variables"].items()):
-                cur.execute("SELECT set_config(%s, %s, true)", ("stage4." + key, str(value)))
-            cur.execute(scripts["decline"]["text"])
-            row = cur.fetchone()
-        return row[0] if row else None
+            cur.execute(text)
+            return cur.fetchone() if cur.description else None
     finally:
         conn.rollback()
         conn.autocommit = True
+
+
+def dry_run_precheck(conn, params, scripts):
+    """Runs precheck.sql read-only; returns None or the refusal."""
+    if "precheck" not in scripts:
+        return None
+    try:
+        read_only(conn, params, scripts["precheck"]["text"])
+    except psycopg2.Error as error:
+        return first_line(error)
+    return None
+
+
+def decline_reason(conn, params, scripts):
+    """What decline.sql answers, read-only: None, or why not to deploy."""
+    if "decline" not in scripts:
+        return None
+    row = read_only(conn, params, scripts["decline"]["text"])
+    return row[0] if row else None
 
 
 def run_scripts(cur, names, params, scripts, local=True):

@@ -81,17 +81,17 @@ def test_precheck_refusal_changes_nothing(cluster, capsys, tmp_path):
 
 
 def test_a_declined_change_changes_and_records_nothing_until_its_reason_is_gone(cluster, capsys, tmp_path):
-    root = write_change(tmp_path, "c10", "CREATE TABLE t10 (id int);", revert="DROP TABLE t10;")
-    (tmp_path / "c10" / "decline.sql").write_text(
+    root = write_change(tmp_path, "c20", "CREATE TABLE t20 (id int);", revert="DROP TABLE t20;")
+    (tmp_path / "c20" / "decline.sql").write_text(
         "SELECT CASE WHEN to_regclass('big_enough') IS NULL THEN 'no table big_enough yet ('"
         " || current_setting('stage4.why') || ')' END")
-    args = dict(cluster.login_args("scratch"), change="c10", sql_root=root, variables={"why": "small"})
+    args = dict(cluster.login_args("scratch"), change="c20", sql_root=root, variables={"why": "small"})
     for check_mode in (True, False):
         declined = run(capsys, args, check_mode=check_mode)
         assert declined["action"] == "declined" and not declined["changed"] and not declined["applied"]
         assert declined["declined"] == "no table big_enough yet (small)" and declined["executed"] == []
-    assert scalar(cluster, "SELECT to_regclass('t10') IS NULL")
-    assert scalar(cluster, "SELECT count(*) FROM stage4.ledger WHERE change = 'c10'") == 0
+    assert scalar(cluster, "SELECT to_regclass('t20') IS NULL")
+    assert scalar(cluster, "SELECT count(*) FROM stage4.ledger WHERE change = 'c20'") == 0
     scalar(cluster, "CREATE TABLE big_enough (); SELECT 1")
     assert run(capsys, args)["action"] == "deployed"
     assert run(capsys, args)["action"] == "unchanged"  # applied: no longer asked
