@@ -38,7 +38,6 @@ import sys
 import psycopg2
 import psycopg2.errors
 import pytest
-import yaml
 from ansible.module_utils.testing import patch_module_args
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,8 +53,7 @@ DB = "BIBLIOTECA"
 SQL_ROOT = os.path.join(REPO, "files", "sql")
 # What the stage4_pg_cron role sets with ALTER SYSTEM, appended to postgresql.auto.conf.
 
-with open(os.path.join(REPO, "playbooks", "group_vars", "all.yml"), encoding="utf-8") as _handle:
-    _GROUP_VARS = yaml.safe_load(_handle)
+_GROUP_VARS = pgcluster.group_vars()
 TOOLING = _GROUP_VARS["stage4_tooling_changes"]
 OPTIMIZATIONS = _GROUP_VARS["stage4_optimizations"]
 STAGES = (["original", "tooling"] + [opt["id"] for opt in OPTIMIZATIONS]

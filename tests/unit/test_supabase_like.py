@@ -5,13 +5,11 @@ playbooks/group_vars/all.yml, as the playbook applies them."""
 import os
 
 import pytest
-import yaml
 
 import pgcluster
 import stage4_change
 import supabase_like
 
-GROUP_VARS = os.path.join(pgcluster.REPO, "playbooks", "group_vars", "all.yml")
 ROWS = "SELECT count(*), stage4.table_checksum('public.geometrias') FROM public.geometrias"
 
 
@@ -23,8 +21,7 @@ def supabase():
 
 
 def optimizations():
-    with open(GROUP_VARS, encoding="utf-8") as handle:
-        return yaml.safe_load(handle)["stage4_optimizations"]
+    return pgcluster.group_vars()["stage4_optimizations"]
 
 
 def change(capsys, cluster, name, state, variables=None):
