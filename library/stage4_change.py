@@ -22,8 +22,9 @@ description:
   - Every deploy and revert is also appended to C(<ledger_schema>.ledger_events).
   - A change may have C(decline.sql), one query returning one text value, the reason why the change does not
     pay, or cannot apply, on this database as it is now (NULL when it should be applied). Before a deploy it runs
-    in a read-only transaction (in check mode too); a reason ends the module with C(action=declined), nothing
-    changed and nothing recorded, so a later run decides again (after the table grew, say).
+    in a read-only transaction (in check mode, only with I(dry_run_precheck)); a reason ends the module with
+    C(action=declined), nothing changed and nothing recorded, so a later run decides again (after the table
+    grew, say).
   - DDL should wait for its lock only briefly (the scripts set C(lock_timeout)); when the lock is not granted
     the whole transaction is retried with exponential backoff.
   - A change may also have C(prepare.sql) and C(cleanup.sql), for work too long to do in the deploy transaction
@@ -720,7 +721,9 @@ def main():
         module.fail_json(msg="change {0}: {1}".format(params["change"], error), **result)
     if action == "unchanged":
         module.exit_json(changed=False, action="unchanged", applied=row is not None, **result)
-    if action == "deploy":
+    # In check mode only where the precheck runs too (the first pending change): a later change's answer
+    # depends on what the earlier ones would have done.
+    if action == "deploy" and (not module.check_mode or params["dry_run_precheck"]):
         try:
             reason = decline_reason(conn, params, scripts)
         except psycopg2.Error as error:
