@@ -51,7 +51,12 @@ def machine(report):
             + f'. Client: {measurement.get("client")}, {measurement.get("concurrency")} client(s), '
               f'prepared statements {"on" if measurement.get("prepared") else "off"}, '
               f'{measurement.get("order")} order, {measurement.get("iterations")} timed executions per query '
-              f'after {measurement.get("warmup")} warm-up rounds, {measurement.get("throughput_seconds")} s of '
+              f'after {measurement.get("warmup")} warm-up rounds'
+            + (f' (as many as fit in {measurement["time_budget_s"]:g} s per stage, at least '
+               f'{measurement.get("min_iterations")})' if measurement.get("time_budget_s") else "")
+            + (", measured as " + ", ".join(role.get("label") or "the owner" for role in measurement["roles"])
+               if measurement.get("roles") else "")
+            + f', {measurement.get("throughput_seconds")} s of '
               f'throughput per query; executed through {measurement.get("executor") or "psycopg2 EXECUTE + fetchall"}. '
               f'Commit {provenance.get("git_commit")}.')
 
@@ -62,6 +67,9 @@ def run_section(report):
     out = [f'## {features:,} features: run {report["run_id"]}', "",
            f'Outcome: **{report["outcome"]}**. Database {report["database"]["bytes"] / 1e6:,.0f} MB. '
            + machine(report), ""]
+    out += [f'- {o["id"]} declined: {o["declined"]}' for o in report["optimizations"] if o.get("declined")]
+    if out[-1].startswith("- "):
+        out.append("")
     rows = []
     for query in report["queries"]:
         first = query["stages"][stages[0]]

@@ -25,3 +25,18 @@ def test_run_and_ratio_sections(tmp_path):
     assert "| q01_bbox_intersects | 900.0 | 1,000.0 | 0.90 | 0.88, 0.92 |" in done.stdout
     # geometric mean of 0.9 and 0.8
     assert "Lowest ratio 0.80, geometric mean 0.85." in done.stdout
+
+
+def test_a_run_says_what_it_declined_and_how_it_measured(tmp_path):
+    report = json.load(open(REPORT, encoding="utf-8"))
+    report["optimizations"][0].update(status="declined", gate=None, declined="too small to partition")
+    measurement = report.setdefault("provenance", {}).setdefault("measurement", {})
+    measurement.update(time_budget_s=60.0, min_iterations=10,
+                       roles=[{"label": "", "role": ""}, {"label": "anon", "role": "anon"}])
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    done = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "benchmarks_md.py"), "--run", str(path)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "- %s declined: too small to partition" % report["optimizations"][0]["id"] in done.stdout
+    assert "(as many as fit in 60 s per stage, at least 10), measured as the owner, anon," in done.stdout
