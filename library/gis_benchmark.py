@@ -1417,6 +1417,8 @@ def inspect_queries(controls, queries):
     """Fingerprint each query with its plain statement, read its query id (None when the server
     computes none) and time it (pilot_s: the cost time_budget_s shares the budget by)."""
     inspected = []
+    # The role each caller's session executes as: pg_stat_statements counts its executions under it.
+    userids = [execute(control, "SELECT oid FROM pg_roles WHERE rolname = current_user")[0][0] for control in controls]
     for query in queries:
         control = controls[query.get("session", 0)]
         try:
@@ -1428,11 +1430,10 @@ def inspect_queries(controls, queries):
                 execute(control, query["sql"])
                 pilot_s = min(pilot_s, time.perf_counter() - began)
             queryid = explain(control, "VERBOSE", query["sql"])[0].get("Query Identifier")
-            userid = execute(control, "SELECT oid FROM pg_roles WHERE rolname = current_user")[0][0]
         except psycopg2.Error as exc:
             raise BenchmarkError("%s failed: %s" % (describe_query(query), str(exc).strip())) from exc
         inspected.append(dict(result_rows=len(rows), fingerprint=fingerprint(rows), queryid=queryid,
-                              userid=userid, pilot_s=pilot_s))
+                              userid=userids[query.get("session", 0)], pilot_s=pilot_s))
     return inspected
 
 
