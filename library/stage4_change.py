@@ -22,7 +22,8 @@ description:
   - Every deploy and revert is also appended to C(<ledger_schema>.ledger_events).
   - A change may have C(decline.sql), one query returning one text value, the reason why the change does not
     pay, or cannot apply, on this database as it is now (NULL when it should be applied). Before a deploy it runs
-    in a read-only transaction (in check mode, only with I(dry_run_precheck)); a reason ends the module with
+    in a transaction that is always rolled back, so it may create temporary objects (the toolkit's reader of an
+    RPC's query does) but changes nothing (in check mode, only with I(dry_run_precheck)); a reason ends the module with
     C(action=declined), nothing changed and nothing recorded, so a later run decides again (after the table
     grew, say).
   - DDL should wait for its lock only briefly (the scripts set C(lock_timeout)); when the lock is not granted
@@ -542,13 +543,14 @@ def sql_diff(change, action, row, scripts, names, prepared):
             "after_header": "{0}: {1} ({2})".format(change, action, ", ".join(names)), "after": body}
 
 
-def read_only(conn, params, text):
-    """Runs text with the change's variables in a read-only transaction, rolled back; returns the first row
-    of its last statement's result, or None."""
+def rolled_back(conn, params, text, read_only=True):
+    """Runs text with the change's variables in a transaction that is rolled back, read-only unless told
+    otherwise; returns the first row of its last statement's result, or None."""
     conn.autocommit = False
     try:
         with conn.cursor() as cur:
-            cur.execute("SET TRANSACTION READ ONLY")
+            if read_only:
+                cur.execute("SET TRANSACTION READ ONLY")
             for key, value in sorted(params["variables"].items()):
                 cur.execute("SELECT set_config(%s, %s, true)", ("stage4." + key, str(value)))
             cur.execute(text)
@@ -563,17 +565,18 @@ def dry_run_precheck(conn, params, scripts):
     if "precheck" not in scripts:
         return None
     try:
-        read_only(conn, params, scripts["precheck"]["text"])
+        rolled_back(conn, params, scripts["precheck"]["text"])
     except psycopg2.Error as error:
         return first_line(error)
     return None
 
 
 def decline_reason(conn, params, scripts):
-    """What decline.sql answers, read-only: None, or why not to deploy."""
+    """What decline.sql answers, rolled back: None, or why not to deploy. Not read-only: reading an RPC's
+    query as PostgreSQL does (stage4.canonical_query) creates a temporary function."""
     if "decline" not in scripts:
         return None
-    row = read_only(conn, params, scripts["decline"]["text"])
+    row = rolled_back(conn, params, scripts["decline"]["text"], read_only=False)
     return row[0] if row else None
 
 
