@@ -18,7 +18,9 @@ BEGIN
                       'catalog_dependents', 'referable', 'policy_definition', 'copied_columns', 'notify_api_changed', 'is_rollout_trigger',
                       'create_key_registry', 'add_key_truncate_guard', 'register_original_key', 'drop_unused_key_registries', 'drop_capture_triggers', 'publications_of',
                       'assert_can_publish_via_root', 'publish_via_root', 'restore_publication_settings',
-                      'read_policies', 'read_policy_rule', 'assert_known_read_policies', 'accept_read_policies', 'forget_read_policies']) f
+                      'read_policies', 'read_policy_rule', 'assert_known_read_policies', 'accept_read_policies', 'forget_read_policies',
+                      'sql_split', 'sql_unwrap', 'function_query', 'canonical_query', 'query_clauses', 'search_rpc_shape', 'radius_box',
+                      'radius_rpc_shape']) f
     WHERE NOT EXISTS (SELECT 1 FROM pg_proc WHERE proname = f AND pronamespace = 'stage4'::regnamespace);
     IF missing IS NOT NULL THEN
         RAISE EXCEPTION 'stage4_toolkit: missing functions: %', missing;
