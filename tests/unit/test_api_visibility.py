@@ -79,7 +79,8 @@ SEARCH_ARGS = [
     "'xyzzy inexistente'",
 ]
 # What stage4_search_api.candidatos (OPT3's helper) is called with directly.
-HELPER_ARGS = ["'parque', NULL", "'curitiba', NULL", "'chácara', NULL", "'santa luzia', NULL"]
+HELPER_ARGS = ["websearch_to_tsquery('portuguese', '%s'), NULL" % words
+               for words in ("parque", "curitiba", "chácara", "santa luzia")]
 YEARS = list(range(2018, 2028))
 AREA_TOLERANCE = 1e-9  # float sums in another order (OPT5) may differ in their last bits
 

@@ -254,10 +254,10 @@ def test_opt3_radius_results_identical(opt3, conn, owner_uid, before):  # pylint
 
 
 def test_opt3_helper_keeps_the_best_readable_matches(opt3, conn, owner_uid):  # pylint: disable=unused-argument
-    """candidatos(q, bbox, n) stops after the n best matches the caller may read: they are the first n
+    """candidatos(query, bbox, n) stops after the n best matches the caller may read: they are the first n
     of its whole answer, for each caller; a row deleted since the last refresh takes no place; a
     negative n fails as the original's LIMIT did."""
-    ranked = "SELECT c.id FROM stage4_search_api.candidatos('parque', NULL{0}) WITH ORDINALITY c ORDER BY c.ordinality"
+    ranked = "SELECT c.id FROM stage4_search_api.candidatos(websearch_to_tsquery('portuguese', 'parque'), NULL{0}) WITH ORDINALITY c ORDER BY c.ordinality"
     for role in ROLES:
         every = as_role(conn, role, owner_uid, ranked.format(""))
         assert len(every) > 5
@@ -268,7 +268,7 @@ def test_opt3_helper_keeps_the_best_readable_matches(opt3, conn, owner_uid):  # 
         cur.execute(ranked.format(", 5"))
         assert cur.fetchall() == every[1:6]
     conn.rollback()
-    for call in ("public.search_geometrias('parque', NULL, -1)", "stage4_search_api.candidatos('parque', NULL, -1)"):
+    for call in ("public.search_geometrias('parque', NULL, -1)", "stage4_search_api.candidatos(websearch_to_tsquery('portuguese', 'parque'), NULL, -1)"):
         with pytest.raises(psycopg2.errors.InvalidRowCountInLimitClause):
             as_role(conn, "anon", None, "SELECT count(*) FROM %s" % call)
 
@@ -352,7 +352,7 @@ def test_functions_fall_back_to_the_table_when_policies_change(opt5, cluster, co
         assert as_role(conn, "anon", None, search) == as_role(conn, "anon", None, original)
         assert as_role(conn, "anon", None, search) and as_role(conn, "anon", None, search) != as_role(conn, None, None, search)
         assert as_role(conn, "anon", None, "SELECT stage4_search_api.papel_exato(), stage4_dashboard_api.papel_exato(), "
-                                           "(SELECT count(*) FROM stage4_search_api.candidatos('parque', NULL)), "
+                                           "(SELECT count(*) FROM stage4_search_api.candidatos(websearch_to_tsquery('portuguese', 'parque'), NULL)), "
                                            "(SELECT count(*) FROM stage4_dashboard_api.resumo_categoria_ano)") == [(None, None, 0, 0)]
     finally:
         fetch(admin, "DROP POLICY so_2024 ON public.geometrias; SELECT 1")

@@ -56,10 +56,48 @@ USERS_POLICIES_AND_GRANTS = """
     GRANT SELECT ON public.geometrias TO leitor;
     GRANT USAGE ON SCHEMA extensions TO leitor;
 """
+# The RPCs as users write them (issue 21, items 1 and 2): another text search function and
+# configuration, no alias, a box the caller must give, ts_rank_cd with a normalization, a computed
+# LIMIT; and the plain radius search, without the bounding-box prefilter.
+USERS_RPCS = """
+    DROP FUNCTION public.search_geometrias(text, extensions.geometry, integer);
+    CREATE FUNCTION public.search_geometrias(termo text, caixa extensions.geometry DEFAULT NULL, n int DEFAULT 50)
+    RETURNS SETOF public.geometrias LANGUAGE sql STABLE SET search_path = public, extensions AS $$
+        select * from geometrias
+        where to_tsvector('simple', nome) @@ plainto_tsquery('simple', termo) and geom && caixa
+        order by ts_rank_cd(to_tsvector('simple', nome), plainto_tsquery('simple', termo), 32) desc, id
+        limit least(n, 100);
+    $$;
+    DROP FUNCTION public.geometrias_no_raio(double precision, double precision, double precision);
+    CREATE FUNCTION public.geometrias_no_raio(lon double precision, lat double precision, raio_m double precision)
+    RETURNS SETOF public.geometrias LANGUAGE sql STABLE SET search_path = public, extensions AS $$
+        SELECT g.* FROM public.geometrias g
+        WHERE ST_DWithin(g.geom::geography, ST_SetSRID(ST_MakePoint(lon, lat), 4326)::geography, raio_m)
+        ORDER BY g.id
+    $$;
+    GRANT EXECUTE ON FUNCTION public.search_geometrias(text, extensions.geometry, integer),
+        public.geometrias_no_raio(double precision, double precision, double precision) TO anon, authenticated;
+"""
+# A stored tsvector column in English, searched with to_tsquery, ranked by ts_rank with weights.
+USERS_FTS_COLUMN = """
+    ALTER TABLE public.geometrias ADD COLUMN fts tsvector
+        GENERATED ALWAYS AS (setweight(to_tsvector('english', nome), 'A')
+                             || setweight(to_tsvector('english', coalesce(descricao, '')), 'B')) STORED;
+    CREATE INDEX geometrias_fts_idx ON public.geometrias USING gin (fts);
+    CREATE OR REPLACE FUNCTION public.search_geometrias(q text, bbox extensions.geometry DEFAULT NULL, max_results int DEFAULT 50)
+    RETURNS SETOF public.geometrias LANGUAGE sql STABLE SET search_path = public, extensions AS $$
+        SELECT g.* FROM public.geometrias AS g
+        WHERE g.fts @@ to_tsquery('english', q) AND (bbox IS NULL OR g.geom && bbox)
+        ORDER BY ts_rank('{0.1, 0.2, 0.4, 1.0}', g.fts, to_tsquery('english', q)) DESC, g.id
+        LIMIT max_results
+    $$;
+"""
 CASES = {
     "postgis-in-public-beside-an-extensions-schema": ("public", ""),
     "postgis-in-public-no-extensions-schema": ("public", "DROP EXTENSION IF EXISTS pg_stat_statements; DROP SCHEMA extensions"),
     "users-policies-and-public-execute": ("extensions", USERS_POLICIES_AND_GRANTS),
+    "users-rpcs": ("extensions", USERS_RPCS),
+    "users-fts-column": ("extensions", USERS_FTS_COLUMN),
 }
 SEARCH = "SELECT count(*) FROM public.search_geometrias('parque', NULL, 500)"
 
@@ -77,8 +115,9 @@ def test_every_change_and_its_revert_work_on_a_user_shaped_database(cluster, cap
     cluster.query(DB, "CREATE EXTENSION pg_cron")  # what the stage4_pg_cron role does
     assert cluster.query(DB, "SELECT extnamespace::regnamespace::text FROM pg_extension "
                              "WHERE extname = 'postgis'") == [(postgis_schema,)]
-    assert cluster.query(DB, "SELECT proconfig FROM pg_proc WHERE proname = 'search_geometrias'") == [
-        (["search_path=public, extensions, pg_temp"],)]
+    if case not in ("users-rpcs", "users-fts-column"):
+        assert cluster.query(DB, "SELECT proconfig FROM pg_proc WHERE proname = 'search_geometrias'") == [
+            (["search_path=public, extensions, pg_temp"],)]
     users = case == "users-policies-and-public-execute"
     if users:
         assert as_leitor(cluster, SEARCH) == [(0,)]  # RLS: no policy lets it read a row
@@ -91,11 +130,16 @@ def test_every_change_and_its_revert_work_on_a_user_shaped_database(cluster, cap
     # The rewritten search answers through the helper, which pinned PostGIS's schema.
     assert cluster.query(DB, "SELECT proconfig FROM pg_proc WHERE proname = 'candidatos'") == [
         (["search_path=pg_catalog, %s, pg_temp" % postgis_schema],)]
-    assert cluster.query(DB, "SELECT count(*) > 0 FROM public.search_geometrias('parque')") == [(True,)]
+    assert cluster.query(DB, "SELECT count(*) > 0 FROM public.search_geometrias('parque', %s)" % (
+        "st_makeenvelope(-75, -35, -30, 6, 4326)" if case == "users-rpcs" else "NULL")) == [(True,)]
+    # Both RPCs were recognised and rewritten, the radius one with its point computed once.
+    assert cluster.query(DB, "SELECT proname, prosrc ~ 'stage4_search_api.candidatos|stage4_ponto_geografico' "
+                             "FROM pg_proc WHERE proname IN ('search_geometrias', 'geometrias_no_raio') "
+                             "ORDER BY 1") == [("geometrias_no_raio", True), ("search_geometrias", True)]
     if users:
         # Open to PUBLIC as the RPC is, the helper still returns nothing its caller may not read.
         assert as_leitor(cluster, SEARCH) == [(0,)]
-        assert as_leitor(cluster, "SELECT count(*) FROM stage4_search_api.candidatos('parque', NULL)") == [(0,)]
+        assert as_leitor(cluster, "SELECT count(*) FROM stage4_search_api.candidatos(websearch_to_tsquery('portuguese', 'parque'), NULL)") == [(0,)]
         assert as_leitor(cluster, "SELECT count(*) FROM public.resumo_anual()") == [(0,)]
     for name in reversed(ORDER):
         result = change(capsys, cluster, name, "reverted")
@@ -119,3 +163,26 @@ def test_a_read_policy_of_another_shape_is_refused_naming_it(cluster, capsys):
             "SELECT, TO anon, USING (categoria = 'parque'::text)).") in result["msg"]
     assert "Writers" not in result["msg"]  # a write policy never hides a row from a read
     assert pgcluster.schema_dump(cluster, DB) == schema_before
+
+
+def test_a_search_of_another_shape_declines_opt3_saying_why(cluster, capsys):
+    """A search OPT3 cannot serve from its view (here it also filters on a column) leaves OPT3 declined,
+    with what does not fit, and nothing changed; the other changes are not held back by it."""
+    cluster.build_reference_db(DB)
+    cluster.query(DB, """
+        CREATE OR REPLACE FUNCTION public.search_geometrias(q text, bbox extensions.geometry DEFAULT NULL, max_results int DEFAULT 50)
+        RETURNS SETOF public.geometrias LANGUAGE sql STABLE SET search_path = public, extensions AS $$
+            SELECT g.* FROM public.geometrias g
+            WHERE to_tsvector('portuguese', g.nome) @@ websearch_to_tsquery('portuguese', q) AND g.categoria <> 'lote'
+            ORDER BY g.id LIMIT max_results
+        $$""")
+    cluster.query(DB, "CREATE EXTENSION pg_cron")
+    assert change(capsys, cluster, "stage4_toolkit", "applied")["changed"]
+    schema_before = pgcluster.schema_dump(cluster, DB)
+    result = change(capsys, cluster, "opt3_search_matview", "applied")
+    assert result["action"] == "declined" and not result["changed"]
+    assert result["declined"] == (
+        "public.search_geometrias() is not a text search OPT3 can serve from a materialized view: a condition other "
+        "than the text match and a bounding box: g.categoria <> 'lote'::text")
+    assert pgcluster.schema_dump(cluster, DB) == schema_before
+    assert change(capsys, cluster, "opt5_dashboard_matviews", "applied")["action"] == "deployed"

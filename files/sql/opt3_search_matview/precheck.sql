@@ -26,7 +26,8 @@ BEGIN
     SELECT * INTO p FROM pg_catalog.pg_proc WHERE oid = fn;
     SELECT * INTO c FROM pg_catalog.pg_class WHERE oid = t;
 
-    -- The contract: RETURNS SETOF public.geometrias, SQL, SECURITY INVOKER.
+    -- The contract: RETURNS SETOF public.geometrias, SECURITY INVOKER. Its query was recognised by
+    -- decline.sql (stage4.search_rpc_shape), which declines OPT3 otherwise.
     IF p.prorettype <> c.reltype OR NOT p.proretset THEN
         RAISE EXCEPTION 'OPT3: public.search_geometrias() must return SETOF public.geometrias, it returns %',
             CASE WHEN p.proretset THEN 'SETOF ' ELSE '' END || p.prorettype::regtype::text;
@@ -34,23 +35,14 @@ BEGIN
     IF p.prosecdef THEN
         RAISE EXCEPTION 'OPT3: public.search_geometrias() is SECURITY DEFINER; OPT3 expects SECURITY INVOKER (RLS decides what each caller sees)';
     END IF;
-    IF (SELECT lanname FROM pg_catalog.pg_language WHERE oid = p.prolang) <> 'sql' THEN
-        RAISE EXCEPTION 'OPT3: public.search_geometrias() is not LANGUAGE sql';
-    END IF;
-    -- The rewrite reproduces the reference body (files/fixture/reference_schema.sql), compared with
-    -- its whitespace collapsed. Another body may rank, filter or cut differently: review it first.
-    IF pg_catalog.md5(pg_catalog.btrim(pg_catalog.regexp_replace(p.prosrc, '\s+', ' ', 'g')))
-           <> '1692b8b10ac873033d205497cb9d007a' THEN
-        RAISE EXCEPTION 'OPT3: the body of public.search_geometrias() is not the reference one; OPT3 reproduces only that body, review the difference before applying it';
-    END IF;
     IF NOT pg_catalog.pg_has_role(p.proowner, 'USAGE') THEN
         RAISE EXCEPTION 'OPT3: % does not own public.search_geometrias() (owner %), so it cannot replace it',
             current_user, pg_catalog.pg_get_userbyid(p.proowner);
     END IF;
 
-    -- The columns the materialized view and the helper's visibility filter read.
+    -- The columns the helper's visibility filter and the join back read.
     SELECT string_agg(col, ', ') INTO missing
-    FROM unnest(ARRAY['id', 'data_referencia', 'nome', 'descricao', 'geom', 'publico', 'owner_id']) col
+    FROM unnest(ARRAY['id', 'data_referencia', 'publico', 'owner_id']) col
     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
                       WHERE a.attrelid = t AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped);
     IF missing IS NOT NULL THEN
@@ -72,31 +64,5 @@ BEGIN
     PERFORM stage4.assert_can_materialize('OPT3');
     IF to_regnamespace('stage4_search') IS NOT NULL OR to_regnamespace('stage4_search_api') IS NOT NULL THEN
         RAISE EXCEPTION 'OPT3: schema stage4_search or stage4_search_api already exists, but the ledger does not say OPT3 created it';
-    END IF;
-END $$;
-
--- The radius RPC: OPT3 adds a shortcut to its exact test, so its query must be the reference one
--- (files/fixture/reference_schema.sql), as SQL or as OPT1 made it (RETURN QUERY of the same query),
--- compared with its whitespace collapsed.
-DO $$
-DECLARE
-    fn regprocedure := to_regprocedure('public.geometrias_no_raio(double precision, double precision, double precision)');
-    p pg_catalog.pg_proc%ROWTYPE;
-BEGIN
-    IF fn IS NULL THEN
-        RAISE EXCEPTION 'OPT3: public.geometrias_no_raio(double precision, double precision, double precision) does not exist';
-    END IF;
-    SELECT * INTO p FROM pg_catalog.pg_proc WHERE oid = fn;
-    IF p.prorettype <> (SELECT reltype FROM pg_catalog.pg_class WHERE oid = 'public.geometrias'::regclass) OR NOT p.proretset
-       OR p.prosecdef THEN
-        RAISE EXCEPTION 'OPT3: public.geometrias_no_raio() must return SETOF public.geometrias as SECURITY INVOKER';
-    END IF;
-    IF pg_catalog.md5(pg_catalog.btrim(pg_catalog.regexp_replace(p.prosrc, '\s+', ' ', 'g')))
-           NOT IN ('a60d61d21d46e4e0ed2992ad08683a85', 'a7d583e18c41f542fdb4abb79e6c0fb7') THEN
-        RAISE EXCEPTION 'OPT3: the body of public.geometrias_no_raio() is not the reference one; OPT3 reproduces only that body, review the difference before applying it';
-    END IF;
-    IF NOT pg_catalog.pg_has_role(p.proowner, 'USAGE') THEN
-        RAISE EXCEPTION 'OPT3: % does not own public.geometrias_no_raio() (owner %), so it cannot replace it',
-            current_user, pg_catalog.pg_get_userbyid(p.proowner);
     END IF;
 END $$;

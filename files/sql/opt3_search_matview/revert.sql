@@ -1,4 +1,4 @@
--- OPT3 revert: public.search_geometrias() and public.geometrias_no_raio() back to their captured
+-- OPT3 revert: public.search_geometrias() and (when OPT3 rewrote it) public.geometrias_no_raio() back to their captured
 -- definitions, owners, grants and comments (stage4.function_snapshots; through stage4_change,
 -- prepare_revert.sql did it already, committed, and this does it again), its accepted read policies forgotten, then the helpers, the
 -- materialized view and both schemas dropped. No CASCADE: anything else that came to depend on
@@ -12,8 +12,12 @@ SELECT stage4.use_postgis_search_path();
 
 DO $$
 BEGIN
-    IF stage4.restore_function_snapshots('opt3_search_matview') <> 2 THEN
-        RAISE EXCEPTION 'OPT3 revert: no snapshot of public.search_geometrias() or public.geometrias_no_raio()';
+    IF NOT EXISTS (SELECT 1 FROM stage4.function_snapshots
+                   WHERE change = 'opt3_search_matview' AND function LIKE 'public.search_geometrias(%') THEN
+        RAISE EXCEPTION 'OPT3 revert: no snapshot of public.search_geometrias()';
+    END IF;
+    IF stage4.restore_function_snapshots('opt3_search_matview') < 1 THEN
+        RAISE EXCEPTION 'OPT3 revert: no snapshot of public.search_geometrias()';
     END IF;
 END $$;
 -- OPT3's own definitions, saved by prepare_revert.sql for cleanup.sql: no longer needed.
@@ -22,9 +26,10 @@ SELECT stage4.forget_applied_functions('opt3_search_matview');
 SELECT stage4.forget_read_policies('opt3_search_matview');
 
 DROP FUNCTION stage4_search_api.papel_exato();
-DROP FUNCTION stage4_search_api.candidatos(text, geometry, integer);
+DROP FUNCTION stage4_search_api.candidatos(tsquery, geometry, bigint);
 DROP SCHEMA stage4_search_api;
 DROP MATERIALIZED VIEW stage4_search.geometrias_busca;
+DROP TABLE stage4_search.formas;
 DROP SCHEMA stage4_search;
 
 -- PostgREST reloads its schema cache at the commit (stage4.notify_api_changed()).
