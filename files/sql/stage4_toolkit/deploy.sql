@@ -537,8 +537,10 @@ BEGIN
 END $$;
 
 -- Puts back every function p_change saved; returns how many.
+-- Bodies are not checked again (as pg_dump restores them): a user's SQL function without its own
+-- search_path was written for another path than this one.
 CREATE OR REPLACE FUNCTION stage4.restore_function_snapshots(p_change text)
-RETURNS int LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+RETURNS int LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET check_function_bodies = off AS $$
 DECLARE
     snap stage4.function_snapshots%ROWTYPE;
     restored int := 0;
@@ -652,6 +654,15 @@ CREATE OR REPLACE FUNCTION stage4.use_postgis_search_path()
 RETURNS text LANGUAGE sql VOLATILE AS $$
     SELECT pg_catalog.set_config('search_path',
                                  pg_catalog.format('pg_catalog, %I, pg_temp', stage4.postgis_schema()), true)
+$$;
+
+-- Sets the transaction's search_path to the one PostgREST gives the API (on Supabase public,
+-- extensions: public and PostGIS's schema), through which a user's function without its own SET
+-- search_path resolves its names. Used where a change calls the API's functions as the API does.
+CREATE OR REPLACE FUNCTION stage4.use_api_search_path()
+RETURNS text LANGUAGE sql VOLATILE AS $$
+    SELECT pg_catalog.set_config('search_path',
+                                 pg_catalog.format('public, %I, pg_temp', stage4.postgis_schema()), true)
 $$;
 
 -- Turns SQL-language set-returning functions into PL/pgSQL ones with the same signature,
@@ -2167,10 +2178,12 @@ CREATE OR REPLACE FUNCTION stage4.assert_api_answers(p_under_lock boolean DEFAUL
 RETURNS void LANGUAGE plpgsql AS $$  -- VOLATILE: EXPLAIN is not allowed in a stable function
 DECLARE
     call text;
+    caller_path text := current_setting('search_path');
 BEGIN
+    PERFORM stage4.use_api_search_path();
     FOREACH call IN ARRAY ARRAY[
         'SELECT 1 FROM public.geometrias_publicas LIMIT 1',
-        'SELECT count(*) FROM public.search_geometrias(''stage4apicheck'')',
+        'SELECT count(*) FROM public.search_geometrias(''stage4apicheck'', NULL, 1)',
         'SELECT count(*) FROM public.geometrias_no_raio(-46.63, -23.55, 1)',
         'SELECT count(*) FROM public.area_por_categoria(1900)',
         'SELECT count(*) FROM public.extensao_por_categoria()',
@@ -2181,6 +2194,7 @@ BEGIN
             EXECUTE call;
         END IF;
     END LOOP;
+    PERFORM set_config('search_path', caller_path, true);
 END $$;
 
 -- Physical layout of every relation of a partition tree, per relation: access method, the
@@ -2817,6 +2831,109 @@ BEGIN
         RETURN jsonb_build_object('reason', 'it is not exactly a radius search of the known shape: ' || q);
     END IF;
     RETURN shape;
+END $$;
+
+-- The printed query p_query (stage4.canonical_query) without the names of its output columns: the
+-- ` AS name` after each item of its SELECT list.
+CREATE OR REPLACE FUNCTION stage4.unnamed_columns(p_query text)
+RETURNS text LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT array_to_string(ARRAY(
+               SELECT CASE WHEN i < coalesce((SELECT min(j) FROM unnest(lines) WITH ORDINALITY AS l(line, j)
+                                              WHERE btrim(l.line) ~ '^FROM '), 0)
+                           THEN regexp_replace(line, ' AS ("(?:[^"]|"")+"|[^\s",]+)(,?)$', '\2')
+                           ELSE line END
+               FROM unnest(lines) WITH ORDINALITY AS x(line, i) ORDER BY i), E'\n')
+    FROM (SELECT stage4.sql_split(p_query, E'\n') AS lines) AS q
+$$;
+
+-- Whether the query of p_function is one of p_templates, as PostgreSQL reads them
+-- (stage4.canonical_query): each template is format()ted with the alias of p_table in the query
+-- (%1$s: the alias, else the table's name), PostGIS's schema (%2$s) and the FROM item's alias
+-- clause (%3$s), its arguments written $n. Spelling, aliases, GROUP BY ordinals and casts that
+-- PostgreSQL adds do not matter, nor do the output columns' names (the function's declaration names
+-- them).
+CREATE OR REPLACE FUNCTION stage4.query_is_one_of(p_function regprocedure, p_table regclass, p_templates text[])
+RETURNS boolean LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    q text := stage4.unnamed_columns(stage4.canonical_query(p_function));
+    alias text := (regexp_match(q, '\n\s*FROM ' || regexp_replace(p_table::text, '\W', '\\\&', 'g')
+                                   || ' ("(?:[^"]|"")+"|[^\s"]+)\s*(\n|$)'))[1];
+    template text;
+BEGIN
+    IF q IS NULL THEN
+        RETURN false;
+    END IF;
+    FOREACH template IN ARRAY p_templates LOOP
+        IF stage4.unnamed_columns(stage4.canonical_query(p_function, format(template,
+               coalesce(alias, (SELECT quote_ident(relname) FROM pg_class WHERE oid = p_table)),
+               quote_ident(stage4.postgis_schema()), coalesce(' ' || alias, '')))) = q THEN
+            RETURN true;
+        END IF;
+    END LOOP;
+    RETURN false;
+END $$;
+
+-- Why OPT5 cannot serve the dashboard RPC p_signature (area_por_categoria(integer),
+-- extensao_por_categoria() or resumo_anual()) from its materialized aggregates, NULL when it can:
+-- it must exist, be SECURITY INVOKER, be replaceable by the current user, return the reference
+-- result types, and its query must be one of the shapes below, in any spelling (t: the table's
+-- alias; $1: the year).
+CREATE OR REPLACE FUNCTION stage4.dashboard_rpc_mismatch(p_signature text)
+RETURNS text LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    f regprocedure := to_regprocedure(p_signature);
+    p pg_proc%ROWTYPE;
+    geometry regtype := to_regtype(format('%I.geometry', stage4.postgis_schema()));
+    result regtype[];
+    expected regtype[];
+    templates text[];
+BEGIN
+    IF f IS NULL THEN
+        RETURN 'it does not exist';
+    END IF;
+    SELECT * INTO p FROM pg_proc WHERE oid = f;
+    IF p.prosecdef THEN
+        RETURN 'it is SECURITY DEFINER (RLS would judge its owner, not the caller)';
+    ELSIF NOT pg_has_role(p.proowner, 'USAGE') THEN
+        RETURN format('%s does not own it (owner %s), so it cannot replace it', current_user, pg_get_userbyid(p.proowner));
+    END IF;
+    result := ARRAY(SELECT a.t::regtype FROM unnest(p.proallargtypes, p.proargmodes) WITH ORDINALITY AS a(t, m, i)
+                    WHERE a.m = 't' ORDER BY a.i);
+    CASE p_signature
+    WHEN 'public.area_por_categoria(integer)' THEN
+        expected := ARRAY['text', 'double precision', 'bigint']::regtype[];
+        -- The year as a range of the bare column, or as extract()/date_part() of it.
+        templates := ARRAY[
+            'SELECT %1$s.categoria, sum(%1$s.area_m2), count(*) FROM public.geometrias%3$s
+             WHERE %1$s.data_referencia >= make_date($1, 1, 1) AND %1$s.data_referencia < make_date($1 + 1, 1, 1)
+             GROUP BY %1$s.categoria ORDER BY %1$s.categoria',
+            'SELECT %1$s.categoria, sum(%1$s.area_m2), count(*) FROM public.geometrias%3$s
+             WHERE extract(year FROM %1$s.data_referencia) = $1 GROUP BY %1$s.categoria ORDER BY %1$s.categoria',
+            'SELECT %1$s.categoria, sum(%1$s.area_m2), count(*) FROM public.geometrias%3$s
+             WHERE date_part(''year'', %1$s.data_referencia) = $1 GROUP BY %1$s.categoria ORDER BY %1$s.categoria'];
+    WHEN 'public.extensao_por_categoria()' THEN
+        expected := ARRAY['text', geometry, 'bigint']::regtype[];
+        templates := ARRAY[
+            'SELECT %1$s.categoria, %2$s.st_setsrid(%2$s.st_extent(%1$s.geom)::%2$s.geometry, 4326), count(*)
+             FROM public.geometrias%3$s GROUP BY %1$s.categoria ORDER BY %1$s.categoria'];
+    WHEN 'public.resumo_anual()' THEN
+        expected := ARRAY['integer', 'text', 'bigint', 'double precision']::regtype[];
+        templates := ARRAY[
+            'SELECT extract(year FROM %1$s.data_referencia)::int, %1$s.categoria, count(*), sum(%1$s.area_m2)
+             FROM public.geometrias%3$s GROUP BY 1, 2 ORDER BY 1, 2',
+            'SELECT date_part(''year'', %1$s.data_referencia)::int, %1$s.categoria, count(*), sum(%1$s.area_m2)
+             FROM public.geometrias%3$s GROUP BY 1, 2 ORDER BY 1, 2'];
+    ELSE
+        RAISE EXCEPTION 'stage4: % is not a dashboard RPC', p_signature;
+    END CASE;
+    IF result IS DISTINCT FROM expected THEN
+        RETURN format('it returns (%s), not (%s)', array_to_string(result, ', '), array_to_string(expected, ', '));
+    END IF;
+    IF NOT stage4.query_is_one_of(f, 'public.geometrias', templates) THEN
+        RETURN 'its query is not one of the aggregates OPT5 reproduces: '
+               || coalesce(regexp_replace(stage4.canonical_query(f), '\s+', ' ', 'g'), 'not one SQL query that parses');
+    END IF;
+    RETURN NULL;
 END $$;
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA stage4 FROM PUBLIC;

@@ -2,7 +2,8 @@
 SET LOCAL lock_timeout = '2s';
 -- What a swap retired (stage4.retire()), never with CASCADE: what still depends on it stays, named.
 SELECT stage4.drop_retired(0) WHERE to_regprocedure('stage4.drop_retired(double precision)') IS NOT NULL;
-DROP FUNCTION IF EXISTS stage4.radius_rpc_shape(regprocedure, regclass), stage4.radius_box(jsonb),
+DROP FUNCTION IF EXISTS stage4.dashboard_rpc_mismatch(text), stage4.query_is_one_of(regprocedure, regclass, text[]), stage4.unnamed_columns(text),
+    stage4.radius_rpc_shape(regprocedure, regclass), stage4.radius_box(jsonb),
     stage4.search_rpc_shape(regprocedure, regclass), stage4.query_clauses(regprocedure, regclass), stage4.canonical_query(regprocedure, text),
     stage4.function_query(regprocedure), stage4.sql_unwrap(text), stage4.sql_split(text, text);
 DROP VIEW IF EXISTS stage4.visibilidade;
@@ -14,7 +15,7 @@ DROP FUNCTION IF EXISTS stage4.storage_layout(regclass, name), stage4.assert_can
     stage4.function_snapshot_mismatch(stage4.function_snapshots, boolean),
     stage4.cache_function_plans(text, regprocedure[]), stage4.set_returning_query(regprocedure, text), stage4.set_plpgsql_body(regprocedure, text),
     stage4.grant_to_callers(text, text, regprocedure[]), stage4.callers_of(regprocedure[]),
-    stage4.use_postgis_search_path(), stage4.postgis_schema(),
+    stage4.use_postgis_search_path(), stage4.use_api_search_path(), stage4.postgis_schema(),
     stage4.restore_functions_before_revert(text), stage4.reinstate_applied_functions(text), stage4.forget_applied_functions(text), stage4.set_database_setting(text, text, text),
     stage4.restore_database_settings(text), stage4.database_setting(text),
     stage4.assert_api_answers(boolean), stage4.yearly_partitions(text, int, int),
