@@ -77,6 +77,25 @@ USERS_RPCS = """
     $$;
     GRANT EXECUTE ON FUNCTION public.search_geometrias(text, extensions.geometry, integer),
         public.geometrias_no_raio(double precision, double precision, double precision) TO anon, authenticated;
+    DROP FUNCTION public.area_por_categoria(integer);
+    CREATE FUNCTION public.area_por_categoria(p_ano int)
+    RETURNS TABLE (categoria text, total_area_m2 double precision, n bigint) LANGUAGE sql STABLE AS $$
+        select categoria, sum(area_m2), count(*) from geometrias
+        where extract(year from data_referencia) = p_ano group by 1 order by 1
+    $$;
+    GRANT EXECUTE ON FUNCTION public.area_por_categoria(integer) TO anon, authenticated;
+    CREATE OR REPLACE FUNCTION public.resumo_anual()
+    RETURNS TABLE (ano int, categoria text, n bigint, total_area_m2 double precision)
+    LANGUAGE sql STABLE SET search_path = public, extensions, pg_temp AS $$
+        SELECT date_part('year', x.data_referencia)::int AS ano, x.categoria, count(*) AS n, sum(x.area_m2) AS total
+        FROM public.geometrias x GROUP BY 1, x.categoria ORDER BY 1, 2
+    $$;
+    -- Its extent has no SRID: not OPT5's aggregate, so OPT5 leaves it as it is.
+    CREATE OR REPLACE FUNCTION public.extensao_por_categoria()
+    RETURNS TABLE (categoria text, extensao extensions.geometry, n bigint)
+    LANGUAGE sql STABLE SET search_path = public, extensions, pg_temp AS $$
+        SELECT categoria, ST_Extent(geom)::geometry, count(*) FROM geometrias GROUP BY categoria ORDER BY categoria
+    $$;
 """
 # A stored tsvector column in English, searched with to_tsquery, ranked by ts_rank with weights.
 USERS_FTS_COLUMN = """
@@ -136,6 +155,12 @@ def test_every_change_and_its_revert_work_on_a_user_shaped_database(cluster, cap
     assert cluster.query(DB, "SELECT proname, prosrc ~ 'stage4_search_api.candidatos|stage4_ponto_geografico' "
                              "FROM pg_proc WHERE proname IN ('search_geometrias', 'geometrias_no_raio') "
                              "ORDER BY 1") == [("geometrias_no_raio", True), ("search_geometrias", True)]
+    # OPT5 serves the dashboard RPCs it recognises and leaves the others as they were.
+    assert cluster.query(DB, "SELECT proname, prosrc LIKE '%stage4_dashboard_api%' FROM pg_proc WHERE proname IN "
+                             "('area_por_categoria', 'extensao_por_categoria', 'resumo_anual') ORDER BY 1") == [
+        ("area_por_categoria", True), ("extensao_por_categoria", case != "users-rpcs"), ("resumo_anual", True)]
+    assert (cluster.query(DB, "SELECT to_regclass('stage4_dashboard.extensao_categoria') IS NOT NULL")
+            == [(case != "users-rpcs",)])
     if users:
         # Open to PUBLIC as the RPC is, the helper still returns nothing its caller may not read.
         assert as_leitor(cluster, SEARCH) == [(0,)]
@@ -186,3 +211,28 @@ def test_a_search_of_another_shape_declines_opt3_saying_why(cluster, capsys):
         "than the text match and a bounding box: g.categoria <> 'lote'::text")
     assert pgcluster.schema_dump(cluster, DB) == schema_before
     assert change(capsys, cluster, "opt5_dashboard_matviews", "applied")["action"] == "deployed"
+
+
+def test_dashboard_rpcs_of_other_shapes_decline_opt5_saying_why(cluster, capsys):
+    """OPT5 declines when it can serve none of the dashboard RPCs, with each one's reason."""
+    cluster.build_reference_db(DB)
+    cluster.query(DB, """
+        ALTER FUNCTION public.area_por_categoria(integer) SECURITY DEFINER;
+        DROP FUNCTION public.resumo_anual();
+        CREATE OR REPLACE FUNCTION public.extensao_por_categoria()
+        RETURNS TABLE (categoria text, extensao extensions.geometry, n bigint)
+        LANGUAGE sql STABLE SET search_path = public, extensions, pg_temp AS $$
+            SELECT g.categoria, ST_SetSRID(ST_Extent(g.geom)::geometry, 4326), count(*)
+            FROM public.geometrias g WHERE g.publico GROUP BY g.categoria ORDER BY g.categoria
+        $$;
+        CREATE EXTENSION pg_cron""")
+    assert change(capsys, cluster, "stage4_toolkit", "applied")["changed"]
+    schema_before = pgcluster.schema_dump(cluster, DB)
+    result = change(capsys, cluster, "opt5_dashboard_matviews", "applied")
+    assert result["action"] == "declined" and not result["changed"]
+    assert result["declined"].startswith(
+        "OPT5 serves none of the dashboard RPCs: public.area_por_categoria(integer): it is SECURITY DEFINER (RLS "
+        "would judge its owner, not the caller); public.extensao_por_categoria(): its query is not one of the "
+        "aggregates OPT5 reproduces: SELECT g.categoria,")
+    assert result["declined"].endswith("public.resumo_anual(): it does not exist")
+    assert pgcluster.schema_dump(cluster, DB) == schema_before

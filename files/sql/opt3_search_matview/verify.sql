@@ -198,6 +198,8 @@ DECLARE
     deployer_readable text;
     expected_by_readable jsonb := '{}';
 BEGIN
+    -- Called as the API calls them: a user's function without SET search_path resolves through it.
+    PERFORM stage4.use_api_search_path();
     -- A call's answer: its rows in order, or the error it raised (to_tsquery of free text raises in
     -- both versions alike).
     CREATE FUNCTION stage4_search_api.stage4_answer(p_function text, p_args text) RETURNS jsonb
@@ -310,6 +312,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;  -- not recognised by deploy.sql, left as it was
     END IF;
+    PERFORM stage4.use_api_search_path();
     mismatch := stage4.function_snapshot_mismatch(snap, p_body_may_change => true);
     IF mismatch IS NOT NULL THEN
         RAISE EXCEPTION 'OPT3: public.geometrias_no_raio() lost part of its contract (%)', mismatch;

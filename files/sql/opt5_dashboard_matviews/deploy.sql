@@ -1,7 +1,10 @@
 -- OPT5 dashboard materialized views: area_por_categoria(ano), extensao_por_categoria() and
 -- resumo_anual() read small pre-aggregated materialized views instead of aggregating
 -- public.geometrias at every call; pg_cron refreshes the views (REFRESH ... CONCURRENTLY: readers
--- are never blocked) every stage4.refresh_schedule (default '*/15 * * * *').
+-- are never blocked) every stage4.refresh_schedule (default '*/15 * * * *'). Only the functions
+-- whose query OPT5 recognises (stage4.dashboard_rpc_mismatch: the reference aggregates in any
+-- spelling, the year filtered by a date range, extract() or date_part()) are rewritten, and only the
+-- materialized views they read are built; the others stay exactly as they are.
 --
 -- stage4:isolation repeatable read
 -- (read by library/stage4_change.py) The deploy transaction sees one snapshot: the dashboard views are
@@ -63,8 +66,16 @@ SET LOCAL search_path = pg_catalog, pg_temp;
 SELECT stage4.use_postgis_search_path();
 
 -- The functions this change replaces, as they were: revert.sql and verify*.sql read them back.
-SELECT stage4.save_function_snapshots('opt5_dashboard_matviews', ARRAY['public.area_por_categoria(integer)'::regprocedure, 'public.extensao_por_categoria()'::regprocedure,
-                                              'public.resumo_anual()'::regprocedure]);
+-- Only those OPT5 recognises (stage4.dashboard_rpc_mismatch: the reference aggregates in any
+-- spelling, SECURITY INVOKER, ours to replace); the others stay exactly as they are, and the
+-- materialized view only they would read is not built. decline.sql declined when none is.
+SELECT stage4.save_function_snapshots('opt5_dashboard_matviews', ARRAY(
+    SELECT f::regprocedure
+    FROM unnest(ARRAY['public.area_por_categoria(integer)', 'public.extensao_por_categoria()', 'public.resumo_anual()']) AS f
+    WHERE stage4.dashboard_rpc_mismatch(f) IS NULL));
+CREATE TEMPORARY TABLE opt5_served ON COMMIT DROP AS
+    SELECT s.function::regprocedure AS f, split_part(s.function, '(', 1) AS name
+    FROM stage4.function_snapshots AS s WHERE s.change = 'opt5_dashboard_matviews';
 
 -- Private schema of the materialized views.
 CREATE SCHEMA stage4_dashboard;
@@ -72,47 +83,66 @@ COMMENT ON SCHEMA stage4_dashboard IS
     'OPT5: pre-aggregated materialized views of public.geometrias for the dashboard functions. Private: no USAGE for PUBLIC or the API roles.';
 REVOKE ALL ON SCHEMA stage4_dashboard FROM PUBLIC, anon, authenticated, service_role;
 
--- Year as its first day (not extract(year)::int): area_por_categoria() then filters with the very
--- same date range as before, and an 'infinity' date cannot make the refresh fail.
-CREATE MATERIALIZED VIEW stage4_dashboard.resumo_categoria_ano AS
-    SELECT date_trunc('year', g.data_referencia::timestamp)::date AS ano_inicio,
-           g.categoria,
-           g.publico,
-           CASE WHEN g.publico THEN NULL ELSE g.owner_id END AS owner_id,
-           count(*) AS n,
-           sum(g.area_m2) AS total_area_m2
-    FROM public.geometrias AS g
-    GROUP BY 1, 2, 3, 4
-    WITH DATA;
-COMMENT ON MATERIALIZED VIEW stage4_dashboard.resumo_categoria_ano IS
-    'OPT5: features and area per year, categoria and visibility group (publico; owner_id of private rows). '
-    'Refreshed CONCURRENTLY by the pg_cron job stage4_refresh_resumo_categoria_ano. No RLS: never grant it to the API roles.';
-REVOKE ALL ON stage4_dashboard.resumo_categoria_ano FROM PUBLIC, anon, authenticated, service_role;
-CREATE UNIQUE INDEX resumo_categoria_ano_chave ON stage4_dashboard.resumo_categoria_ano
-    (ano_inicio, categoria, publico, owner_id) NULLS NOT DISTINCT;
+-- For area_por_categoria() and resumo_anual(). Year as its first day (not extract(year)::int):
+-- area_por_categoria() then filters with its own condition on the date, and an 'infinity' date
+-- cannot make the refresh fail.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM opt5_served WHERE name IN ('public.area_por_categoria', 'public.resumo_anual')) THEN
+        CREATE MATERIALIZED VIEW stage4_dashboard.resumo_categoria_ano AS
+            SELECT date_trunc('year', g.data_referencia::timestamp)::date AS ano_inicio,
+                   g.categoria,
+                   g.publico,
+                   CASE WHEN g.publico THEN NULL ELSE g.owner_id END AS owner_id,
+                   count(*) AS n,
+                   sum(g.area_m2) AS total_area_m2
+            FROM public.geometrias AS g
+            GROUP BY 1, 2, 3, 4
+            WITH DATA;
+        COMMENT ON MATERIALIZED VIEW stage4_dashboard.resumo_categoria_ano IS
+            'OPT5: features and area per year, categoria and visibility group (publico; owner_id of private rows). '
+            'Refreshed CONCURRENTLY by the pg_cron job stage4_refresh_resumo_categoria_ano. No RLS: never grant it to the API roles.';
+        REVOKE ALL ON stage4_dashboard.resumo_categoria_ano FROM PUBLIC, anon, authenticated, service_role;
+        CREATE UNIQUE INDEX resumo_categoria_ano_chave ON stage4_dashboard.resumo_categoria_ano
+            (ano_inicio, categoria, publico, owner_id) NULLS NOT DISTINCT;
+    END IF;
+END $$;
 
--- The extent as its corners: min/max are exact in any order, and the function rebuilds the box2d
--- with the same cast as ST_Extent(...)::geometry.
-CREATE MATERIALIZED VIEW stage4_dashboard.extensao_categoria AS
-    SELECT e.categoria, e.publico, e.owner_id, e.n,
-           st_xmin(e.extent) AS x_min, st_ymin(e.extent) AS y_min,
-           st_xmax(e.extent) AS x_max, st_ymax(e.extent) AS y_max
-    FROM (SELECT g.categoria,
-                 g.publico,
-                 CASE WHEN g.publico THEN NULL ELSE g.owner_id END AS owner_id,
-                 count(*) AS n,
-                 st_extent(g.geom) AS extent
-          FROM public.geometrias AS g
-          GROUP BY 1, 2, 3) AS e
-    WITH DATA;
-COMMENT ON MATERIALIZED VIEW stage4_dashboard.extensao_categoria IS
-    'OPT5: features and bounding box per categoria and visibility group (publico; owner_id of private rows). '
-    'Refreshed CONCURRENTLY by the pg_cron job stage4_refresh_extensao_categoria. No RLS: never grant it to the API roles.';
-REVOKE ALL ON stage4_dashboard.extensao_categoria FROM PUBLIC, anon, authenticated, service_role;
-CREATE UNIQUE INDEX extensao_categoria_chave ON stage4_dashboard.extensao_categoria
-    (categoria, publico, owner_id) NULLS NOT DISTINCT;
+-- For extensao_por_categoria(). The extent as its corners: min/max are exact in any order, and the
+-- function rebuilds the box2d with the same cast as ST_Extent(...)::geometry.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM opt5_served WHERE name = 'public.extensao_por_categoria') THEN
+        CREATE MATERIALIZED VIEW stage4_dashboard.extensao_categoria AS
+            SELECT e.categoria, e.publico, e.owner_id, e.n,
+                   st_xmin(e.extent) AS x_min, st_ymin(e.extent) AS y_min,
+                   st_xmax(e.extent) AS x_max, st_ymax(e.extent) AS y_max
+            FROM (SELECT g.categoria,
+                         g.publico,
+                         CASE WHEN g.publico THEN NULL ELSE g.owner_id END AS owner_id,
+                         count(*) AS n,
+                         st_extent(g.geom) AS extent
+                  FROM public.geometrias AS g
+                  GROUP BY 1, 2, 3) AS e
+            WITH DATA;
+        COMMENT ON MATERIALIZED VIEW stage4_dashboard.extensao_categoria IS
+            'OPT5: features and bounding box per categoria and visibility group (publico; owner_id of private rows). '
+            'Refreshed CONCURRENTLY by the pg_cron job stage4_refresh_extensao_categoria. No RLS: never grant it to the API roles.';
+        REVOKE ALL ON stage4_dashboard.extensao_categoria FROM PUBLIC, anon, authenticated, service_role;
+        CREATE UNIQUE INDEX extensao_categoria_chave ON stage4_dashboard.extensao_categoria
+            (categoria, publico, owner_id) NULLS NOT DISTINCT;
+    END IF;
+END $$;
 
-ANALYZE stage4_dashboard.resumo_categoria_ano, stage4_dashboard.extensao_categoria;
+DO $$
+BEGIN
+    IF to_regclass('stage4_dashboard.resumo_categoria_ano') IS NOT NULL THEN
+        ANALYZE stage4_dashboard.resumo_categoria_ano;
+    END IF;
+    IF to_regclass('stage4_dashboard.extensao_categoria') IS NOT NULL THEN
+        ANALYZE stage4_dashboard.extensao_categoria;
+    END IF;
+END $$;
 
 -- The read policies are the known ones (precheck.sql refused others): stage4.visibilidade may apply
 -- them while they stay so.
@@ -125,28 +155,34 @@ COMMENT ON SCHEMA stage4_dashboard_api IS
     'never list it in PostgREST''s exposed schemas (db-schemas).';
 REVOKE ALL ON SCHEMA stage4_dashboard_api FROM PUBLIC;
 SELECT stage4.grant_to_callers('USAGE', 'SCHEMA stage4_dashboard_api',
-    ARRAY['public.area_por_categoria(integer)'::regprocedure, 'public.extensao_por_categoria()'::regprocedure, 'public.resumo_anual()'::regprocedure]);
+    ARRAY(SELECT f FROM opt5_served));
 
-CREATE VIEW stage4_dashboard_api.resumo_categoria_ano WITH (security_barrier = true) AS
-    SELECT m.ano_inicio, m.categoria, m.n, m.total_area_m2
-    FROM stage4_dashboard.resumo_categoria_ano AS m
-    CROSS JOIN stage4.visibilidade AS v
-    WHERE v.exata AND (v.todas OR (m.publico AND v.publicas) OR m.owner_id = v.uid);
-COMMENT ON VIEW stage4_dashboard_api.resumo_categoria_ano IS
-    'OPT5: the groups of stage4_dashboard.resumo_categoria_ano whose rows the session''s role may read (stage4.visibilidade: known policies of public.geometrias).';
-
-CREATE VIEW stage4_dashboard_api.extensao_categoria WITH (security_barrier = true) AS
-    SELECT m.categoria, m.n, m.x_min, m.y_min, m.x_max, m.y_max
-    FROM stage4_dashboard.extensao_categoria AS m
-    CROSS JOIN stage4.visibilidade AS v
-    WHERE v.exata AND (v.todas OR (m.publico AND v.publicas) OR m.owner_id = v.uid);
-COMMENT ON VIEW stage4_dashboard_api.extensao_categoria IS
-    'OPT5: the groups of stage4_dashboard.extensao_categoria whose rows the session''s role may read (stage4.visibilidade: known policies of public.geometrias).';
-
-REVOKE ALL ON stage4_dashboard_api.resumo_categoria_ano, stage4_dashboard_api.extensao_categoria
-    FROM PUBLIC, anon, authenticated, service_role;
-SELECT stage4.grant_to_callers('SELECT', 'TABLE stage4_dashboard_api.resumo_categoria_ano, stage4_dashboard_api.extensao_categoria',
-    ARRAY['public.area_por_categoria(integer)'::regprocedure, 'public.extensao_por_categoria()'::regprocedure, 'public.resumo_anual()'::regprocedure]);
+-- One view per materialized view built above.
+DO $$
+BEGIN
+    IF to_regclass('stage4_dashboard.resumo_categoria_ano') IS NOT NULL THEN
+        CREATE VIEW stage4_dashboard_api.resumo_categoria_ano WITH (security_barrier = true) AS
+            SELECT m.ano_inicio, m.categoria, m.n, m.total_area_m2
+            FROM stage4_dashboard.resumo_categoria_ano AS m
+            CROSS JOIN stage4.visibilidade AS v
+            WHERE v.exata AND (v.todas OR (m.publico AND v.publicas) OR m.owner_id = v.uid);
+        COMMENT ON VIEW stage4_dashboard_api.resumo_categoria_ano IS
+            'OPT5: the groups of stage4_dashboard.resumo_categoria_ano whose rows the session''s role may read (stage4.visibilidade: known policies of public.geometrias).';
+        REVOKE ALL ON stage4_dashboard_api.resumo_categoria_ano FROM PUBLIC, anon, authenticated, service_role;
+        PERFORM stage4.grant_to_callers('SELECT', 'TABLE stage4_dashboard_api.resumo_categoria_ano', ARRAY(SELECT f FROM opt5_served));
+    END IF;
+    IF to_regclass('stage4_dashboard.extensao_categoria') IS NOT NULL THEN
+        CREATE VIEW stage4_dashboard_api.extensao_categoria WITH (security_barrier = true) AS
+            SELECT m.categoria, m.n, m.x_min, m.y_min, m.x_max, m.y_max
+            FROM stage4_dashboard.extensao_categoria AS m
+            CROSS JOIN stage4.visibilidade AS v
+            WHERE v.exata AND (v.todas OR (m.publico AND v.publicas) OR m.owner_id = v.uid);
+        COMMENT ON VIEW stage4_dashboard_api.extensao_categoria IS
+            'OPT5: the groups of stage4_dashboard.extensao_categoria whose rows the session''s role may read (stage4.visibilidade: known policies of public.geometrias).';
+        REVOKE ALL ON stage4_dashboard_api.extensao_categoria FROM PUBLIC, anon, authenticated, service_role;
+        PERFORM stage4.grant_to_callers('SELECT', 'TABLE stage4_dashboard_api.extensao_categoria', ARRAY(SELECT f FROM opt5_served));
+    END IF;
+END $$;
 
 -- The role the views answer exactly for (stage4.visibilidade: the session's role, when row_security
 -- is on, it may SELECT the table and the read policies are the accepted ones), NULL otherwise. The
@@ -170,7 +206,7 @@ COMMENT ON FUNCTION stage4_dashboard_api.papel_exato() IS
     'dashboard functions aggregate the table as before.';
 REVOKE ALL ON FUNCTION stage4_dashboard_api.papel_exato() FROM PUBLIC;
 SELECT stage4.grant_to_callers('EXECUTE', 'FUNCTION stage4_dashboard_api.papel_exato()',
-    ARRAY['public.area_por_categoria(integer)'::regprocedure, 'public.extensao_por_categoria()'::regprocedure, 'public.resumo_anual()'::regprocedure]);
+    ARRAY(SELECT f FROM opt5_served));
 
 -- The refresh jobs, one source of truth for deploy.sql, verify.sql and revert.sql: job k starts k
 -- minutes after the configured schedule (a '*/N' or fixed minute field; any other minute field is
@@ -213,37 +249,38 @@ COMMENT ON FUNCTION stage4_dashboard.refresh_jobs() IS
     'OPT5: the pg_cron refresh jobs (name, staggered schedule, command) for the configured stage4.refresh_schedule.';
 REVOKE ALL ON FUNCTION stage4_dashboard.refresh_jobs() FROM PUBLIC;
 
--- The dashboard functions: same signatures, volatility, SECURITY INVOKER and search_path;
--- CREATE OR REPLACE keeps their owner, grants and comments. LANGUAGE plpgsql instead of sql: a SQL
--- function that cannot be inlined (these cannot: SET search_path) is planned again at every call,
--- plpgsql keeps its plans for the session, and evaluates papel_exato() once. The ELSE
--- branch is the original query, verbatim. Output columns are plpgsql variables here: every column
--- reference is qualified.
-SELECT stage4.set_plpgsql_body('public.area_por_categoria(integer)', $body$
+-- The dashboard functions OPT5 serves: same signatures, volatility, SECURITY INVOKER and
+-- search_path; CREATE OR REPLACE keeps their owner, grants and comments. LANGUAGE plpgsql instead
+-- of sql: a SQL function that cannot be inlined (these cannot: SET search_path) is planned again at
+-- every call, plpgsql keeps its plans for the session, and evaluates papel_exato() once. The ELSE
+-- branch is the function's own query, verbatim; `#variable_conflict use_column` keeps the
+-- SQL-function rule that a column name wins over an output column or parameter of the same name.
+-- In the first branch every column is qualified and the year is $1.
+SELECT stage4.set_plpgsql_body(f, format($body$#variable_conflict use_column
 BEGIN
     -- OPT5: from the materialized groups the caller may see (stage4_dashboard_api), refreshed by
-    -- the pg_cron job stage4_refresh_resumo_categoria_ano; the same date range as the original.
+    -- the pg_cron job stage4_refresh_resumo_categoria_ano; the function's own condition on the
+    -- date, asked of the year's first day (the same year, so the same answer).
     IF stage4_dashboard_api.papel_exato() = current_user THEN
         RETURN QUERY
             SELECT m.categoria, sum(m.total_area_m2), sum(m.n)::bigint
             FROM stage4_dashboard_api.resumo_categoria_ano AS m
-            WHERE m.ano_inicio >= make_date(ano, 1, 1)
-              AND m.ano_inicio < make_date(ano + 1, 1, 1)
+            WHERE %s
             GROUP BY m.categoria
             ORDER BY m.categoria;
     ELSE
         RETURN QUERY
-            SELECT g.categoria, sum(g.area_m2), count(*)
-            FROM public.geometrias AS g
-            WHERE g.data_referencia >= make_date(ano, 1, 1)
-              AND g.data_referencia < make_date(ano + 1, 1, 1)
-            GROUP BY g.categoria
-            ORDER BY g.categoria;
+%s
+;
     END IF;
-END
-$body$);
+END$body$,
+    regexp_replace((SELECT btrim(substr(btrim(l), 7)) FROM unnest(stage4.sql_split(stage4.canonical_query(f), E'\n')) AS l
+                    WHERE btrim(l) LIKE 'WHERE %'),
+                   '("(?:[^"]|"")+"|\w+)\.data_referencia\M', 'm.ano_inicio', 'g'),
+    regexp_replace(stage4.function_query(f), '[\s;]+$', '')))
+FROM opt5_served WHERE name = 'public.area_por_categoria';
 
-SELECT stage4.set_plpgsql_body('public.extensao_por_categoria()', $body$
+SELECT stage4.set_plpgsql_body(f, format($body$#variable_conflict use_column
 BEGIN
     -- OPT5: from the materialized groups the caller may see (stage4_dashboard_api), refreshed by
     -- the pg_cron job stage4_refresh_extensao_categoria.
@@ -258,15 +295,13 @@ BEGIN
             ORDER BY m.categoria;
     ELSE
         RETURN QUERY
-            SELECT g.categoria, ST_SetSRID(ST_Extent(g.geom)::geometry, 4326), count(*)
-            FROM public.geometrias AS g
-            GROUP BY g.categoria
-            ORDER BY g.categoria;
+%s
+;
     END IF;
-END
-$body$);
+END$body$, regexp_replace(stage4.function_query(f), '[\s;]+$', '')))
+FROM opt5_served WHERE name = 'public.extensao_por_categoria';
 
-SELECT stage4.set_plpgsql_body('public.resumo_anual()', $body$
+SELECT stage4.set_plpgsql_body(f, format($body$#variable_conflict use_column
 BEGIN
     -- OPT5: from the materialized groups the caller may see (stage4_dashboard_api), refreshed by
     -- the pg_cron job stage4_refresh_resumo_categoria_ano.
@@ -280,13 +315,11 @@ BEGIN
             ORDER BY s.ano_inicio, s.categoria;
     ELSE
         RETURN QUERY
-            SELECT extract(year FROM g.data_referencia)::int, g.categoria, count(*), sum(g.area_m2)
-            FROM public.geometrias AS g
-            GROUP BY 1, 2
-            ORDER BY 1, 2;
+%s
+;
     END IF;
-END
-$body$);
+END$body$, regexp_replace(stage4.function_query(f), '[\s;]+$', '')))
+FROM opt5_served WHERE name = 'public.resumo_anual';
 
 -- The refresh jobs (cron.schedule() replaces a job of the same name and user).
 SELECT cron.schedule(j.jobname, j.schedule, j.command) FROM stage4_dashboard.refresh_jobs() AS j;

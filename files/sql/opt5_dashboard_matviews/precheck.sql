@@ -9,7 +9,6 @@ SET LOCAL search_path = pg_catalog, pg_temp;
 DO $$
 DECLARE
     t regclass := to_regclass('public.geometrias');
-    fn record;
     missing text;
     schedule text := coalesce(nullif(current_setting('stage4.refresh_schedule', true), ''), '*/15 * * * *');
 BEGIN
@@ -46,29 +45,8 @@ BEGIN
     -- numbers than today.
     PERFORM stage4.assert_known_read_policies('OPT5');
 
-    -- The three functions: the reference bodies (whitespace collapsed), SQL, SECURITY INVOKER, owned
-    -- by the deployer. Whoever may call them (PUBLIC included) may use the accessors too.
-    FOR fn IN
-        SELECT x.sig, x.body_md5, to_regprocedure(x.sig) AS oid
-        FROM (VALUES ('public.area_por_categoria(integer)', '45da3ee08ebee870aa50a30c49647420'),
-                     ('public.extensao_por_categoria()', 'fa0c4e07dffec29dd705e6a15808b478'),
-                     ('public.resumo_anual()', 'e5f55d356d7b72429b99c638131a9a01')) x(sig, body_md5)
-    LOOP
-        IF fn.oid IS NULL THEN
-            RAISE EXCEPTION 'OPT5: function % does not exist', fn.sig;
-        END IF;
-        IF (SELECT p.prosecdef OR l.lanname <> 'sql' FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
-            WHERE p.oid = fn.oid) THEN
-            RAISE EXCEPTION 'OPT5: % must be LANGUAGE sql SECURITY INVOKER', fn.sig;
-        END IF;
-        IF (SELECT pg_catalog.md5(pg_catalog.btrim(pg_catalog.regexp_replace(prosrc, '\s+', ' ', 'g')))
-            FROM pg_catalog.pg_proc WHERE oid = fn.oid) <> fn.body_md5 THEN
-            RAISE EXCEPTION 'OPT5: the body of % is not the reference one; OPT5 reproduces only that body, review the difference before applying it', fn.sig;
-        END IF;
-        IF NOT pg_catalog.pg_has_role((SELECT proowner FROM pg_catalog.pg_proc WHERE oid = fn.oid), 'USAGE') THEN
-            RAISE EXCEPTION 'OPT5: % does not own %, so it cannot replace it', current_user, fn.sig;
-        END IF;
-    END LOOP;
+    -- Which dashboard functions OPT5 serves, and why not the others, is decline.sql's and
+    -- deploy.sql's (stage4.dashboard_rpc_mismatch).
 
     PERFORM stage4.assert_can_materialize('OPT5');
     IF to_regnamespace('stage4_dashboard') IS NOT NULL OR to_regnamespace('stage4_dashboard_api') IS NOT NULL THEN

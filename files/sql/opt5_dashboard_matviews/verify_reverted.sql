@@ -1,4 +1,4 @@
--- OPT5 verify after revert: the three functions are again exactly what OPT5 captured, no refresh
+-- OPT5 verify after revert: the functions it served are again exactly what OPT5 captured, no refresh
 -- job and nothing else of OPT5 is left.
 SET LOCAL search_path = pg_catalog, pg_temp;
 
@@ -7,8 +7,8 @@ DECLARE
     snap stage4.function_snapshots%ROWTYPE;
     mismatch text;
 BEGIN
-    IF (SELECT count(*) FROM stage4.function_snapshots WHERE change = 'opt5_dashboard_matviews') <> 3 THEN
-        RAISE EXCEPTION 'OPT5 revert: expected snapshots of three functions';
+    IF (SELECT count(*) FROM stage4.function_snapshots WHERE change = 'opt5_dashboard_matviews') < 1 THEN
+        RAISE EXCEPTION 'OPT5 revert: no snapshot of the functions it served';
     END IF;
     IF EXISTS (SELECT 1 FROM stage4.function_snapshots WHERE change = 'opt5_dashboard_matviews:applied') THEN
         RAISE EXCEPTION 'OPT5 revert: the definitions prepare_revert.sql saved are left in stage4.function_snapshots';
