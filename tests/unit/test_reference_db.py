@@ -180,3 +180,30 @@ def test_second_run_without_recreate_is_a_noop(cluster, report):
     assert again["changed"] is False
     assert "already" in stderr
     assert (again["features"], again["checksum"]) == (FEATURES, report["checksum"])
+
+
+def test_the_real_dataset_has_real_census_tract_outlines(cluster, report):
+    """--dataset real: the same rows, drawn alike, but every outline is one of the 195 real census tracts
+    of Albuquerque (163 vertices on average), valid, at its real size, moved to its Brazilian city."""
+    real = cluster.build("BIBLIOTECA_REAL", "--dataset", "real")[0]
+    assert (real["dataset"], real["features"]) == ("real", FEATURES)
+    assert real["checksum"] != report["checksum"]
+    assert cluster.build("BIBLIOTECA_REAL_B", "--dataset", "real")[0]["checksum"] == real["checksum"]
+    conn = cluster.connect("BIBLIOTECA_REAL")
+    try:
+        cur = conn.cursor()
+        cur.execute("""
+            SELECT count(*) FILTER (WHERE NOT ST_IsValid(geom) OR GeometryType(geom) <> 'MULTIPOLYGON'
+                                       OR ST_SRID(geom) <> 4326),
+                   count(*) FILTER (WHERE area_m2 IS DISTINCT FROM ST_Area(geom::geography)),
+                   avg(ST_NPoints(geom)) > 100,
+                   count(DISTINCT ST_NPoints(geom)) > 50,
+                   count(*) FILTER (WHERE NOT ST_Intersects(geom, ST_MakeEnvelope(-75, -35, -33, 6, 4326)))
+            FROM public.geometrias""")
+        assert cur.fetchone() == (0, 0, True, True, 0)
+        # Public and private rows, searchable names: the rest of the generation is the synthetic one's.
+        cur.execute("SELECT count(*) FILTER (WHERE publico) > 0, count(*) FILTER (WHERE NOT publico) > 0, "
+                    "count(*) FILTER (WHERE nome ILIKE '%parque%') > 0 FROM public.geometrias")
+        assert cur.fetchone() == (True, True, True)
+    finally:
+        conn.close()
