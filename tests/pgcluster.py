@@ -129,6 +129,12 @@ class Cluster:
              env)
 
 
+def fixture_sql(*parts):
+    """The text of a SQL file under tests/fixtures/sql/."""
+    with open(os.path.join(REPO, "tests", "fixtures", "sql", *parts), encoding="utf-8") as handle:
+        return handle.read()
+
+
 def schema_dump(cluster, dbname, user=None, password=None, exclude=("stage4",), sslmode=None):
     """pg_dump --schema-only of every schema but those excluded (the rollout's own), as lines, without the
     random \\restrict token pg_dump writes: what must be identical before a change and after its revert."""

@@ -99,9 +99,10 @@ def admin_connect(cluster, password, dbname=DATABASE):
     return conn
 
 
-def build(cluster, features=251):
+def build(cluster, features=251, dataset="synthetic"):
     """Turns a fresh cluster (pgcluster) into a Supabase-like one and loads the reference application into
-    database postgres as postgres, a non-superuser. Returns supabase_admin's password."""
+    database postgres as postgres, a non-superuser (with real census-tract outlines when dataset is real).
+    Returns supabase_admin's password."""
     password = secrets.token_urlsafe(18)
     cluster.preload_pg_cron(DATABASE)
     conn = cluster.connect()
@@ -113,7 +114,7 @@ def build(cluster, features=251):
         cur.execute(PLATFORM)
     conn.close()
     subprocess.run([sys.executable, pgcluster.REFERENCE_DB, "--host", cluster.host, "--port", str(cluster.port),
-                    "--user", "postgres", "--dbname", DATABASE, "--features", str(features)],
+                    "--user", "postgres", "--dbname", DATABASE, "--features", str(features), "--dataset", dataset],
                    env=dict(os.environ, DB_PASSWORD=cluster.password), check=True, capture_output=True, text=True)
     return password
 

@@ -2,6 +2,8 @@
 against a database set up as Supabase sets one up (tests/supabase_like.py: postgres is not a superuser,
 PostGIS and pg_cron belong to supabase_admin), over TLS only (ssl_mode require; the server rejects any
 connection without TLS), with a password, as the managed-server settings of the prod inventory say."""
+import json
+
 import pytest
 
 import pgcluster
@@ -29,15 +31,56 @@ def schema(cluster):
                                  ("stage4", "stage4_benchmark"), sslmode="require")
 
 
+def roll_out_and_back(cluster, *extra, outcome, reverted, after_rollout):
+    """stage4.yml with extra, then playbooks/rollback.yml with no extra variable: every row and the schema as
+    before, seen by supabase_admin; after_rollout checks the rolled-out database."""
+    schema_before, rows_before = schema(cluster), as_admin(cluster, ROWS)
+    rc, output = run_stage4(cluster, supabase_like.DATABASE, *SUPABASE, *extra)
+    assert rc == 0, output[-3000:]
+    assert outcome in output
+    after_rollout()
+    assert as_admin(cluster, ROWS) == rows_before
+    rc, output = run_stage4(cluster, supabase_like.DATABASE, *SUPABASE, playbook="playbooks/rollback.yml")
+    assert rc == 0, output[-3000:]
+    assert reverted in output
+    assert as_admin(cluster, ROWS) == rows_before
+    assert schema(cluster) == schema_before
+
+
 def test_rollout_then_rollback_on_supabase_over_tls(supabase):
-    schema_before, rows_before = schema(supabase), as_admin(supabase, ROWS)
-    rc, output = run_stage4(supabase, supabase_like.DATABASE, *SUPABASE)
-    assert rc == 0, output[-3000:]
-    assert "completed: 5 applied" in output
-    assert as_admin(supabase, "SELECT DISTINCT username FROM cron.job WHERE jobname LIKE 'stage4%'") == [("postgres",)]
-    assert as_admin(supabase, ROWS) == rows_before
-    rc, output = run_stage4(supabase, supabase_like.DATABASE, *SUPABASE, playbook="playbooks/rollback.yml")
-    assert rc == 0, output[-3000:]
-    assert "reverted opt5, opt4, opt3, opt2, opt1" in output
-    assert as_admin(supabase, ROWS) == rows_before
-    assert schema(supabase) == schema_before
+    def jobs_run_as_postgres():
+        assert as_admin(supabase, "SELECT DISTINCT username FROM cron.job WHERE jobname LIKE 'stage4%'") == [("postgres",)]
+    roll_out_and_back(supabase, outcome="completed: 5 applied", reverted="reverted opt5, opt4, opt3, opt2, opt1",
+                      after_rollout=jobs_run_as_postgres)
+
+
+# As prod runs (issue 21's "done when"): OPT1 decides from the data, every query is measured as the owner,
+# anon and an authenticated user.
+DECIDE_FROM_THE_DATA = ["-e", "stage4_opt1_min_table_bytes=auto", "-e", json.dumps({"stage4_benchmark_roles": [
+    {"label": "", "role": ""}, {"label": "anon", "role": "anon"},
+    {"label": "authenticated", "role": "authenticated", "claims": "{{ stage4_benchmark_authenticated_claims }}"}]})]
+
+
+@pytest.fixture(scope="module")
+def users_supabase():
+    """Supabase-like, filled with real census-tract outlines, with the policies and RPCs in the users' own
+    words (tests/fixtures/sql/user_shaped), written by postgres as a user would."""
+    with pgcluster.running_cluster() as cluster:
+        cluster.admin_password = supabase_like.build(cluster, dataset="real")
+        for name in ("policies.sql", "rpcs.sql"):
+            cluster.query(supabase_like.DATABASE, pgcluster.fixture_sql("user_shaped", name))
+        supabase_like.require_tls(cluster)
+        yield cluster
+
+
+def test_rollout_then_rollback_on_a_users_supabase_database(users_supabase):
+    """On the database users have: the table is too small to partition (OPT1, OPT2 and OPT4 decline, each
+    saying why), OPT3 and OPT5 serve the RPCs they recognise and pass their gates, and the rollback, with
+    no extra variable, restores every schema and row."""
+    def recognised_rpcs_rewritten():
+        assert as_admin(users_supabase, "SELECT proname FROM pg_proc WHERE prosrc LIKE '%stage4_dashboard_api%' "
+                                        "OR prosrc LIKE '%stage4_search_api.candidatos%' OR prosrc LIKE '%stage4_ponto%' "
+                                        "ORDER BY 1") == [("area_por_categoria",), ("geometrias_no_raio",),
+                                                          ("resumo_anual",), ("search_geometrias",)]
+    roll_out_and_back(users_supabase, *DECIDE_FROM_THE_DATA, outcome="completed: 2 applied, 0 already applied, 3 declined",
+                      reverted="reverted opt5, opt3", after_rollout=recognised_rpcs_rewritten)

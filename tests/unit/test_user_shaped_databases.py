@@ -26,6 +26,11 @@ VARIABLES = {"opt1_temporal_partitioning": {"partition_through_year": "2028", "l
 ROWS = "SELECT count(*), stage4.table_checksum('public.geometrias') FROM public.geometrias"
 
 
+def user_shaped(name):
+    """SQL of tests/fixtures/sql/user_shaped/: a database's API and policies as its users wrote them."""
+    return pgcluster.fixture_sql("user_shaped", name)
+
+
 @pytest.fixture(scope="module")
 def cluster():
     with pgcluster.running_cluster() as running:
@@ -39,64 +44,14 @@ def change(capsys, cluster, name, state):
     return pgcluster.run_module(capsys, stage4_change.main, args)
 
 
-USERS_POLICIES_AND_GRANTS = """
-    DROP POLICY geometrias_dono ON public.geometrias;
-    DROP POLICY geometrias_leitura_publica ON public.geometrias;
-    CREATE POLICY "Features are public when marked so" ON public.geometrias
-        FOR SELECT TO anon, authenticated USING (publico = true);
-    CREATE POLICY "Users read their own features" ON public.geometrias
-        FOR SELECT TO authenticated USING ((select auth.uid()) = owner_id);
-    CREATE POLICY "Users add their own features" ON public.geometrias
-        FOR INSERT TO authenticated WITH CHECK ((select auth.uid()) = owner_id);
-    CREATE POLICY "Users change their own features" ON public.geometrias
-        FOR UPDATE TO authenticated USING ((select auth.uid()) = owner_id);
-    GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO PUBLIC;
+USERS_POLICIES_AND_GRANTS = user_shaped("policies.sql") + """
     -- a role outside the API that may read the table: PUBLIC's grant lets it call the RPCs and their helpers
     CREATE ROLE leitor NOLOGIN;
     GRANT SELECT ON public.geometrias TO leitor;
     GRANT USAGE ON SCHEMA extensions TO leitor;
 """
-# The RPCs as users write them (issue 21, items 1 and 2): another text search function and
-# configuration, no alias, a box the caller must give, ts_rank_cd with a normalization, a computed
-# LIMIT; and the plain radius search, without the bounding-box prefilter.
-USERS_RPCS = """
-    DROP FUNCTION public.search_geometrias(text, extensions.geometry, integer);
-    CREATE FUNCTION public.search_geometrias(termo text, caixa extensions.geometry DEFAULT NULL, n int DEFAULT 50)
-    RETURNS SETOF public.geometrias LANGUAGE sql STABLE SET search_path = public, extensions AS $$
-        select * from geometrias
-        where to_tsvector('simple', nome) @@ plainto_tsquery('simple', termo) and geom && caixa
-        order by ts_rank_cd(to_tsvector('simple', nome), plainto_tsquery('simple', termo), 32) desc, id
-        limit least(n, 100);
-    $$;
-    DROP FUNCTION public.geometrias_no_raio(double precision, double precision, double precision);
-    CREATE FUNCTION public.geometrias_no_raio(lon double precision, lat double precision, raio_m double precision)
-    RETURNS SETOF public.geometrias LANGUAGE sql STABLE SET search_path = public, extensions AS $$
-        SELECT g.* FROM public.geometrias g
-        WHERE ST_DWithin(g.geom::geography, ST_SetSRID(ST_MakePoint(lon, lat), 4326)::geography, raio_m)
-        ORDER BY g.id
-    $$;
-    GRANT EXECUTE ON FUNCTION public.search_geometrias(text, extensions.geometry, integer),
-        public.geometrias_no_raio(double precision, double precision, double precision) TO anon, authenticated;
-    DROP FUNCTION public.area_por_categoria(integer);
-    CREATE FUNCTION public.area_por_categoria(p_ano int)
-    RETURNS TABLE (categoria text, total_area_m2 double precision, n bigint) LANGUAGE sql STABLE AS $$
-        select categoria, sum(area_m2), count(*) from geometrias
-        where extract(year from data_referencia) = p_ano group by 1 order by 1
-    $$;
-    GRANT EXECUTE ON FUNCTION public.area_por_categoria(integer) TO anon, authenticated;
-    CREATE OR REPLACE FUNCTION public.resumo_anual()
-    RETURNS TABLE (ano int, categoria text, n bigint, total_area_m2 double precision)
-    LANGUAGE sql STABLE SET search_path = public, extensions, pg_temp AS $$
-        SELECT date_part('year', x.data_referencia)::int AS ano, x.categoria, count(*) AS n, sum(x.area_m2) AS total
-        FROM public.geometrias x GROUP BY 1, x.categoria ORDER BY 1, 2
-    $$;
-    -- Its extent has no SRID: not OPT5's aggregate, so OPT5 leaves it as it is.
-    CREATE OR REPLACE FUNCTION public.extensao_por_categoria()
-    RETURNS TABLE (categoria text, extensao extensions.geometry, n bigint)
-    LANGUAGE sql STABLE SET search_path = public, extensions, pg_temp AS $$
-        SELECT categoria, ST_Extent(geom)::geometry, count(*) FROM geometrias GROUP BY categoria ORDER BY categoria
-    $$;
-"""
+# The RPCs as users write them (tests/fixtures/sql/user_shaped/rpcs.sql).
+USERS_RPCS = user_shaped("rpcs.sql")
 # A stored tsvector column in English, searched with to_tsquery, ranked by ts_rank with weights.
 USERS_FTS_COLUMN = """
     ALTER TABLE public.geometrias ADD COLUMN fts tsvector
