@@ -23,11 +23,10 @@ import re
 import sys
 from pathlib import Path
 
-import yaml
+import stage4_settings
 
 REPO = Path(__file__).resolve().parent.parent
 SQL_ROOT = REPO / "files" / "sql"
-GROUP_VARS = REPO / "playbooks" / "group_vars" / "all.yml"
 STAGE4_CHANGE = REPO / "library" / "stage4_change.py"
 LEDGER_SCHEMA = "stage4"
 # The toolkit is the only tooling change the optimizations call; benchmark_schema only serves the benchmark.
@@ -67,16 +66,12 @@ def stage4_change_constants():
 
 def load_changes():
     """[{"change", "id", "title", "variables", "repeatable", "server_role"}] in the order Stage 4 applies them."""
-    settings = yaml.safe_load(GROUP_VARS.read_text(encoding="utf-8"))
+    settings = stage4_settings.load()
     changes = [{"change": item["change"], "id": item["change"], "title": "Stage 4 rollout toolkit",
                 "variables": {}, "repeatable": item.get("repeatable", False), "server_role": None}
                for item in settings["stage4_tooling_changes"] if item["change"] in TOOLING]
     for item in settings["stage4_optimizations"]:
         variables = {key: str(value) for key, value in (item.get("variables") or {}).items()}
-        # A plain reference to another setting of the same file ("{{ stage4_opt1_min_table_bytes }}") is its value.
-        variables = {key: str(settings.get(reference.group(1), value)) if reference else value
-                     for key, value in variables.items()
-                     for reference in [re.fullmatch(r"\{\{\s*(stage4_\w+)\s*\}\}", value)]}
         templated = [key for key, value in variables.items() if "{{" in value or "{%" in value]
         if templated:
             raise SystemExit("{0}: variables {1} are Jinja templates, which only Ansible can evaluate".format(

@@ -149,25 +149,15 @@ def schema_dump(cluster, dbname, user=None, password=None, exclude=("stage4",), 
 
 
 SQL_ROOT = os.path.join(REPO, "files", "sql")
-GROUP_VARS = os.path.join(REPO, "playbooks", "group_vars", "all.yml")
 # What inventories/local sets for the small fixture: partition it anyway, so every optimization runs.
 LOCAL_SETTINGS = {"stage4_opt1_min_table_bytes": 0}
 
 
 def group_vars(**settings):
-    """playbooks/group_vars/all.yml with settings (default: inventories/local's) over it, and every variable of
-    stage4_optimizations that names another setting ("{{ stage4_x }}") replaced by its value, as Ansible would."""
-    import re  # noqa: PLC0415
-    import yaml  # noqa: PLC0415
-    with open(GROUP_VARS, encoding="utf-8") as handle:
-        loaded = yaml.safe_load(handle)
-    loaded.update(settings or LOCAL_SETTINGS)
-    for item in loaded["stage4_optimizations"]:
-        for key, value in (item.get("variables") or {}).items():
-            reference = re.fullmatch(r"\{\{\s*(stage4_\w+)\s*\}\}", str(value))
-            if reference:
-                item["variables"][key] = str(loaded[reference.group(1)])
-    return loaded
+    """playbooks/group_vars/all.yml with settings (default: inventories/local's) over it, each optimization's
+    reference to another setting resolved, as Ansible would (scripts/stage4_settings.py)."""
+    import stage4_settings  # noqa: PLC0415  (scripts/ is on the tests' path: tests/conftest.py)
+    return stage4_settings.load(**(settings or LOCAL_SETTINGS))
 SCRIPTS = {"applied": ("precheck", "deploy", "verify"), "reverted": ("revert", "verify_reverted")}
 
 
