@@ -150,7 +150,7 @@ def schema_dump(cluster, dbname, user=None, password=None, exclude=("stage4",), 
 
 SQL_ROOT = os.path.join(REPO, "files", "sql")
 # What inventories/local sets for the small fixture: partition it anyway, so every optimization runs.
-LOCAL_SETTINGS = {"stage4_opt1_min_table_bytes": 0}
+LOCAL_SETTINGS = {"stage4_min_table_bytes": 0}
 
 
 def group_vars(**settings):

@@ -56,7 +56,7 @@ def test_rollout_then_rollback_on_supabase_over_tls(supabase):
 
 # As prod runs (issue 21's "done when"): OPT1 decides from the data, every query is measured as the owner,
 # anon and an authenticated user.
-DECIDE_FROM_THE_DATA = ["-e", "stage4_opt1_min_table_bytes=auto", "-e", json.dumps({"stage4_benchmark_roles": [
+DECIDE_FROM_THE_DATA = ["-e", "stage4_min_table_bytes=auto", "-e", json.dumps({"stage4_benchmark_roles": [
     {"label": "", "role": ""}, {"label": "anon", "role": "anon"},
     {"label": "authenticated", "role": "authenticated", "claims": "{{ stage4_benchmark_authenticated_claims }}"}]})]
 
@@ -74,13 +74,13 @@ def users_supabase():
 
 
 def test_rollout_then_rollback_on_a_users_supabase_database(users_supabase):
-    """On the database users have: the table is too small to partition (OPT1, OPT2 and OPT4 decline, each
-    saying why), OPT3 and OPT5 serve the RPCs they recognise and pass their gates, and the rollback, with
-    no extra variable, restores every schema and row."""
+    """On the database users have: the table is too small to partition or to keep materialized copies of
+    (OPT1, OPT2, OPT4 and OPT5 decline, each saying why, and OPT3 leaves the search as it is), OPT3 rewrites
+    the radius RPC it recognises and passes its gate, and the rollback, with no extra variable, restores
+    every schema and row."""
     def recognised_rpcs_rewritten():
         assert as_admin(users_supabase, "SELECT proname FROM pg_proc WHERE prosrc LIKE '%stage4_dashboard_api%' "
                                         "OR prosrc LIKE '%stage4_search_api.candidatos%' OR prosrc LIKE '%stage4_ponto%' "
-                                        "ORDER BY 1") == [("area_por_categoria",), ("geometrias_no_raio",),
-                                                          ("resumo_anual",), ("search_geometrias",)]
-    roll_out_and_back(users_supabase, *DECIDE_FROM_THE_DATA, outcome="completed: 2 applied, 0 already applied, 3 declined",
-                      reverted="reverted opt5, opt3", after_rollout=recognised_rpcs_rewritten)
+                                        "ORDER BY 1") == [("geometrias_no_raio",)]
+    roll_out_and_back(users_supabase, *DECIDE_FROM_THE_DATA, outcome="completed: 1 applied, 0 already applied, 4 declined",
+                      reverted="reverted opt3", after_rollout=recognised_rpcs_rewritten)

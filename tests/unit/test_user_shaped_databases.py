@@ -38,9 +38,9 @@ def cluster():
         yield running
 
 
-def change(capsys, cluster, name, state):
+def change(capsys, cluster, name, state, **variables):
     args = dict(cluster.login_args(DB), sql_root=pgcluster.SQL_ROOT, change=name, state=state,
-                variables=VARIABLES.get(name, {}), lock_retry_delay=0.5)
+                variables=dict(VARIABLES.get(name, {}), **variables), lock_retry_delay=0.5)
     return pgcluster.run_module(capsys, stage4_change.main, args)
 
 
@@ -145,9 +145,10 @@ def test_a_read_policy_of_another_shape_is_refused_naming_it(cluster, capsys):
     assert pgcluster.schema_dump(cluster, DB) == schema_before
 
 
-def test_a_search_of_another_shape_declines_opt3_saying_why(cluster, capsys):
-    """A search OPT3 cannot serve from its view (here it also filters on a column) leaves OPT3 declined,
-    with what does not fit, and nothing changed; the other changes are not held back by it."""
+def test_a_search_of_another_shape_is_left_as_it_is_and_said_why(cluster, capsys):
+    """A search OPT3 cannot serve from its view (here it also filters on a column) is left as it is, and OPT3
+    rewrites only the radius RPC; with no radius RPC to rewrite either, OPT3 declines, saying what does not
+    fit, and nothing changes. The other changes are not held back by it."""
     cluster.build_reference_db(DB)
     cluster.query(DB, """
         CREATE OR REPLACE FUNCTION public.search_geometrias(q text, bbox extensions.geometry DEFAULT NULL, max_results int DEFAULT 50)
@@ -159,11 +160,23 @@ def test_a_search_of_another_shape_declines_opt3_saying_why(cluster, capsys):
     cluster.query(DB, "CREATE EXTENSION pg_cron")
     assert change(capsys, cluster, "stage4_toolkit", "applied")["changed"]
     schema_before = pgcluster.schema_dump(cluster, DB)
+    search = "SELECT prosrc FROM pg_proc WHERE proname = 'search_geometrias'"
+    search_before = cluster.query(DB, search)
     result = change(capsys, cluster, "opt3_search_matview", "applied")
-    assert result["action"] == "declined" and not result["changed"]
+    assert result.get("action") == "deployed", result.get("msg")
+    assert cluster.query(DB, search) == search_before
+    assert change(capsys, cluster, "opt3_search_matview", "reverted")["action"] == "reverted"
+    assert pgcluster.schema_dump(cluster, DB) == schema_before
+
+    cluster.query(DB, "ALTER FUNCTION public.geometrias_no_raio(double precision, double precision, double precision) "
+                      "SECURITY DEFINER")
+    schema_before = pgcluster.schema_dump(cluster, DB)
+    result = change(capsys, cluster, "opt3_search_matview", "applied")
+    assert result.get("action") == "declined" and not result["changed"], result.get("msg")
     assert result["declined"] == (
-        "public.search_geometrias() is not a text search OPT3 can serve from a materialized view: a condition other "
-        "than the text match and a bounding box: g.categoria <> 'lote'::text")
+        "OPT3 rewrites none of its RPCs: public.search_geometrias(): not a text search OPT3 can serve from a "
+        "materialized view: a condition other than the text match and a bounding box: g.categoria <> 'lote'::text; "
+        "public.geometrias_no_raio(): it is SECURITY DEFINER")
     assert pgcluster.schema_dump(cluster, DB) == schema_before
     assert change(capsys, cluster, "opt5_dashboard_matviews", "applied")["action"] == "deployed"
 
@@ -191,3 +204,40 @@ def test_dashboard_rpcs_of_other_shapes_decline_opt5_saying_why(cluster, capsys)
         "aggregates OPT5 reproduces: SELECT g.categoria,")
     assert result["declined"].endswith("public.resumo_anual(): it does not exist")
     assert pgcluster.schema_dump(cluster, DB) == schema_before
+
+
+def test_on_a_small_table_opt3_rewrites_only_the_radius_rpc_and_opt5_declines(cluster, capsys):
+    """Below min_parallel_table_scan_size ('auto', as prod) a scan of the table costs less than a
+    materialized copy's lookups and lags nothing: OPT5 declines, and OPT3 leaves the search as it is but
+    still rewrites the radius RPC, which reads only the table; its revert restores everything."""
+    cluster.build_reference_db(DB)
+    cluster.query(DB, "CREATE EXTENSION pg_cron")
+    assert change(capsys, cluster, "stage4_toolkit", "applied")["changed"]
+    schema_before, rows_before = pgcluster.schema_dump(cluster, DB), cluster.query(DB, ROWS)
+    search_before = cluster.query(DB, "SELECT prosrc FROM pg_proc WHERE proname = 'search_geometrias'")
+    result = change(capsys, cluster, "opt5_dashboard_matviews", "applied", min_table_bytes="auto")
+    assert result.get("action") == "declined", result.get("msg")
+    assert result["declined"].startswith("public.geometrias holds 251 rows in ")
+    assert "below 8192 kB (min_parallel_table_scan_size): aggregating a table this small" in result["declined"]
+    result = change(capsys, cluster, "opt3_search_matview", "applied", min_table_bytes="auto")
+    assert result.get("action") == "deployed", result.get("msg")
+    assert cluster.query(DB, "SELECT prosrc FROM pg_proc WHERE proname = 'search_geometrias'") == search_before
+    assert cluster.query(DB, "SELECT prosrc LIKE '%stage4_ponto_geografico%' FROM pg_proc "
+                             "WHERE proname = 'geometrias_no_raio'") == [(True,)]
+    assert cluster.query(DB, "SELECT to_regnamespace('stage4_search_api'), to_regclass('stage4_search.geometrias_busca')") == [
+        (None, None)]
+    assert change(capsys, cluster, "opt3_search_matview", "reverted")["action"] == "reverted"
+    assert cluster.query(DB, ROWS) == rows_before
+    assert pgcluster.schema_dump(cluster, DB) == schema_before
+
+
+def test_opt3_declines_when_it_rewrites_neither_rpc(cluster, capsys):
+    cluster.build_reference_db(DB)
+    cluster.query(DB, "ALTER FUNCTION public.geometrias_no_raio(double precision, double precision, double precision) "
+                      "SECURITY DEFINER")
+    assert change(capsys, cluster, "stage4_toolkit", "applied")["changed"]
+    result = change(capsys, cluster, "opt3_search_matview", "applied", min_table_bytes="auto")
+    assert result.get("action") == "declined", result.get("msg")
+    assert result["declined"].startswith("OPT3 rewrites none of its RPCs: public.search_geometrias(): public.geometrias "
+                                         "holds 251 rows in ")
+    assert result["declined"].endswith("the search view would not pay; public.geometrias_no_raio(): it is SECURITY DEFINER")

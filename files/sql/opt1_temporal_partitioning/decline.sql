@@ -9,23 +9,10 @@
 -- workers cost more to start than the whole query did. Measured at 251 features (232 kB):
 -- the map query as anon went from 0.37 to 55.8 ms after OPT1 (run 20261207T133108Z).
 --
--- stage4.min_table_bytes: the threshold in bytes of pg_table_size (heap and TOAST); 'auto' is the
--- server's min_parallel_table_scan_size; empty or 0 never declines.
-SELECT CASE WHEN t.bytes < t.threshold THEN
-           pg_catalog.format('public.geometrias holds %s rows in %s, below %s (%s): yearly partitions of a table this '
-                             'small save reading a few pages, and cost every query planning over each partition '
-                             'and, under RLS, parallel plans. Left unpartitioned; OPT1 applies once the table '
-                             'reaches that size',
-                             (SELECT pg_catalog.count(*) FROM public.geometrias),
-                             pg_catalog.pg_size_pretty(t.bytes), pg_catalog.pg_size_pretty(t.threshold),
-                             CASE WHEN t.setting = 'auto' THEN 'min_parallel_table_scan_size'
-                                  ELSE 'min_table_bytes' END)
-       END
-FROM (SELECT s.setting,
-             pg_catalog.pg_table_size('public.geometrias') AS bytes,
-             CASE WHEN s.setting = 'auto'
-                  THEN pg_catalog.pg_size_bytes(pg_catalog.current_setting('min_parallel_table_scan_size'))
-                  ELSE coalesce(nullif(s.setting, ''), '0')::bigint END AS threshold
-      FROM (SELECT pg_catalog.current_setting('stage4.min_table_bytes', true) AS setting) AS s) AS t
+-- stage4.min_table_bytes: the threshold (stage4.small_table).
+SELECT stage4.small_table('public.geometrias')
+       || ': yearly partitions of a table this small save reading a few pages, and cost every query planning '
+          'over each partition and, under RLS, parallel plans. Left unpartitioned; OPT1 applies once the table '
+          'reaches that size'
 WHERE pg_catalog.to_regclass('public.geometrias') IS NOT NULL
   AND (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = 'public.geometrias'::pg_catalog.regclass) = 'r';

@@ -80,19 +80,16 @@ SET LOCAL statement_timeout = '30min';
 SET LOCAL search_path = pg_catalog, pg_temp;
 SELECT stage4.use_postgis_search_path();
 
--- The read policies are the known ones (precheck.sql refused others): stage4.visibilidade may apply
--- them while they stay so.
-SELECT stage4.accept_read_policies('opt3_search_matview', 'OPT3');
-
 -- The materialized view, private: nobody but its owner may use the schema.
 CREATE SCHEMA stage4_search;
 COMMENT ON SCHEMA stage4_search IS
     'OPT3: search index of public.geometrias (materialized view). Private: no USAGE for PUBLIC or the API roles.';
 REVOKE ALL ON SCHEMA stage4_search FROM PUBLIC, anon, authenticated, service_role;
 
--- What OPT3 reads in the RPCs it rewrites. The search must be recognised (decline.sql declined
--- otherwise). The radius RPC is rewritten only when it is recognised too, SECURITY INVOKER and
--- ours to replace; any other is left exactly as it is.
+-- What OPT3 reads in the RPCs it rewrites: the search when it is recognised and the table is not
+-- too small for its view to pay (stage4.small_table); the radius RPC when it is recognised,
+-- SECURITY INVOKER and ours to replace. Any other is left exactly as it is; decline.sql declined
+-- when neither is rewritten. Everything the search needs below is built only when it has a row here.
 CREATE TABLE stage4_search.formas (
     funcao text PRIMARY KEY,
     forma jsonb NOT NULL
@@ -100,8 +97,9 @@ CREATE TABLE stage4_search.formas (
 COMMENT ON TABLE stage4_search.formas IS
     'OPT3: the pieces of each RPC it rewrote (stage4.search_rpc_shape, stage4.radius_rpc_shape), read by verify.sql.';
 INSERT INTO stage4_search.formas
-SELECT 'public.search_geometrias(text,geometry,integer)',
-       stage4.search_rpc_shape('public.search_geometrias(text, geometry, integer)', 'public.geometrias');
+SELECT 'public.search_geometrias(text,geometry,integer)', shape
+FROM (SELECT stage4.search_rpc_shape('public.search_geometrias(text, geometry, integer)', 'public.geometrias') AS shape) AS s
+WHERE stage4.small_table('public.geometrias') IS NULL AND NOT shape ? 'reason';
 INSERT INTO stage4_search.formas
 SELECT 'public.geometrias_no_raio(double precision,double precision,double precision)', shape
 FROM (SELECT stage4.radius_rpc_shape(p.oid::regprocedure, 'public.geometrias') AS shape, p.prosecdef, p.proowner
@@ -110,9 +108,8 @@ FROM (SELECT stage4.radius_rpc_shape(p.oid::regprocedure, 'public.geometrias') A
 WHERE NOT shape ? 'reason' AND NOT prosecdef AND pg_has_role(proowner, 'USAGE');
 DO $$
 BEGIN
-    IF (SELECT forma ? 'reason' FROM stage4_search.formas WHERE funcao LIKE 'public.search_geometrias(%') THEN
-        RAISE EXCEPTION 'OPT3: public.search_geometrias() is not a search OPT3 can serve: %',
-            (SELECT forma ->> 'reason' FROM stage4_search.formas WHERE funcao LIKE 'public.search_geometrias(%');
+    IF NOT EXISTS (SELECT 1 FROM stage4_search.formas) THEN
+        RAISE EXCEPTION 'OPT3: neither public.search_geometrias() nor public.geometrias_no_raio() is one OPT3 rewrites (decline.sql says why)';
     END IF;
 END $$;
 
@@ -130,6 +127,12 @@ DO $$
 DECLARE
     s jsonb := (SELECT forma FROM stage4_search.formas WHERE funcao LIKE 'public.search_geometrias(%');
 BEGIN
+    IF s IS NULL THEN
+        RETURN;  -- no search to serve: see the formas insert
+    END IF;
+    -- The read policies are the known ones (precheck.sql refused others): stage4.visibilidade may
+    -- apply them while they stay so.
+    PERFORM stage4.accept_read_policies('opt3_search_matview', 'OPT3');
     EXECUTE format('CREATE MATERIALIZED VIEW stage4_search.geometrias_busca AS '
                    'SELECT %1$s.id, %1$s.data_referencia, %2$s AS tsv%3$s FROM public.geometrias AS %1$s ORDER BY %4$s WITH DATA',
                    s ->> 'alias', s ->> 'tsvector',
@@ -138,22 +141,22 @@ BEGIN
     IF s ? 'box' THEN
         CREATE INDEX geometrias_busca_bbox_gist ON stage4_search.geometrias_busca USING gist (bbox);
     END IF;
-END $$;
-COMMENT ON MATERIALIZED VIEW stage4_search.geometrias_busca IS
-    'OPT3: one row per feature of public.geometrias with the tsvector public.search_geometrias() searches and its bounding box, in bbox order. '
-    'Refreshed CONCURRENTLY by the pg_cron job stage4_refresh_geometrias_busca (OPT5). No RLS: never grant it to the API roles.';
-REVOKE ALL ON stage4_search.geometrias_busca FROM PUBLIC, anon, authenticated, service_role;
-CREATE UNIQUE INDEX geometrias_busca_chave ON stage4_search.geometrias_busca (id, data_referencia);
-CREATE INDEX geometrias_busca_tsv_gin ON stage4_search.geometrias_busca USING gin (tsv);
-ANALYZE stage4_search.geometrias_busca;
+    COMMENT ON MATERIALIZED VIEW stage4_search.geometrias_busca IS
+        'OPT3: one row per feature of public.geometrias with the tsvector public.search_geometrias() searches and its bounding box, in bbox order. '
+        'Refreshed CONCURRENTLY by the pg_cron job stage4_refresh_geometrias_busca (OPT5). No RLS: never grant it to the API roles.';
+    REVOKE ALL ON stage4_search.geometrias_busca FROM PUBLIC, anon, authenticated, service_role;
+    CREATE UNIQUE INDEX geometrias_busca_chave ON stage4_search.geometrias_busca (id, data_referencia);
+    CREATE INDEX geometrias_busca_tsv_gin ON stage4_search.geometrias_busca USING gin (tsv);
+    ANALYZE stage4_search.geometrias_busca;
 
--- The helper, in a schema the function's callers may use (but PostgREST must not expose).
-CREATE SCHEMA stage4_search_api;
-COMMENT ON SCHEMA stage4_search_api IS
-    'OPT3: accessor of the search materialized view for public.search_geometrias(). USAGE for its callers; '
-    'never list it in PostgREST''s exposed schemas (db-schemas).';
-REVOKE ALL ON SCHEMA stage4_search_api FROM PUBLIC;
-SELECT stage4.grant_to_callers('USAGE', 'SCHEMA stage4_search_api', ARRAY['public.search_geometrias(text, geometry, integer)'::regprocedure]);
+    -- The helper, in a schema the function's callers may use (but PostgREST must not expose).
+    CREATE SCHEMA stage4_search_api;
+    COMMENT ON SCHEMA stage4_search_api IS
+        'OPT3: accessor of the search materialized view for public.search_geometrias(). USAGE for its callers; '
+        'never list it in PostgREST''s exposed schemas (db-schemas).';
+    REVOKE ALL ON SCHEMA stage4_search_api FROM PUBLIC;
+    PERFORM stage4.grant_to_callers('USAGE', 'SCHEMA stage4_search_api', ARRAY['public.search_geometrias(text, geometry, integer)'::regprocedure]);
+END $$;
 
 -- The best p_limit matches of p_query (rank, then id) whose bbox overlaps p_bbox (NULL: anywhere),
 -- whose row still exists and which the caller may read (stage4.visibilidade), NULL: all of them.
@@ -173,6 +176,9 @@ DECLARE
                            CASE WHEN s ? 'rank' THEN format(s ->> 'rank', 'b.tsv', '$1') ELSE '0::real' END,
                            CASE WHEN s ? 'box' THEN ' AND ($2::geometry IS NULL OR b.bbox && $2)' ELSE '' END);
 BEGIN
+    IF s IS NULL THEN
+        RETURN;  -- no search to serve: see the formas insert
+    END IF;
     EXECUTE format($create$
 CREATE FUNCTION stage4_search_api.candidatos(p_query tsquery, p_bbox geometry DEFAULT NULL, p_limit bigint DEFAULT NULL)
 RETURNS TABLE (id bigint, data_referencia date, rank real)
@@ -208,37 +214,43 @@ BEGIN
     END LOOP;
 END
 $body$, ranking));
+    COMMENT ON FUNCTION stage4_search_api.candidatos(tsquery, geometry, bigint) IS
+        'OPT3: keys and rank of the best p_limit (NULL: all) features, by rank then id, matching p_query (the tsquery '
+        'public.search_geometrias() computes) whose bounding box overlaps p_bbox (NULL: anywhere) that the session''s role may read '
+        '(stage4.visibilidade; nothing when its rules are not the ones in force). '
+        'Reads the materialized view and the table as its owner; returns no row content: public.search_geometrias() '
+        'joins the keys back to public.geometrias as the caller, so RLS decides too.';
+    REVOKE ALL ON FUNCTION stage4_search_api.candidatos(tsquery, geometry, bigint) FROM PUBLIC;
+    PERFORM stage4.grant_to_callers('EXECUTE', 'FUNCTION stage4_search_api.candidatos(tsquery, geometry, bigint)', ARRAY['public.search_geometrias(text, geometry, integer)'::regprocedure]);
 END $$;
-COMMENT ON FUNCTION stage4_search_api.candidatos(tsquery, geometry, bigint) IS
-    'OPT3: keys and rank of the best p_limit (NULL: all) features, by rank then id, matching p_query (the tsquery '
-    'public.search_geometrias() computes) whose bounding box overlaps p_bbox (NULL: anywhere) that the session''s role may read '
-    '(stage4.visibilidade; nothing when its rules are not the ones in force). '
-    'Reads the materialized view and the table as its owner; returns no row content: public.search_geometrias() '
-    'joins the keys back to public.geometrias as the caller, so RLS decides too.';
-REVOKE ALL ON FUNCTION stage4_search_api.candidatos(tsquery, geometry, bigint) FROM PUBLIC;
-SELECT stage4.grant_to_callers('EXECUTE', 'FUNCTION stage4_search_api.candidatos(tsquery, geometry, bigint)', ARRAY['public.search_geometrias(text, geometry, integer)'::regprocedure]);
 
 -- The role candidatos() answers exactly for, NULL when it cannot (the same accessor as OPT5's, over
 -- the toolkit's view): search_geometrias() uses the helper only when it is current_user, the role
 -- RLS would judge. It reveals only the caller's own role name. plpgsql: its plan is kept for the
 -- session.
-CREATE FUNCTION stage4_search_api.papel_exato()
-RETURNS name
-LANGUAGE plpgsql
-STABLE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+DO $$
 BEGIN
-    RETURN (SELECT v.papel FROM stage4.visibilidade AS v WHERE v.exata);
-END
-$$;
-COMMENT ON FUNCTION stage4_search_api.papel_exato() IS
-    'OPT3: the role (SET ROLE, else session user) for which candidatos() returns exactly the matches it may read, NULL when '
-    'it cannot (read policies changed since OPT3, row_security off, no SELECT on public.geometrias); unless it is '
-    'current_user, public.search_geometrias() runs its original query.';
-REVOKE ALL ON FUNCTION stage4_search_api.papel_exato() FROM PUBLIC;
-SELECT stage4.grant_to_callers('EXECUTE', 'FUNCTION stage4_search_api.papel_exato()', ARRAY['public.search_geometrias(text, geometry, integer)'::regprocedure]);
+    IF NOT EXISTS (SELECT 1 FROM stage4_search.formas WHERE funcao LIKE 'public.search_geometrias(%') THEN
+        RETURN;
+    END IF;
+    CREATE FUNCTION stage4_search_api.papel_exato()
+    RETURNS name
+    LANGUAGE plpgsql
+    STABLE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $f$
+    BEGIN
+        RETURN (SELECT v.papel FROM stage4.visibilidade AS v WHERE v.exata);
+    END
+    $f$;
+    COMMENT ON FUNCTION stage4_search_api.papel_exato() IS
+        'OPT3: the role (SET ROLE, else session user) for which candidatos() returns exactly the matches it may read, NULL when '
+        'it cannot (read policies changed since OPT3, row_security off, no SELECT on public.geometrias); unless it is '
+        'current_user, public.search_geometrias() runs its original query.';
+    REVOKE ALL ON FUNCTION stage4_search_api.papel_exato() FROM PUBLIC;
+    PERFORM stage4.grant_to_callers('EXECUTE', 'FUNCTION stage4_search_api.papel_exato()', ARRAY['public.search_geometrias(text, geometry, integer)'::regprocedure]);
+END $$;
 
 -- Same signature, defaults, volatility, SECURITY INVOKER and search_path, read back from the
 -- catalog (stage4.set_plpgsql_body); CREATE OR REPLACE keeps the owner, the grants and the
@@ -254,6 +266,9 @@ DO $$
 DECLARE
     s jsonb := (SELECT forma FROM stage4_search.formas WHERE funcao LIKE 'public.search_geometrias(%');
 BEGIN
+    IF s IS NULL THEN
+        RETURN;  -- no search to serve: see the formas insert
+    END IF;
     PERFORM stage4.set_plpgsql_body('public.search_geometrias(text, geometry, integer)', format($body$#variable_conflict use_column
 BEGIN
     -- OPT3: candidates from the search materialized view (stage4_search_api.candidatos), joined

@@ -1,7 +1,7 @@
 -- OPT3 precheck: refuses, before anything changes, a database where the rewritten
--- public.search_geometrias() or public.geometrias_no_raio() could not return exactly what the
--- current one returns, or where the search helper could not tell which rows each caller may read
--- (RLS policies other than the known ones).
+-- public.search_geometrias() could not return exactly what the current one returns, or where the
+-- search helper could not tell which rows each caller may read (RLS policies other than the known
+-- ones). Which RPCs OPT3 rewrites (and whether it declines) is decline.sql's and deploy.sql's.
 --
 -- OPT1 is not required: the materialized view is keyed by (id, data_referencia), which is unique
 -- both on the plain table (primary key id) and on OPT1's partitioned one (id, data_referencia).
@@ -17,11 +17,16 @@ DECLARE
     c pg_catalog.pg_class%ROWTYPE;
     missing text;
 BEGIN
-    IF fn IS NULL THEN
-        RAISE EXCEPTION 'OPT3: public.search_geometrias(text, geometry, integer) does not exist';
-    END IF;
     IF t IS NULL THEN
         RAISE EXCEPTION 'OPT3: table public.geometrias does not exist';
+    END IF;
+    -- On a table too small for the search view to pay (stage4.small_table) OPT3 only rewrites the
+    -- radius RPC, which reads nothing but the table, as the caller: nothing below concerns it.
+    IF stage4.small_table(t) IS NOT NULL THEN
+        RETURN;
+    END IF;
+    IF fn IS NULL THEN
+        RAISE EXCEPTION 'OPT3: public.search_geometrias(text, geometry, integer) does not exist';
     END IF;
     SELECT * INTO p FROM pg_catalog.pg_proc WHERE oid = fn;
     SELECT * INTO c FROM pg_catalog.pg_class WHERE oid = t;

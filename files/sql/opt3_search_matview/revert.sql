@@ -12,12 +12,8 @@ SELECT stage4.use_postgis_search_path();
 
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM stage4.function_snapshots
-                   WHERE change = 'opt3_search_matview' AND function LIKE 'public.search_geometrias(%') THEN
-        RAISE EXCEPTION 'OPT3 revert: no snapshot of public.search_geometrias()';
-    END IF;
     IF stage4.restore_function_snapshots('opt3_search_matview') < 1 THEN
-        RAISE EXCEPTION 'OPT3 revert: no snapshot of public.search_geometrias()';
+        RAISE EXCEPTION 'OPT3 revert: no snapshot of the functions it rewrote';
     END IF;
 END $$;
 -- OPT3's own definitions, saved by prepare_revert.sql for cleanup.sql: no longer needed.
@@ -25,10 +21,11 @@ SELECT stage4.forget_applied_functions('opt3_search_matview');
 
 SELECT stage4.forget_read_policies('opt3_search_matview');
 
-DROP FUNCTION stage4_search_api.papel_exato();
-DROP FUNCTION stage4_search_api.candidatos(tsquery, geometry, bigint);
-DROP SCHEMA stage4_search_api;
-DROP MATERIALIZED VIEW stage4_search.geometrias_busca;
+-- The search's objects exist only when OPT3 served the search.
+DROP FUNCTION IF EXISTS stage4_search_api.papel_exato();
+DROP FUNCTION IF EXISTS stage4_search_api.candidatos(tsquery, geometry, bigint);
+DROP SCHEMA IF EXISTS stage4_search_api;
+DROP MATERIALIZED VIEW IF EXISTS stage4_search.geometrias_busca;
 DROP TABLE stage4_search.formas;
 DROP SCHEMA stage4_search;
 

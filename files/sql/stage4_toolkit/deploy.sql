@@ -2457,6 +2457,27 @@ RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     DELETE FROM stage4.accepted_read_policies WHERE change = p_change
 $$;
 
+-- Why public.geometrias-like p_table is too small for a change to pay, NULL when it is not: below
+-- stage4.min_table_bytes (the change's variable) of heap and TOAST. 'auto' is the server's
+-- min_parallel_table_scan_size, the size below which PostgreSQL judges a table too small to split
+-- one scan among processes; empty or 0 never says so. Read-only (decline.sql).
+CREATE OR REPLACE FUNCTION stage4.small_table(p_table regclass)
+RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    setting text := current_setting('stage4.min_table_bytes', true);
+    bytes bigint := pg_table_size(p_table);
+    threshold bigint := CASE WHEN setting = 'auto' THEN pg_size_bytes(current_setting('min_parallel_table_scan_size'))
+                             ELSE coalesce(nullif(setting, ''), '0')::bigint END;
+    n_rows bigint;
+BEGIN
+    IF bytes >= threshold THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format('SELECT count(*) FROM %s', p_table) INTO n_rows;
+    RETURN format('%s holds %s rows in %s, below %s (%s)', p_table, n_rows, pg_size_pretty(bytes), pg_size_pretty(threshold),
+                  CASE WHEN setting = 'auto' THEN 'min_parallel_table_scan_size' ELSE 'min_table_bytes' END);
+END $$;
+
 -- Reading an RPC's query. OPT3 and OPT5 rewrite the user's own RPCs; they accept a body only when
 -- they recognise its shape, and read from it what their views and helpers must reproduce. The
 -- recognition works on the query as PostgreSQL itself reads it (stage4.canonical_query), so

@@ -2,7 +2,7 @@
 SET LOCAL lock_timeout = '2s';
 -- What a swap retired (stage4.retire()), never with CASCADE: what still depends on it stays, named.
 SELECT stage4.drop_retired(0) WHERE to_regprocedure('stage4.drop_retired(double precision)') IS NOT NULL;
-DROP FUNCTION IF EXISTS stage4.dashboard_rpc_mismatch(text), stage4.query_is_one_of(regprocedure, regclass, text[]), stage4.unnamed_columns(text),
+DROP FUNCTION IF EXISTS stage4.small_table(regclass), stage4.dashboard_rpc_mismatch(text), stage4.query_is_one_of(regprocedure, regclass, text[]), stage4.unnamed_columns(text),
     stage4.radius_rpc_shape(regprocedure, regclass), stage4.radius_box(jsonb),
     stage4.search_rpc_shape(regprocedure, regclass), stage4.query_clauses(regprocedure, regclass), stage4.canonical_query(regprocedure, text),
     stage4.function_query(regprocedure), stage4.sql_unwrap(text), stage4.sql_split(text, text);

@@ -20,7 +20,7 @@ BEGIN
                       'assert_can_publish_via_root', 'publish_via_root', 'restore_publication_settings',
                       'read_policies', 'read_policy_rule', 'assert_known_read_policies', 'accept_read_policies', 'forget_read_policies',
                       'sql_split', 'sql_unwrap', 'function_query', 'canonical_query', 'query_clauses', 'search_rpc_shape', 'radius_box',
-                      'radius_rpc_shape', 'unnamed_columns', 'use_api_search_path', 'query_is_one_of', 'dashboard_rpc_mismatch']) f
+                      'radius_rpc_shape', 'unnamed_columns', 'use_api_search_path', 'small_table', 'query_is_one_of', 'dashboard_rpc_mismatch']) f
     WHERE NOT EXISTS (SELECT 1 FROM pg_proc WHERE proname = f AND pronamespace = 'stage4'::regnamespace);
     IF missing IS NOT NULL THEN
         RAISE EXCEPTION 'stage4_toolkit: missing functions: %', missing;
