@@ -93,6 +93,13 @@ options:
         first pending change only.
     type: bool
     default: false
+  decline:
+    description:
+      - A reason to decline the change without asking its C(decline.sql), when it would be deployed (a promotion
+        from a staging run that declined it must not apply it where it was never judged). Empty asks C(decline.sql).
+      - A change already applied is left as it is.
+    type: str
+    default: ""
   gated:
     description:
       - The change is judged after it is deployed (Stage 4's gate). Its ledger row keeps C(accepted_at) empty
@@ -695,6 +702,7 @@ def main():
         variables=dict(type="dict", default={}),
         run_id=dict(type="str", default=""),
         dry_run_precheck=dict(type="bool", default=False),
+        decline=dict(type="str", default=""),
         gated=dict(type="bool", default=False),
         ledger_schema=dict(type="str", default="stage4"),
         lock_retries=dict(type="int", default=5),
@@ -726,6 +734,8 @@ def main():
         module.exit_json(changed=False, action="unchanged", applied=row is not None, **result)
     # In check mode only where the precheck runs too (the first pending change): a later change's answer
     # depends on what the earlier ones would have done.
+    if action == "deploy" and params["decline"]:
+        module.exit_json(changed=False, action="declined", declined=params["decline"], applied=False, **result)
     if action == "deploy" and (not module.check_mode or params["dry_run_precheck"]):
         try:
             reason = decline_reason(conn, params, scripts)

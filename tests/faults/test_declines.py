@@ -51,3 +51,25 @@ def test_a_table_too_small_to_partition_is_left_unpartitioned_and_the_report_say
     status = {o["id"]: o["status"] for o in report_of(cluster, output)["optimizations"]}
     assert status == {"opt1": "declined", "opt2": "declined", "opt3": "already applied (ledger)",
                       "opt4": "declined", "opt5": "declined"}
+
+
+def test_prod_declines_what_the_promoted_staging_run_declined(cluster, tmp_path):
+    """A staging run that declined optimizations can be promoted; prod declines them too, even where its own
+    decline.sql would apply them (here: prod partitions any size), since staging never judged them."""
+    staging = stage4_runs.clone(cluster, "STAGING")
+    rc, output = run_stage4(cluster, staging, "-e", "stage4_min_table_bytes=auto")
+    assert rc == 0, output[-2000:]
+    report = dict(report_of(cluster, output), environment="staging")
+    staged = tmp_path / "staging_report.json"
+    staged.write_text(json.dumps(report), encoding="utf-8")
+    prod = stage4_runs.clone(cluster, "PROD")
+    rc, output = run_stage4(cluster, prod, "-e", "stage4_min_table_bytes=0", "-e", "stage4_promote_from=%s" % staged)
+    assert rc == 0, output[-2000:]
+    assert "but opt1, opt2, opt4, opt5 declined, and declined here too" in output
+    promoted = report_of(cluster, output)
+    assert {o["id"]: o["status"] for o in promoted["optimizations"]} == {
+        "opt1": "declined", "opt2": "declined", "opt3": "applied: gate passed", "opt4": "declined", "opt5": "declined"}
+    declined = {o["id"]: o["declined"] for o in promoted["optimizations"] if o["declined"]}
+    assert declined["opt1"] == "declined in the promoted staging run %s: %s" % (
+        report["run_id"], [o["declined"] for o in report["optimizations"] if o["id"] == "opt1"][0])
+    assert sql(cluster, prod, "SELECT relkind FROM pg_class WHERE oid = 'public.geometrias'::regclass") == [("r",)]

@@ -93,10 +93,16 @@ def test_a_declined_change_changes_and_records_nothing_until_its_reason_is_gone(
         assert declined["action"] == "declined" and not declined["changed"] and not declined["applied"]
         assert declined["declined"] == "no table big_enough yet (small)" and declined["executed"] == []
     assert scalar(cluster, "SELECT to_regclass('t20') IS NULL")
-    assert scalar(cluster, "SELECT count(*) FROM stage4.ledger WHERE change = 'c20'") == 0
+    assert (scalar(cluster, "SELECT to_regclass('stage4.ledger') IS NULL")
+            or scalar(cluster, "SELECT count(*) FROM stage4.ledger WHERE change = 'c20'") == 0)
     scalar(cluster, "CREATE TABLE big_enough (); SELECT 1")
+    # a caller's reason (a promoted staging run declined it) declines it without asking decline.sql
+    forced = run(capsys, dict(args, decline="declined in the promoted staging run r1: small"))
+    assert forced["action"] == "declined" and forced["declined"] == "declined in the promoted staging run r1: small"
+    assert scalar(cluster, "SELECT to_regclass('t20') IS NULL")
     assert run(capsys, args)["action"] == "deployed"
     assert run(capsys, args)["action"] == "unchanged"  # applied: no longer asked
+    assert run(capsys, dict(args, decline="anything"))["action"] == "unchanged"  # an applied change is left as it is
 
 
 def test_drift_is_refused_and_repeatable_redeploys(cluster, capsys, tmp_path):
