@@ -732,10 +732,10 @@ def main():
         module.fail_json(msg="change {0}: {1}".format(params["change"], error), **result)
     if action == "unchanged":
         module.exit_json(changed=False, action="unchanged", applied=row is not None, **result)
-    # In check mode only where the precheck runs too (the first pending change): a later change's answer
-    # depends on what the earlier ones would have done.
     if action == "deploy" and params["decline"]:
         module.exit_json(changed=False, action="declined", declined=params["decline"], applied=False, **result)
+    # In check mode only where the precheck runs too (the first pending change): a later change's answer
+    # depends on what the earlier ones would have done.
     if action == "deploy" and (not module.check_mode or params["dry_run_precheck"]):
         try:
             reason = decline_reason(conn, params, scripts)
