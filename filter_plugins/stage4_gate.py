@@ -7,11 +7,17 @@ confidence interval (the one that inverts the Mann-Whitney U test). The interval
 queries, and of the workload's mean latency, are Bonferroni-corrected so that together they hold
 at `confidence`. Each query is then:
 
-- better: the whole interval is below zero;
+- better: the whole interval is below minus the noise (zero without an A/A control);
 - worse: the whole interval is above the tolerance, max(`max_slowdown_ms`, `max_slowdown_pct` of
-  the reference median): a real slowdown an API user can feel;
-- unchanged: the interval stays below the tolerance (it may be slower by less: the line says so);
+  the reference median, the noise): a real slowdown an API user can feel;
+- unchanged: the interval stays below the tolerance (it may be slower by less, or faster within the
+  noise: the line says so);
 - inconclusive: the interval straddles the tolerance; more samples are needed to tell.
+
+The noise comes from the A/A control (`stage4_noise`): the unchanged database measured twice in a
+row before any change. The farthest bound of each query's shift between those two measurements,
+as a fraction of its median, is what a measurement moves with nothing changed (a shared machine's
+speed wanders by several percent between stages); a gain smaller than that is not claimed.
 
 A changed result fingerprint always fails: a faster wrong answer is not an optimization. The
 stage fails on a worse query, a changed result or a worse workload mean; it is marginal (measure
@@ -63,6 +69,17 @@ options:
     type: bool
   inconclusive_passes:
     description: What an inconclusive gate decides when it cannot measure again. False (the default) fails it.
+    type: bool
+  noise:
+    description:
+      - The A/A control (the C(stage4_noise) filter's result). Per query, a shift within its noise is not
+        called better, and a slowdown must exceed it too to be worse.
+      - Omitted or empty, no noise is assumed.
+    type: dict
+  requires_improvement:
+    description:
+      - When true, the stage fails unless at least one query is better (beyond the noise): the table
+        owner keeps only what pays (C(stage4_optimization_gate_requires=improvement)).
     type: bool
 """
 
@@ -137,14 +154,15 @@ def mean_difference_interval(reference_sets, current_sets, level):
     return difference, difference - half_width, difference + half_width
 
 
-def classify(low, high, tolerance):
+def classify(low, high, tolerance, noise=0.0):
+    """The verdict of a shift interval: a slowdown must exceed the tolerance and the noise, a gain the noise."""
     if low is None:
         return "inconclusive"
-    if low > tolerance:
+    if low > max(tolerance, noise):
         return "worse"
-    if high < 0:
+    if high < -noise:
         return "better"
-    if high <= tolerance:
+    if high <= max(tolerance, noise):
         return "unchanged"
     return "inconclusive"
 
@@ -159,23 +177,30 @@ def explain(query_id, verdict, figures):
                                              _ms(figures["shift_high_ms"]))
     medians = "median {reference_p50_ms:.3f} -> {p50_ms:.3f} ms ({delta_pct:+.1f}%)".format(**figures)
     tolerance = "the tolerance of {0:.3f} ms".format(figures["tolerance_ms"])
+    noise = figures.get("noise_ms") or 0.0
+    if verdict == "unchanged" and figures["shift_low_ms"] is not None and figures["shift_low_ms"] > 0:
+        unchanged = "slower, but within " + tolerance
+    elif verdict == "unchanged" and noise and figures["shift_high_ms"] is not None and figures["shift_high_ms"] < 0:
+        unchanged = "faster, but within the noise of {0:.3f} ms the A/A control measured: no gain claimed".format(noise)
+    else:
+        unchanged = "no difference beyond " + tolerance
     why = {
-        "better": "faster: the whole interval is below zero",
+        "better": "faster: the whole interval is below " + ("minus the noise of {0:.3f} ms".format(noise) if noise else "zero"),
         "worse": "slower beyond " + tolerance + " with the whole interval",
         "inconclusive": "the interval straddles " + tolerance + "; more samples are needed",
-        "unchanged": ("slower, but within " + tolerance) if figures["shift_low_ms"] is not None
-        and figures["shift_low_ms"] > 0 else "no difference beyond " + tolerance,
+        "unchanged": unchanged,
     }[verdict]
     return "{0}: {1}: {2}, {3}; {4}".format(query_id, verdict, medians, shift, why)
 
 
-def judge_query(query_id, current, reference, tolerance_ms, tolerance_pct, level):
+def judge_query(query_id, current, reference, tolerance_ms, tolerance_pct, level, noise_fraction=0.0):
     reference_samples = reference.get("samples_ms") or []
     current_samples = current.get("samples_ms") or []
     reference_p50 = median(reference_samples) if reference_samples else reference["p50_ms"]
     current_p50 = median(current_samples) if current_samples else current["p50_ms"]
     shift, low, high = hodges_lehmann(reference_samples, current_samples, level)
     tolerance = max(tolerance_ms, tolerance_pct / 100.0 * reference_p50)
+    noise = noise_fraction * reference_p50
     p_slower = mann_whitney_slower_p(reference_samples, current_samples)
     p_faster = mann_whitney_slower_p(current_samples, reference_samples)
     figures = {
@@ -186,6 +211,7 @@ def judge_query(query_id, current, reference, tolerance_ms, tolerance_pct, level
         "shift_low_ms": round(low, 4) if low is not None else None,
         "shift_high_ms": round(high, 4) if high is not None else None,
         "tolerance_ms": round(tolerance, 4),
+        "noise_ms": round(noise, 4),
         "p_value": round(min(1.0, 2 * min(p_slower, p_faster)), 6),
         "reference_samples": len(reference_samples), "samples": len(current_samples),
         "reference_mean_ms": round(reference["mean_ms"], 4), "mean_ms": round(current["mean_ms"], 4),
@@ -194,7 +220,7 @@ def judge_query(query_id, current, reference, tolerance_ms, tolerance_pct, level
         verdict = "result changed"
         line = "{0}: result changed: the query returns different rows than at the reference stage".format(query_id)
     else:
-        verdict = classify(low, high, tolerance)
+        verdict = classify(low, high, tolerance, noise)
         line = explain(query_id, verdict, figures)
     return dict(figures, query=query_id, verdict=verdict, explanation=line,
                 fingerprint_changed=verdict == "result changed")
@@ -226,8 +252,9 @@ def geometric_mean_speedup(queries):
 
 def stage4_gate(current, reference, max_slowdown_ms=2.0, max_slowdown_pct=25.0, max_workload_slowdown_pct=10.0,
                 confidence=0.95, force_fail=False, judge_latency=True, may_measure_again=False,
-                inconclusive_passes=False):
+                inconclusive_passes=False, noise=None, requires_improvement=False):
     """Returns {"decision", "passed", "reason", "queries", "workload", "regressions", "summary", "level"}."""
+    noise_fractions = {q: figures["fraction"] for q, figures in ((noise or {}).get("queries") or {}).items()}
     common = sorted(set(current["queries"]) & set(reference["queries"]))
     # One interval per query plus the workload's, together at `confidence` (Bonferroni).
     level = 1 - (1 - float(confidence)) / (len(common) + 1)
@@ -238,7 +265,8 @@ def stage4_gate(current, reference, max_slowdown_ms=2.0, max_slowdown_pct=25.0, 
                             "explanation": "{0}: measured in only one of the two stages".format(query_id)})
             continue
         queries.append(judge_query(query_id, current["queries"][query_id], reference["queries"][query_id],
-                                   float(max_slowdown_ms), float(max_slowdown_pct), level))
+                                   float(max_slowdown_ms), float(max_slowdown_pct), level,
+                                   noise_fractions.get(query_id, 0.0)))
     workload = judge_workload(current, reference, common, float(max_slowdown_ms), float(max_workload_slowdown_pct),
                               level) if common else None
 
@@ -265,6 +293,10 @@ def stage4_gate(current, reference, max_slowdown_ms=2.0, max_slowdown_pct=25.0, 
     elif undecided and not inconclusive_passes:
         decision = "fail"
         reasons = ["still inconclusive with every allowed sample: " + "; ".join(u["explanation"] for u in undecided)]
+    elif judge_latency and requires_improvement and not any(q["verdict"] == "better" for q in queries):
+        decision = "fail"
+        reasons = ["no measurable gain: no query is faster beyond {0}, and the gate requires an improvement".format(
+            "the noise the A/A control measured" if noise_fractions else "its interval")]
     else:
         decision = "pass"
 
@@ -289,6 +321,34 @@ def stage4_gate(current, reference, max_slowdown_ms=2.0, max_slowdown_pct=25.0, 
                     "qps_delta_pct": round((current["qps"] / reference["qps"] - 1) * 100.0, 1)
                     if reference.get("qps") and current.get("qps") else None},
     }
+
+
+def stage4_noise(control, baseline, confidence=0.95):
+    """The A/A control: what each query's latency moved between two measurements of the unchanged database.
+
+    Per query, the Hodges-Lehmann shift of `control` over `baseline` with its interval (Bonferroni-corrected
+    as the gate's), and `fraction`: the interval's farthest bound over the baseline median. The gate scales
+    that fraction by the median of whatever stage it compares with, so the noise follows a query that an
+    optimization made ten times faster.
+    """
+    common = sorted(set(control["queries"]) & set(baseline["queries"]))
+    level = 1 - (1 - float(confidence)) / (len(common) + 1)
+    queries = {}
+    for query_id in common:
+        reference_samples = baseline["queries"][query_id].get("samples_ms") or []
+        control_samples = control["queries"][query_id].get("samples_ms") or []
+        shift, low, high = hodges_lehmann(reference_samples, control_samples, level)
+        reference_p50 = median(reference_samples) if reference_samples else baseline["queries"][query_id]["p50_ms"]
+        bound = max(abs(v) for v in (low, high, shift) if v is not None) if shift is not None else 0.0
+        queries[query_id] = {"reference_p50_ms": round(reference_p50, 4),
+                             "shift_ms": None if shift is None else round(shift, 4),
+                             "shift_low_ms": None if low is None else round(low, 4),
+                             "shift_high_ms": None if high is None else round(high, 4),
+                             "fraction": round(bound / reference_p50, 4) if reference_p50 > 0 else 0.0}
+    fractions = sorted(q["fraction"] for q in queries.values())
+    return {"queries": queries, "level": round(level, 6),
+            "median_fraction": median(fractions) if fractions else None,
+            "max_fraction": fractions[-1] if fractions else None}
 
 
 def pooled_latency(samples):
@@ -322,4 +382,4 @@ def stage4_pooled(benchmark, more):
 
 class FilterModule:
     def filters(self):
-        return {"stage4_gate": stage4_gate, "stage4_pooled": stage4_pooled}
+        return {"stage4_gate": stage4_gate, "stage4_pooled": stage4_pooled, "stage4_noise": stage4_noise}

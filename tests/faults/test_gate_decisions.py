@@ -2,23 +2,25 @@
 
 The injected change (tests/fixtures/sql/injected_slowdown) makes the radius RPC behind q02 sleep
 20 ms and return the same rows: only latency can tell. The run judges latency, as production does.
+Another (tests/fixtures/sql/injected_no_gain) changes nothing a query reads: kept by default, it is
+refused when the table owner asks for an improvement.
 """
 import json
 import os
 
 from stage4_runs import REPO, assert_untouched, clone, ledger, run_dirs, run_stage4, sql, state
 
-INJECTED = os.path.join(REPO, "tests", "fixtures", "sql", "injected_slowdown")
+FIXTURES = os.path.join(REPO, "tests", "fixtures", "sql")
 
 
-def sql_root_with_injected_change(tmp_path):
+def sql_root_with_injected_change(tmp_path, change="injected_slowdown"):
     """The project's SQL changes plus the injected one, as a folder stage4_sql_root can name."""
     root = tmp_path / "sql"
     root.mkdir()
     source = os.path.join(REPO, "files", "sql")
-    for change in os.listdir(source):
-        os.symlink(os.path.join(source, change), root / change)
-    os.symlink(INJECTED, root / "injected_slowdown")
+    for name in os.listdir(source):
+        os.symlink(os.path.join(source, name), root / name)
+    os.symlink(os.path.join(FIXTURES, change), root / change)
     return root
 
 
@@ -66,4 +68,38 @@ def test_an_inconclusive_stage_is_measured_again_longer_then_fails(cluster, tmp_
         with open(os.path.join(run_dir, "metrics_%s.json" % stage), encoding="utf-8") as handle:
             executions[stage] = json.load(handle)["iterations"]
     assert executions == {"slow": 2, "slow_more1": 3, "slow_more2": 3}
+    assert_untouched(cluster, dbname, before)
+
+
+def test_a_change_with_no_gain_is_refused_when_improvement_is_required(cluster, tmp_path):
+    dbname = clone(cluster, "injected_no_gain")
+    before, runs = state(cluster, dbname), run_dirs(cluster)
+    rc, output = run_stage4(
+        cluster, dbname,
+        "-e", "stage4_sql_root=%s" % sql_root_with_injected_change(tmp_path, "injected_no_gain"),
+        "-e", '{"stage4_optimizations": [{"id": "nogain", "change": "injected_no_gain", '
+              '"title": "A change no query reads"}]}',
+        "-e", "stage4_benchmark_iterations=30", "-e", "stage4_optimization_gate_judge_latency=true",
+        "-e", "stage4_optimization_gate_requires=improvement")
+    assert rc != 0, output
+    print(output[output.find("Gate failed for nogain"):][:600])
+    assert ("Gate failed for nogain against baseline: no measurable gain: no query is faster beyond the noise "
+            "the A/A control measured, and the gate requires an improvement") in output
+    assert "nogain was reverted and verified" in output
+    assert_untouched(cluster, dbname, before)
+    assert "injected_no_gain" not in [change for change, _ in ledger(cluster, dbname)]
+    (run_dir,) = run_dirs(cluster) - runs
+    with open(os.path.join(run_dir, "report.json"), encoding="utf-8") as handle:
+        report = json.load(handle)
+    assert report["control"]["stages"] == ["baseline_control", "baseline"]
+    assert report["optimizations"][0]["gate"]["settings"]["requires"] == "improvement"
+
+
+def test_a_bad_gate_policy_is_refused_before_any_change(cluster):
+    dbname = clone(cluster, "bad_gate_policy")
+    before = state(cluster, dbname)
+    rc, output = run_stage4(cluster, dbname, "-e", "stage4_optimization_gate_requires=faster")
+    assert rc != 0, output
+    assert ("Bad variables: stage4_optimization_gate_requires is 'faster' (use no_regression or improvement). "
+            "Nothing was changed.") in output
     assert_untouched(cluster, dbname, before)

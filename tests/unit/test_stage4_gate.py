@@ -3,7 +3,7 @@ import random
 import statistics
 
 import pytest
-from stage4_gate import FilterModule, hodges_lehmann, mann_whitney_slower_p, stage4_gate, stage4_pooled
+from stage4_gate import FilterModule, hodges_lehmann, mann_whitney_slower_p, stage4_gate, stage4_noise, stage4_pooled
 
 
 def query(samples, fingerprint="f"):
@@ -191,4 +191,54 @@ def test_pooled_keeps_a_changed_result_visible():
 
 
 def test_registered_as_filters():
-    assert FilterModule().filters() == {"stage4_gate": stage4_gate, "stage4_pooled": stage4_pooled}
+    assert FilterModule().filters() == {"stage4_gate": stage4_gate, "stage4_pooled": stage4_pooled,
+                                        "stage4_noise": stage4_noise}
+
+
+def test_noise_is_the_farthest_bound_of_the_aa_shift_as_a_fraction():
+    baseline, control = ten_queries(1.0, 1), ten_queries(1.06, 2)  # the server 6% slower, nothing changed
+    noise = stage4_noise(control, baseline)
+    assert set(noise["queries"]) == {"q%02d" % i for i in range(10)}
+    for figures in noise["queries"].values():
+        assert figures["shift_low_ms"] < figures["shift_ms"] < figures["shift_high_ms"]
+        assert figures["fraction"] == pytest.approx(
+            max(abs(figures["shift_low_ms"]), abs(figures["shift_high_ms"])) / figures["reference_p50_ms"], abs=1e-3)
+        assert 0.06 < figures["fraction"] < 0.15
+    assert noise["median_fraction"] <= noise["max_fraction"]
+
+
+def test_a_gain_within_the_noise_is_not_claimed():
+    """A wander of 6% between two measurements of the unchanged database: a later 6% gain is noise."""
+    baseline, control = ten_queries(1.0, 1), ten_queries(1.06, 2)
+    noise = stage4_noise(control, baseline)
+    drifted = ten_queries(0.94, 3)
+    without = stage4_gate(drifted, baseline)
+    assert without["summary"]["better"] == 10  # what the gate claimed before the control
+    verdict = stage4_gate(drifted, baseline, noise=noise)
+    assert verdict["passed"] and verdict["summary"]["better"] == 0
+    assert all("within the noise" in q["explanation"] for q in verdict["queries"])
+    # A real gain, twice the noise and more, is still claimed; the noise scales with the reference median.
+    faster = stage4_gate(ten_queries(0.5, 4, spread=0.025), baseline, noise=noise)
+    assert faster["summary"]["better"] == 10
+    assert all(q["noise_ms"] == pytest.approx(noise["queries"][q["query"]]["fraction"] * q["reference_p50_ms"], abs=1e-3)
+               for q in faster["queries"])
+
+
+def test_a_slowdown_must_exceed_the_noise_as_well_as_the_tolerance():
+    baseline = ten_queries(10.0, 1, spread=0.1)
+    loud = {"queries": {"q%02d" % i: {"fraction": 0.5} for i in range(10)}}  # a server that wanders by 50%
+    slower = ten_queries(13.0, 2, spread=0.1)  # 30% slower: beyond the 25% tolerance, within that noise
+    assert stage4_gate(slower, baseline)["decision"] == "fail"
+    assert stage4_gate(slower, baseline, noise=loud)["summary"]["worse"] == 0
+
+
+def test_improvement_policy_refuses_what_pays_nothing():
+    baseline = ten_queries(1.0, 1)
+    same = stage4_gate(ten_queries(1.0, 2), baseline, requires_improvement=True)
+    assert same["decision"] == "fail" and same["reason"].startswith("no measurable gain")
+    one_better = ten_queries(1.0, 2)
+    one_better["queries"]["q03"] = query(noisy(0.5, 7))
+    assert stage4_gate(one_better, baseline, requires_improvement=True)["passed"]
+    # The default keeps what does no harm; latency not judged, the policy does not apply either.
+    assert stage4_gate(ten_queries(1.0, 2), baseline)["passed"]
+    assert stage4_gate(ten_queries(1.0, 2), baseline, requires_improvement=True, judge_latency=False)["passed"]

@@ -139,7 +139,8 @@ def test_first_run_applied_opt1_and_second_changed_nothing():
     assert [o["status"] for o in first["optimizations"]] == ["applied: gate passed"] * len(ids)
     assert all(o["gate"]["passed"] for o in first["optimizations"])
     stages = [s["stage"] for s in first["stages"]]
-    assert [s for s in stages if not s.endswith("_after_restart")] == ["baseline"] + ids
+    # The A/A control, then the baseline: the unchanged database measured twice before any change.
+    assert [s for s in stages if not s.endswith("_after_restart")] == ["baseline_control", "baseline"] + ids
     assert "opt3_after_restart" in stages  # loading pg_cron for OPT4 restarted the server: opt3 measured again
     assert first["backup"]["sha256"] and os.path.exists(first["backup"]["file"])
     assert [o["status"] for o in second["optimizations"]] == ["already applied (ledger)"] * len(ids)
