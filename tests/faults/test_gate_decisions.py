@@ -103,3 +103,41 @@ def test_a_bad_gate_policy_is_refused_before_any_change(cluster):
     assert ("Bad variables: stage4_optimization_gate_requires is 'faster' (use no_regression or improvement). "
             "Nothing was changed.") in output
     assert_untouched(cluster, dbname, before)
+
+
+def test_skip_dependents_goes_on_with_what_does_not_require_the_refused_one(cluster):
+    """OPT1's gate fails (a drill); OPT2 and OPT4, which require it, are declined; OPT3 and OPT5 are applied.
+    The run fails at the end, after its report, and the next run, without the drill, applies the rest."""
+    dbname = clone(cluster, "skip_dependents")
+    runs = run_dirs(cluster)
+    rc, output = run_stage4(cluster, dbname, "-e", "stage4_on_gate_failure=skip_dependents",
+                            "-e", '{"stage4_optimization_gate_force_fail": ["opt1"]}')
+    assert rc != 0, output
+    assert "the run goes on with the optimizations that do not require it (stage4_on_gate_failure: skip_dependents)" in output
+    assert "opt2 declined: requires opt1, whose gate failed in this run (reverted)" in output
+    assert "Gate failed for opt1, reverted and verified: opt1: gate forced to fail (rollback drill)" in output
+    (run_dir,) = run_dirs(cluster) - runs
+    with open(os.path.join(run_dir, "report.json"), encoding="utf-8") as handle:
+        report = json.load(handle)
+    status = {o["id"]: o["status"] for o in report["optimizations"]}
+    assert status == {"opt1": "reverted: gate failed", "opt2": "declined", "opt3": "applied: gate passed",
+                      "opt4": "declined", "opt5": "applied: gate passed"}
+    assert report["outcome"] == "completed, opt1 reverted (gate failed): 2 applied, 0 already applied, 2 declined"
+    assert [change for change, _ in ledger(cluster, dbname)][-2:] == ["opt3_search_matview", "opt5_dashboard_matviews"]
+    assert sql(cluster, dbname, "SELECT relkind FROM pg_class WHERE oid = 'public.geometrias'::regclass") == [("r",)]
+    rc, output = run_stage4(cluster, dbname, "-e", "stage4_on_gate_failure=skip_dependents")
+    assert rc == 0, output[-2000:]
+    assert [change for change, _ in ledger(cluster, dbname)][-3:] == [
+        "opt1_temporal_partitioning", "opt2_storage_layout", "opt4_future_partitions"]
+
+
+def test_a_requirement_listed_after_its_dependent_is_refused_before_any_change(cluster):
+    dbname = clone(cluster, "bad_requires")
+    before = state(cluster, dbname)
+    rc, output = run_stage4(cluster, dbname, "-e", '{"stage4_optimizations": [{"id": "a", "change": "opt3_search_matview", '
+                                                   '"title": "A", "requires": ["b"]}, {"id": "b", "change": "opt5_dashboard_matviews", '
+                                                   '"title": "B"}]}')
+    assert rc != 0, output
+    assert ("Bad variables: a requires b, which is not an optimization listed before it in stage4_optimizations. "
+            "Nothing was changed.") in output
+    assert_untouched(cluster, dbname, before)
