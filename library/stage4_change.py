@@ -100,6 +100,15 @@ options:
       - A change already applied is left as it is.
     type: str
     default: ""
+  decide_only:
+    description:
+      - Only decide what the change would do (C(decline), then C(decline.sql) in a rolled-back transaction) and
+        return C(action) C(declined), C(unchanged) or C(would_deploy) (C(would_redeploy), ...), running nothing
+        else and changing nothing.
+      - Stage 4 asks before preparing the server for a change (loading pg_cron may restart PostgreSQL), so that a
+        change that declines costs no restart.
+    type: bool
+    default: false
   gated:
     description:
       - The change is judged after it is deployed (Stage 4's gate). Its ledger row keeps C(accepted_at) empty
@@ -703,6 +712,7 @@ def main():
         run_id=dict(type="str", default=""),
         dry_run_precheck=dict(type="bool", default=False),
         decline=dict(type="str", default=""),
+        decide_only=dict(type="bool", default=False),
         gated=dict(type="bool", default=False),
         ledger_schema=dict(type="str", default="stage4"),
         lock_retries=dict(type="int", default=5),
@@ -736,7 +746,7 @@ def main():
         module.exit_json(changed=False, action="declined", declined=params["decline"], applied=False, **result)
     # In check mode only where the precheck runs too (the first pending change): a later change's answer
     # depends on what the earlier ones would have done.
-    if action == "deploy" and (not module.check_mode or params["dry_run_precheck"]):
+    if action == "deploy" and (not module.check_mode or params["dry_run_precheck"] or params["decide_only"]):
         try:
             reason = decline_reason(conn, params, scripts)
         except psycopg2.Error as error:
@@ -744,6 +754,8 @@ def main():
                 params["change"], first_line(error)), **result)
         if reason:
             module.exit_json(changed=False, action="declined", declined=reason, applied=False, **result)
+    if params["decide_only"]:
+        module.exit_json(changed=False, action="would_" + action, applied=row is not None, **result)
     before_transaction = steps_before_transaction(action, scripts, prepared)
     uses_prepare = bool(before_transaction)
     result["prepared"] = ("resumed" if prepared else "started") if uses_prepare else "none"

@@ -92,6 +92,8 @@ def test_a_declined_change_changes_and_records_nothing_until_its_reason_is_gone(
         declined = run(capsys, dict(args, dry_run_precheck=check_mode), check_mode=check_mode)
         assert declined["action"] == "declined" and not declined["changed"] and not declined["applied"]
         assert declined["declined"] == "no table big_enough yet (small)" and declined["executed"] == []
+    decided = run(capsys, dict(args, decide_only=True))  # asked before preparing the server: same answer
+    assert decided["action"] == "declined" and decided["declined"] == "no table big_enough yet (small)"
     assert scalar(cluster, "SELECT to_regclass('t20') IS NULL")
     assert (scalar(cluster, "SELECT to_regclass('stage4.ledger') IS NULL")
             or scalar(cluster, "SELECT count(*) FROM stage4.ledger WHERE change = 'c20'") == 0)
@@ -100,7 +102,11 @@ def test_a_declined_change_changes_and_records_nothing_until_its_reason_is_gone(
     forced = run(capsys, dict(args, decline="declined in the promoted staging run r1: small"))
     assert forced["action"] == "declined" and forced["declined"] == "declined in the promoted staging run r1: small"
     assert scalar(cluster, "SELECT to_regclass('t20') IS NULL")
+    decided = run(capsys, dict(args, decide_only=True))
+    assert decided["action"] == "would_deploy" and not decided["changed"] and decided["executed"] == []
+    assert scalar(cluster, "SELECT to_regclass('t20') IS NULL")
     assert run(capsys, args)["action"] == "deployed"
+    assert run(capsys, dict(args, decide_only=True))["action"] == "unchanged"
     assert run(capsys, args)["action"] == "unchanged"  # applied: no longer asked
     assert run(capsys, dict(args, decline="anything"))["action"] == "unchanged"  # an applied change is left as it is
 
