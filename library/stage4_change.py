@@ -100,6 +100,14 @@ options:
       - A change already applied is left as it is.
     type: str
     default: ""
+  tooling:
+    description:
+      - Changes that install tooling (Stage 4's C(stage4_tooling_changes)). A revert does not wait for them; they
+        are never reverted by a rollback, and a newer checkout may install one after the optimizations were
+        applied.
+    type: list
+    elements: str
+    default: []
   decide_only:
     description:
       - Only decide what the change would do (C(decline), then C(decline.sql) in a rolled-back transaction) and
@@ -713,6 +721,7 @@ def main():
         dry_run_precheck=dict(type="bool", default=False),
         decline=dict(type="str", default=""),
         decide_only=dict(type="bool", default=False),
+        tooling=dict(type="list", elements="str", default=[]),
         gated=dict(type="bool", default=False),
         ledger_schema=dict(type="str", default="stage4"),
         lock_retries=dict(type="int", default=5),
@@ -736,7 +745,8 @@ def main():
     ledger = Ledger(conn, params["ledger_schema"])
     row = ledger.row(params["change"])
     prepared = ledger.prepared_for(params["change"])
-    later = ledger.applied_after(row["seq"]) if row and params["state"] == "reverted" else []
+    later = ([change for change in ledger.applied_after(row["seq"]) if change not in params["tooling"]]
+             if row and params["state"] == "reverted" else [])
     action, error = plan(params["state"], row, scripts, later, params["repeatable"], prepared)
     if error:
         module.fail_json(msg="change {0}: {1}".format(params["change"], error), **result)

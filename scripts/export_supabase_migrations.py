@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/export_supabase_migrations.py [--out supabase/migrations] [--timestamp 20261201120000]
 
-Writes one migration per change, `<out>/<version>_stage4_<change>.sql`: the stage4_toolkit first, then the
+Writes one migration per change, `<out>/<version>_stage4_<change>.sql`: the stage4_* tooling changes first, then the
 optimizations in the order of `stage4_optimizations` (playbooks/group_vars/all.yml). Each file does what the
 stage4_change module does for state=applied, in one transaction: the change's `variables` as
 set_config('stage4.<name>', value, true), precheck + deploy + verify, and the change recorded in the Stage 4
@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 SQL_ROOT = REPO / "files" / "sql"
 STAGE4_CHANGE = REPO / "library" / "stage4_change.py"
 LEDGER_SCHEMA = "stage4"
-# The toolkit is the only tooling change the optimizations call; benchmark_schema only serves the benchmark.
-TOOLING = ("stage4_toolkit",)
+# The tooling changes the optimizations call are the stage4_* ones; benchmark_schema only serves the benchmark.
+TOOLING_PREFIX = "stage4_"
 TIMESTAMP_FORMAT = "%Y%m%d%H%M%S"
 
 # Why one set_config per file is enough: `supabase db push` applies each migration file as one transaction
@@ -67,9 +67,9 @@ def stage4_change_constants():
 def load_changes():
     """[{"change", "id", "title", "variables", "repeatable", "server_role"}] in the order Stage 4 applies them."""
     settings = stage4_settings.load()
-    changes = [{"change": item["change"], "id": item["change"], "title": "Stage 4 rollout toolkit",
+    changes = [{"change": item["change"], "id": item["change"], "title": "Stage 4 rollout tooling: " + item["change"],
                 "variables": {}, "repeatable": item.get("repeatable", False), "server_role": None}
-               for item in settings["stage4_tooling_changes"] if item["change"] in TOOLING]
+               for item in settings["stage4_tooling_changes"] if item["change"].startswith(TOOLING_PREFIX)]
     for item in settings["stage4_optimizations"]:
         variables = {key: str(value) for key, value in (item.get("variables") or {}).items()}
         templated = [key for key, value in variables.items() if "{{" in value or "{%" in value]

@@ -149,6 +149,18 @@ def schema_dump(cluster, dbname, user=None, password=None, exclude=("stage4",), 
 
 
 SQL_ROOT = os.path.join(REPO, "files", "sql")
+
+
+def _tooling():
+    import yaml  # noqa: PLC0415
+    with open(os.path.join(REPO, "playbooks", "group_vars", "all.yml"), encoding="utf-8") as handle:
+        return [item["change"] for item in yaml.safe_load(handle)["stage4_tooling_changes"]]
+
+
+# The rollout's own changes, in the order it installs them (stage4_tooling_changes): TOOLKIT, the stage4_*
+# ones the optimizations call, then the benchmark's schema.
+TOOLING = _tooling()
+TOOLKIT = [change for change in TOOLING if change.startswith("stage4_")]
 # What inventories/local sets for the small fixture: partition it anyway, so every optimization runs.
 LOCAL_SETTINGS = {"stage4_min_table_bytes": 0}
 
@@ -159,6 +171,12 @@ def group_vars(**settings):
     import stage4_settings  # noqa: PLC0415  (scripts/ is on the tests' path: tests/conftest.py)
     return stage4_settings.load(**(settings or LOCAL_SETTINGS))
 SCRIPTS = {"applied": ("precheck", "deploy", "verify"), "reverted": ("revert", "verify_reverted")}
+
+
+def install_toolkit(conn):
+    """Every change of TOOLKIT, in order, as run_change() runs one."""
+    for change in TOOLKIT:
+        run_change(conn, change)
 
 
 def run_change(conn, change, state="applied", variables=None, prelude_sql=None):

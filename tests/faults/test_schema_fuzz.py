@@ -126,7 +126,7 @@ def fuzz_cluster(cluster):
         cur.execute("GRANT CREATE ON SCHEMA public TO dono_fuzz")
     conn.close()
     conn = cluster.connect(TEMPLATE)
-    pgcluster.run_change(conn, "stage4_toolkit")
+    pgcluster.install_toolkit(conn)
     conn.close()
     return cluster
 

@@ -35,7 +35,7 @@ def cluster():
     with pgcluster.running_cluster() as running:
         running.build_reference_db(TEMPLATE, features=FEATURES)
         conn = running.connect(TEMPLATE)
-        pgcluster.run_change(conn, "stage4_toolkit")
+        pgcluster.install_toolkit(conn)
         conn.close()
         yield running
 

@@ -113,7 +113,8 @@ def cluster():
         running.build_reference_db(TEMPLATE)
         conn = running.connect(TEMPLATE, autocommit=False)
         try:
-            deploy(conn, "stage4_toolkit")
+            for tool in pgcluster.TOOLKIT:
+                deploy(conn, tool)
             deploy(conn, "opt1_temporal_partitioning", {"partition_through_year": "2028"})
             running.pg_cron_loaded = "pg_cron" in scalar(conn, "SHOW shared_preload_libraries")
         finally:

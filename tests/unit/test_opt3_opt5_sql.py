@@ -152,7 +152,8 @@ def cluster():
     with pgcluster.running_cluster() as running:
         running.preload_pg_cron(DB)
         running.build_reference_db(DB, features=251)
-        apply_change(running, "stage4_toolkit")
+        for tool in pgcluster.TOOLKIT:
+            apply_change(running, tool)
         apply_change(running, "opt1_temporal_partitioning", variables={"partition_through_year": "2028"})
         conn = running.connect(DB)
         with conn.cursor() as cur:

@@ -24,8 +24,10 @@ import stage4_change  # noqa: E402  (library/, made importable by tests/conftest
 BIN = Path(sys.executable).parent
 PSQL = "/usr/lib/postgresql/15/bin/psql"
 DB = "BIBLIOTECA"  # pg_cron runs its jobs in cron.database_name, set to this name
-CHANGES = ["stage4_toolkit", "opt1_temporal_partitioning", "opt2_storage_layout", "opt3_search_matview",
-           "opt4_future_partitions", "opt5_dashboard_matviews"]
+OPTIMIZATIONS = ["opt1_temporal_partitioning", "opt2_storage_layout", "opt3_search_matview",
+                 "opt4_future_partitions", "opt5_dashboard_matviews"]
+CHANGES = pgcluster.TOOLKIT + OPTIMIZATIONS
+OPT1, OPT3 = CHANGES.index("opt1_temporal_partitioning"), CHANGES.index("opt3_search_matview")
 # Row count and order-independent content checksum, without the toolkit (its revert removes it).
 TABLE_STATE = """
     SELECT count(*), md5(coalesce(string_agg(h, '' ORDER BY h), ''))
@@ -131,18 +133,18 @@ def query(cluster, sql):
 
 def test_export_names_files_and_records_sources(exported):
     migrations = sorted(p.name for p in exported.glob("*.sql"))
-    assert migrations == ["2026120112000%d_%s.sql" % (i, c if c.startswith("stage4_") else "stage4_" + c)
+    assert migrations == ["202612011200%02d_%s.sql" % (i, c if c.startswith("stage4_") else "stage4_" + c)
                           for i, c in enumerate(CHANGES)]
     reverts = sorted(p.name for p in (exported / "rollbacks").glob("*.sql"))
     assert reverts == ["revert_" + name for name in migrations]
     assert "ls -r" in (exported / "rollbacks" / "README.md").read_text()
-    opt1 = (exported / migrations[1]).read_text()
+    opt1 = (exported / migrations[OPT1]).read_text()
     deploy = REPO / "files/sql/opt1_temporal_partitioning/deploy.sql"
     assert stage4_change.read_change(str(REPO / "files/sql"), "opt1_temporal_partitioning")["deploy"]["sha256"] in opt1
     assert deploy.read_text() in opt1
     assert "SELECT set_config('stage4.partition_through_year', '2028', true);" in opt1
     # OPT3 declares repeatable read: set by the file's first statement; OPT1 (copies under a lock) does not.
-    opt3 = (exported / migrations[3]).read_text()
+    opt3 = (exported / migrations[OPT3]).read_text()
     statements = [line for line in opt3.splitlines() if line.strip() and not line.startswith("--")]
     assert statements[0] == "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ;"
     assert "SET TRANSACTION" not in opt1
@@ -171,14 +173,14 @@ def test_migrations_apply_record_the_ledger_and_revert_cleanly(cluster, exported
     for change, seq, files in ledger:
         scripts = stage4_change.read_change(str(REPO / "files/sql"), change)
         row = {"change": change, "seq": seq, "files": files}
-        assert stage4_change.plan("applied", row, scripts, [], change == "stage4_toolkit") == ("unchanged", None)
+        assert stage4_change.plan("applied", row, scripts, [], change in pgcluster.TOOLKIT) == ("unchanged", None)
     assert query(cluster, "SELECT count(*) FROM cron.job WHERE jobname LIKE 'stage4%'")[0][0] > 0
     assert query(cluster, TABLE_STATE) == before
 
     # Pushing a migration again is refused by its ledger guard; reverting out of order is refused too.
-    again = psql(cluster, migrations[1])
+    again = psql(cluster, migrations[OPT1])
     assert again.returncode != 0 and "already applied" in again.stderr
-    early = psql(cluster, exported / "rollbacks" / ("revert_" + migrations[1].name))
+    early = psql(cluster, exported / "rollbacks" / ("revert_" + migrations[OPT1].name))
     assert early.returncode != 0 and "revert opt2_storage_layout" in early.stderr
 
     for path in sorted((exported / "rollbacks").glob("revert_*.sql"), reverse=True):

@@ -28,7 +28,7 @@ def cluster():
         conn = running.connect(TEMPLATE)
         with open(DECORATIONS, encoding="utf-8") as handle, conn.cursor() as cur:
             cur.execute(handle.read())
-        pgcluster.run_change(conn, "stage4_toolkit")
+        pgcluster.install_toolkit(conn)
         conn.close()
         yield running
 

@@ -111,6 +111,18 @@ def test_a_declined_change_changes_and_records_nothing_until_its_reason_is_gone(
     assert run(capsys, dict(args, decline="anything"))["action"] == "unchanged"  # an applied change is left as it is
 
 
+def test_a_revert_does_not_wait_for_tooling_installed_after_it(cluster, capsys, tmp_path):
+    """A newer checkout installs a tooling change after the optimizations were applied: a rollback still works."""
+    root = write_change(tmp_path, "c30", "CREATE TABLE t30 (id int);", revert="DROP TABLE t30;")
+    write_change(tmp_path, "tool31", "CREATE OR REPLACE FUNCTION f31() RETURNS int LANGUAGE sql AS 'SELECT 1';")
+    base = dict(cluster.login_args("scratch"), sql_root=root)
+    run(capsys, dict(base, change="c30"))
+    run(capsys, dict(base, change="tool31", repeatable=True))
+    assert "revert tool31 first" in run(capsys, dict(base, change="c30", state="reverted"))["msg"]
+    reverted = run(capsys, dict(base, change="c30", state="reverted", tooling=["tool31"]))
+    assert reverted["action"] == "reverted" and scalar(cluster, "SELECT to_regclass('t30') IS NULL")
+
+
 def test_drift_is_refused_and_repeatable_redeploys(cluster, capsys, tmp_path):
     root = write_change(tmp_path, "c4", "CREATE OR REPLACE FUNCTION f4() RETURNS int LANGUAGE sql AS 'SELECT 1';")
     args = dict(cluster.login_args("scratch"), change="c4", sql_root=root)
@@ -250,7 +262,8 @@ def test_opt1_round_trip_restores_the_original(cluster, capsys):
     args = dict(cluster.login_args("BIBLIOTECA"), sql_root=SQL_ROOT)
     checksum = "SELECT stage4.table_checksum('public.geometrias')"
     before = schema_dump(cluster)
-    run(capsys, dict(args, change="stage4_toolkit"))
+    for tool in pgcluster.TOOLKIT:
+        run(capsys, dict(args, change=tool))
     rows_before = scalar(cluster, checksum, "BIBLIOTECA")
     applied = run(capsys, dict(args, change="opt1_temporal_partitioning", variables={"partition_through_year": "2028"}))
     assert applied["action"] == "deployed", applied.get("msg")
@@ -260,7 +273,9 @@ def test_opt1_round_trip_restores_the_original(cluster, capsys):
     assert reverted["action"] == "reverted", reverted.get("msg")
     assert reverted["executed"] == ["prepare_revert", "revert", "verify_reverted", "settle"]
     assert scalar(cluster, checksum, "BIBLIOTECA") == rows_before
-    run(capsys, dict(args, change="stage4_toolkit", state="reverted"))
+    for tool in reversed(pgcluster.TOOLKIT):
+        assert run(capsys, dict(args, change=tool, state="reverted"))["action"] == "reverted"
+    assert scalar(cluster, "SELECT count(*) FROM pg_proc WHERE pronamespace = 'stage4'::regnamespace", "BIBLIOTECA") == 0
     assert schema_dump(cluster) == before
 
 

@@ -26,7 +26,7 @@ def optimizations():
 
 def change(capsys, cluster, name, state, variables=None):
     args = dict(cluster.login_args(supabase_like.DATABASE), sql_root=pgcluster.SQL_ROOT, change=name, state=state,
-                variables=variables or {}, lock_retry_delay=0.2, repeatable=name == "stage4_toolkit")
+                variables=variables or {}, lock_retry_delay=0.2, repeatable=name in pgcluster.TOOLKIT)
     return pgcluster.run_module(capsys, stage4_change.main, args)
 
 
@@ -46,7 +46,8 @@ def test_the_deploying_role_is_not_a_superuser(supabase):
 
 
 def test_all_five_apply_and_revert_as_postgres_leaving_the_schema_and_rows_as_they_were(supabase, capsys):
-    assert not change(capsys, supabase, "stage4_toolkit", "applied").get("failed")
+    for tool in pgcluster.TOOLKIT:
+        assert not change(capsys, supabase, tool, "applied").get("failed")
     schema_before, rows_before = schema(supabase), fetch(supabase, ROWS)
     applied = []
     for optimization in optimizations():

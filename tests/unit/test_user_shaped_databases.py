@@ -38,6 +38,11 @@ def cluster():
         yield running
 
 
+def install_toolkit(capsys, cluster):
+    for tool in pgcluster.TOOLKIT:
+        assert change(capsys, cluster, tool, "applied")["changed"]
+
+
 def change(capsys, cluster, name, state, **variables):
     args = dict(cluster.login_args(DB), sql_root=pgcluster.SQL_ROOT, change=name, state=state,
                 variables=dict(VARIABLES.get(name, {}), **variables), lock_retry_delay=0.5)
@@ -95,7 +100,7 @@ def test_every_change_and_its_revert_work_on_a_user_shaped_database(cluster, cap
     users = case == "users-policies-and-public-execute"
     if users:
         assert as_leitor(cluster, SEARCH) == [(0,)]  # RLS: no policy lets it read a row
-    assert change(capsys, cluster, "stage4_toolkit", "applied")["changed"]
+    install_toolkit(capsys, cluster)
     schema_before, rows_before = pgcluster.schema_dump(cluster, DB), cluster.query(DB, ROWS)
 
     for name in ORDER:
@@ -134,7 +139,7 @@ def test_a_read_policy_of_another_shape_is_refused_naming_it(cluster, capsys):
     cluster.query(DB, """CREATE POLICY "Parks are public" ON public.geometrias FOR SELECT TO anon
                          USING (categoria = 'parque');
                          CREATE POLICY "Writers" ON public.geometrias FOR INSERT TO authenticated WITH CHECK (true)""")
-    assert change(capsys, cluster, "stage4_toolkit", "applied")["changed"]
+    install_toolkit(capsys, cluster)
     schema_before = pgcluster.schema_dump(cluster, DB)
     result = change(capsys, cluster, "opt3_search_matview", "applied")
     assert result["failed"] and not result.get("changed")
@@ -158,7 +163,7 @@ def test_a_search_of_another_shape_is_left_as_it_is_and_said_why(cluster, capsys
             ORDER BY g.id LIMIT max_results
         $$""")
     cluster.query(DB, "CREATE EXTENSION pg_cron")
-    assert change(capsys, cluster, "stage4_toolkit", "applied")["changed"]
+    install_toolkit(capsys, cluster)
     schema_before = pgcluster.schema_dump(cluster, DB)
     search = "SELECT prosrc FROM pg_proc WHERE proname = 'search_geometrias'"
     search_before = cluster.query(DB, search)
@@ -194,7 +199,7 @@ def test_dashboard_rpcs_of_other_shapes_decline_opt5_saying_why(cluster, capsys)
             FROM public.geometrias g WHERE g.publico GROUP BY g.categoria ORDER BY g.categoria
         $$;
         CREATE EXTENSION pg_cron""")
-    assert change(capsys, cluster, "stage4_toolkit", "applied")["changed"]
+    install_toolkit(capsys, cluster)
     schema_before = pgcluster.schema_dump(cluster, DB)
     result = change(capsys, cluster, "opt5_dashboard_matviews", "applied")
     assert result["action"] == "declined" and not result["changed"]
@@ -212,7 +217,7 @@ def test_on_a_small_table_opt3_rewrites_only_the_radius_rpc_and_opt5_declines(cl
     still rewrites the radius RPC, which reads only the table; its revert restores everything."""
     cluster.build_reference_db(DB)
     cluster.query(DB, "CREATE EXTENSION pg_cron")
-    assert change(capsys, cluster, "stage4_toolkit", "applied")["changed"]
+    install_toolkit(capsys, cluster)
     schema_before, rows_before = pgcluster.schema_dump(cluster, DB), cluster.query(DB, ROWS)
     search_before = cluster.query(DB, "SELECT prosrc FROM pg_proc WHERE proname = 'search_geometrias'")
     result = change(capsys, cluster, "opt5_dashboard_matviews", "applied", min_table_bytes="auto")
@@ -235,7 +240,7 @@ def test_opt3_declines_when_it_rewrites_neither_rpc(cluster, capsys):
     cluster.build_reference_db(DB)
     cluster.query(DB, "ALTER FUNCTION public.geometrias_no_raio(double precision, double precision, double precision) "
                       "SECURITY DEFINER")
-    assert change(capsys, cluster, "stage4_toolkit", "applied")["changed"]
+    install_toolkit(capsys, cluster)
     result = change(capsys, cluster, "opt3_search_matview", "applied", min_table_bytes="auto")
     assert result.get("action") == "declined", result.get("msg")
     assert result["declined"].startswith("OPT3 rewrites none of its RPCs: public.search_geometrias(): public.geometrias "

@@ -112,7 +112,8 @@ def under_harness(cluster, tmp_path, tag, steps, readers=2, writers=2):
 
 def test_no_write_lost_while_opt1_is_applied_and_reverted(cluster, capsys, tmp_path):
     before = reference_fingerprint(cluster)
-    change(capsys, cluster, "stage4_toolkit")
+    for tool in pgcluster.TOOLKIT:
+        change(capsys, cluster, tool)
 
     def apply_opt1():
         assert change(capsys, cluster, "opt1_temporal_partitioning",
@@ -176,7 +177,8 @@ def test_every_optimization_deploys_and_reverts_while_the_application_writes(clu
     while the harness inserts and updates features, OPT1 to OPT5 still deploy and revert at the first
     attempt (OPT3 and OPT5 in repeatable read, declared in deploy.sql; OPT4 counts the rows under its
     lock), and nothing the harness committed is lost."""
-    change(capsys, cluster, "stage4_toolkit")
+    for tool in pgcluster.TOOLKIT:
+        change(capsys, cluster, tool)
     variables = {"opt1_temporal_partitioning": {"partition_through_year": "2028"},
                  "opt5_dashboard_matviews": {"refresh_schedule": "*/15 * * * *"}}
     names = ["opt1_temporal_partitioning", "opt2_storage_layout", "opt3_search_matview", "opt4_future_partitions",

@@ -1,7 +1,7 @@
--- Raises if any toolkit function is still installed.
+-- Raises if stage4_toolkit is still installed.
 DO $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_proc WHERE pronamespace = 'stage4'::regnamespace AND proname = 'rebuild_table') THEN
+    IF EXISTS (SELECT 1 FROM pg_proc WHERE pronamespace = 'stage4'::regnamespace AND proname = 'table_checksum') THEN
         RAISE EXCEPTION 'stage4_toolkit: still installed';
     END IF;
 END $$;

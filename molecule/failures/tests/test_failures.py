@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from stage4_testlib import CLUSTER_DIR, connect, load_report, password, query, recorded_state, run_dirs, scalar
+from stage4_testlib import CLUSTER_DIR, TOOLING, connect, load_report, password, query, recorded_state, run_dirs, scalar
 
 
 def log(name):
@@ -56,8 +56,8 @@ def test_failed_opt1_gate_is_recorded():
 def test_failed_opt3_gate_leaves_opt1_and_opt2_applied():
     output = " ".join(log("gate_failure_opt3").split())
     assert "Gate failed for opt3 against opt2" in output and "opt3 was reverted and verified" in output
-    assert [r[0] for r in query("SELECT change FROM stage4.ledger ORDER BY seq")] == [
-        "stage4_toolkit", "benchmark_schema", "benchmark_provenance", "opt1_temporal_partitioning", "opt2_storage_layout"]
+    assert [r[0] for r in query("SELECT change FROM stage4.ledger ORDER BY seq")] == TOOLING + [
+        "opt1_temporal_partitioning", "opt2_storage_layout"]
     # (OPT3's revert also records a 'prepare_revert' event: its functions go back first.)
     assert [r[0] for r in query("SELECT action FROM stage4.ledger_events WHERE change = 'opt3_search_matview' "
                                 "AND action IN ('deploy', 'revert') ORDER BY id")] == ["deploy", "revert"]

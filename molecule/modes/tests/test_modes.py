@@ -4,7 +4,7 @@ import json
 import os
 import re
 
-from stage4_testlib import CLUSTER_DIR, load_report, query, run_dirs
+from stage4_testlib import CLUSTER_DIR, TOOLING, load_report, query, run_dirs
 
 PROMPT = "Type yes to apply"
 
@@ -87,8 +87,7 @@ def test_mode_b_applies_one_optimization_per_run():
     assert "would apply opt3 without opt2, which is neither applied nor selected" in gap and "Nothing was changed" in gap
     day2 = log("mode_b_day2")
     assert day2.count(PROMPT) == 1 and "Type yes to apply opt2" in day2
-    assert ledger("BIBLIOTECA_B") == ["stage4_toolkit", "benchmark_schema", "benchmark_provenance", "opt1_temporal_partitioning",
-                                      "opt2_storage_layout"]
+    assert ledger("BIBLIOTECA_B") == TOOLING + ["opt1_temporal_partitioning", "opt2_storage_layout"]
 
 
 def test_canary_goes_first_and_a_failed_gate_spares_the_others():

@@ -2,7 +2,7 @@
 import json
 import os
 
-from stage4_testlib import live_state, load_report, query, recorded_state, run_dirs
+from stage4_testlib import TOOLING, live_state, load_report, query, recorded_state, run_dirs
 
 
 def test_database_is_as_it_was():
@@ -10,8 +10,7 @@ def test_database_is_as_it_was():
 
 
 def test_only_the_tooling_remains_in_the_ledger():
-    assert [r[0] for r in query("SELECT change FROM stage4.ledger ORDER BY seq")] == ["stage4_toolkit", "benchmark_schema",
-                                                                                     "benchmark_provenance"]
+    assert [r[0] for r in query("SELECT change FROM stage4.ledger ORDER BY seq")] == TOOLING
 
 
 def test_each_revert_was_verified_and_audited():
