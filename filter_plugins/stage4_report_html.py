@@ -235,8 +235,10 @@ def _overall(report):
     stages = report.get("stages") or []
     if not stages:
         return "No benchmark ran."
-    first, last = stages[0], stages[-1]
-    if len(stages) == 1 or first.get("stage") != "baseline":
+    # The baseline, not the A/A control measured before it (baseline_control).
+    first = next((s for s in stages if s.get("stage") == "baseline"), stages[0])
+    last = stages[-1]
+    if last is first or first.get("stage") != "baseline":
         return f'Mean latency at {first.get("stage")}: {_ms(first.get("mean_ms"))} ms; QPS {_qps(first.get("qps"))}'
     reverted = " (reverted)" if last.get("stage") in _reverted_stages(report) else ""
     return (f'Mean latency: baseline {_ms(first.get("mean_ms"))} ms -> {last.get("stage")}{reverted} '

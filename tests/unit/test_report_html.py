@@ -373,6 +373,14 @@ def test_console_summary_of_the_fixture():
     ]
 
 
+def test_the_summary_compares_the_baseline_not_the_aa_control_measured_before_it():
+    report = sample_report()
+    control = dict(report["stages"][0], stage="baseline_control", mean_ms=0.9, qps=1000.0)
+    report["stages"].insert(0, control)
+    lines = stage4_report_summary(report, "out")
+    assert "Mean latency: baseline 0.554 ms -> opt5 0.621 ms (+12.1%); QPS 1,792 -> 1,598 (-10.8%)" in lines
+
+
 def test_a_declined_optimization_says_why_instead_of_a_gate():
     report = sample_report()
     reason = "public.geometrias holds 251 rows in 232 kB, below 8192 kB (min_parallel_table_scan_size)"
