@@ -15,9 +15,10 @@ at `confidence`. Each query is then:
 - inconclusive: the interval straddles the tolerance; more samples are needed to tell.
 
 The noise comes from the A/A control (`stage4_noise`): the unchanged database measured twice in a
-row before any change. The farthest bound of each query's shift between those two measurements,
-as a fraction of its median, is what a measurement moves with nothing changed (a shared machine's
-speed wanders by several percent between stages); a gain smaller than that is not claimed.
+row before any change. Each query's shift between those two measurements, as a fraction of its
+median, is what a measurement moves with nothing changed (a shared machine's speed wanders by
+several percent between stages); a gain smaller than that is not claimed. The point estimate, not
+the interval's bound: the interval of every later comparison already holds its own sampling error.
 
 A changed result fingerprint always fails: a faster wrong answer is not an optimization. The
 stage fails on a worse query, a changed result or a worse workload mean; it is marginal (measure
@@ -178,7 +179,11 @@ def explain(query_id, verdict, figures):
     medians = "median {reference_p50_ms:.3f} -> {p50_ms:.3f} ms ({delta_pct:+.1f}%)".format(**figures)
     tolerance = "the tolerance of {0:.3f} ms".format(figures["tolerance_ms"])
     noise = figures.get("noise_ms") or 0.0
-    if verdict == "unchanged" and figures["shift_low_ms"] is not None and figures["shift_low_ms"] > 0:
+    if verdict == "unchanged" and noise and figures["shift_low_ms"] is not None \
+            and figures["shift_low_ms"] > figures["tolerance_ms"]:
+        unchanged = ("slower beyond " + tolerance + ", but within the noise of {0:.3f} ms the A/A control measured: "
+                     "not attributed to this change; measure on a quieter server to tell").format(noise)
+    elif verdict == "unchanged" and figures["shift_low_ms"] is not None and figures["shift_low_ms"] > 0:
         unchanged = "slower, but within " + tolerance
     elif verdict == "unchanged" and noise and figures["shift_high_ms"] is not None and figures["shift_high_ms"] < 0:
         unchanged = "faster, but within the noise of {0:.3f} ms the A/A control measured: no gain claimed".format(noise)
@@ -327,8 +332,8 @@ def stage4_noise(control, baseline, confidence=0.95):
     """The A/A control: what each query's latency moved between two measurements of the unchanged database.
 
     Per query, the Hodges-Lehmann shift of `control` over `baseline` with its interval (Bonferroni-corrected
-    as the gate's), and `fraction`: the interval's farthest bound over the baseline median. The gate scales
-    that fraction by the median of whatever stage it compares with, so the noise follows a query that an
+    as the gate's), and `fraction`: the shift's size over the baseline median. The gate scales that
+    fraction by the median of whatever stage it compares with, so the noise follows a query that an
     optimization made ten times faster.
     """
     common = sorted(set(control["queries"]) & set(baseline["queries"]))
@@ -339,7 +344,7 @@ def stage4_noise(control, baseline, confidence=0.95):
         control_samples = control["queries"][query_id].get("samples_ms") or []
         shift, low, high = hodges_lehmann(reference_samples, control_samples, level)
         reference_p50 = median(reference_samples) if reference_samples else baseline["queries"][query_id]["p50_ms"]
-        bound = max(abs(v) for v in (low, high, shift) if v is not None) if shift is not None else 0.0
+        bound = abs(shift) if shift is not None else 0.0
         queries[query_id] = {"reference_p50_ms": round(reference_p50, 4),
                              "shift_ms": None if shift is None else round(shift, 4),
                              "shift_low_ms": None if low is None else round(low, 4),

@@ -110,7 +110,7 @@ def run_section(report):
     if control:
         out += [f'A/A control ({" then ".join(control["stages"])}, the unchanged database measured twice): the '
                 f'queries moved by {control["median_fraction"] * 100:.1f}% (median) and at most '
-                f'{control["max_fraction"] * 100:.1f}% (the farthest bound of each shift\'s interval); no gain within a '
+                f'{control["max_fraction"] * 100:.1f}% (each one\'s Hodges-Lehmann shift); no gain within a '
                 f'query\'s own figure is claimed.', ""]
     if overall:
         summary = overall["summary"]
