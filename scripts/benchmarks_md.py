@@ -12,11 +12,22 @@ judgement against the baseline and the timeline); --ratio is scripts/pgbench_rat
 import argparse
 import json
 import math
+import os
 
 
 def load(path):
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def load_run(path):
+    """A run's report.json, its provenance that of the baseline (metrics_baseline.json beside it) rather than the
+    first stage's: the A/A control, measured first, skips the throughput phase."""
+    report = load(path)
+    baseline = os.path.join(os.path.dirname(path), "metrics_baseline.json")
+    if os.path.exists(baseline):
+        report["provenance"] = load(baseline).get("provenance") or report.get("provenance")
+    return report
 
 
 def ms(value):
@@ -159,7 +170,7 @@ def main():
              "Reproduce with `make demo` (251 features), "
              "`make bench-1m` (1,000,000 features) and `make pgbench-ratio`. Latency is the median of the "
              "timed executions; where the gate says \"unchanged\" no gain is claimed.", ""]
-    parts += [run_section(load(path)) for path in args.run]
+    parts += [run_section(load_run(path)) for path in args.run]
     if args.ratio:
         parts.append(ratio_section(load(args.ratio)))
     print("\n".join(parts).rstrip() + "\n")
