@@ -201,8 +201,10 @@ def test_noise_is_the_aa_shift_as_a_fraction_of_the_median():
     assert set(noise["queries"]) == {"q%02d" % i for i in range(10)}
     for figures in noise["queries"].values():
         assert figures["shift_low_ms"] < figures["shift_ms"] < figures["shift_high_ms"]
-        assert figures["fraction"] == pytest.approx(abs(figures["shift_ms"]) / figures["reference_p50_ms"], abs=1e-3)
-        assert 0.03 < figures["fraction"] < 0.09
+        assert figures["own_fraction"] == pytest.approx(abs(figures["shift_ms"]) / figures["reference_p50_ms"], abs=1e-3)
+        assert 0.03 < figures["own_fraction"] < 0.09
+        # the machine moves every query: none gets less noise than the median query
+        assert figures["fraction"] == max(figures["own_fraction"], noise["median_fraction"])
     assert noise["median_fraction"] <= noise["max_fraction"]
 
 
