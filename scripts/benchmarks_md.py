@@ -163,8 +163,8 @@ def main():
     parser.add_argument("--ratio", help="scripts/pgbench_ratio.py's JSON")
     args = parser.parse_args()
     parts = ["# Benchmarks", "",
-             "Every figure below was measured by this project's code (`library/gis_benchmark.py`, the gate in "
-             "`filter_plugins/stage4_gate.py`, `scripts/pgbench_ratio.py`). Each run's section and the ratio's "
+             "Every figure below was measured by this project's code (`plugins/modules/gis_benchmark.py`, the gate in "
+             "`plugins/filter/stage4_gate.py`, `scripts/pgbench_ratio.py`). Each run's section and the ratio's "
              "table are written by `scripts/benchmarks_md.py` from the runs' `report.json`; the analysis between "
              "them (pgbench and EXPLAIN measurements) is written by hand, each figure with its command and date. "
              "Reproduce with `make demo` (251 features), "

@@ -27,7 +27,7 @@ import stage4_settings
 
 REPO = Path(__file__).resolve().parent.parent
 SQL_ROOT = REPO / "files" / "sql"
-STAGE4_CHANGE = REPO / "library" / "stage4_change.py"
+STAGE4_CHANGE = REPO / "ansible_collections" / "biblioteca" / "stage4" / "plugins" / "modules" / "stage4_change.py"
 LEDGER_SCHEMA = "stage4"
 # The tooling changes the optimizations call are the stage4_* ones; benchmark_schema only serves the benchmark.
 TOOLING_PREFIX = "stage4_"
@@ -51,7 +51,7 @@ TRANSACTION_NOTE = """\
 
 
 def stage4_change_constants():
-    """SCRIPTS, RUN_ON, LEDGER_DDL and ISOLATION_PATTERN of library/stage4_change.py, read from its source (no Ansible import),
+    """SCRIPTS, RUN_ON, LEDGER_DDL and ISOLATION_PATTERN of plugins/modules/stage4_change.py, read from its source (no Ansible import),
     so the export runs the same scripts in the same order and creates the same ledger."""
     tree = ast.parse(STAGE4_CHANGE.read_text(encoding="utf-8"))
     wanted = {"SCRIPTS", "RUN_ON", "LEDGER_DDL", "ISOLATION_PATTERN"}
@@ -60,7 +60,7 @@ def stage4_change_constants():
              for target in node.targets if isinstance(target, ast.Name) and target.id in wanted}
     missing = wanted - found.keys()
     if missing:
-        raise SystemExit("library/stage4_change.py no longer defines " + ", ".join(sorted(missing)))
+        raise SystemExit("plugins/modules/stage4_change.py no longer defines " + ", ".join(sorted(missing)))
     return found
 
 

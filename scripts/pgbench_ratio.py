@@ -29,7 +29,8 @@ import tempfile
 import project_modules
 
 project_modules.register()
-import gis_benchmark  # noqa: E402  (importable once register() ran)
+from ansible_collections.biblioteca.stage4.plugins.modules import gis_benchmark  # noqa: E402  (importable once register() ran)
+from ansible_collections.biblioteca.stage4.plugins.module_utils import bench_queries, benchmark  # noqa: E402
 
 TPS_LINE = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.MULTILINE)
 
@@ -63,7 +64,7 @@ def module_qps(args, queries):
         login_db=args.dbname, queries_dir=args.queries_dir, run_id="pgbench-ratio", stage="ratio",
         iterations=args.clients, warmup=2, concurrency=args.clients, throughput_seconds=float(args.seconds),
         store=False))
-    measured = gis_benchmark.run_benchmark(params, [dict(query) for query in queries])
+    measured = benchmark.run_benchmark(params, [dict(query) for query in queries])
     return {query_id: figures["qps"] for query_id, figures in measured["queries"].items()}, measured
 
 
@@ -87,7 +88,7 @@ def parse_args():
 
 def main():
     args = parse_args()
-    queries = gis_benchmark.load_queries(args.queries_dir)
+    queries = bench_queries.load_queries(args.queries_dir)
     ours = {q["query_id"]: [] for q in queries}
     theirs = {q["query_id"]: [] for q in queries}
     ratios = {q["query_id"]: [] for q in queries}

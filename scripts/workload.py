@@ -92,6 +92,11 @@ import psycopg2
 import psycopg2.extras
 import psycopg2.sql
 
+import project_modules
+
+project_modules.register()
+from ansible_collections.biblioteca.stage4.plugins.module_utils.stats import percentile  # noqa: E402  (the benchmark's)
+
 MARKER = "stage4-workload:{tag}:"
 WORKLOAD_USER = str(uuid.uuid5(uuid.NAMESPACE_URL, "stage4-workload-user"))
 WORKLOAD_CATEGORY = "stage4_workload"
@@ -587,14 +592,6 @@ def wait_for_end(settings, recorder, stop):
 
 
 # ---------------------------------------------------------------- report
-
-def percentile(ordered, pct):
-    """Linear interpolation between the closest ranks (numpy's default), as gis_benchmark does."""
-    rank = (len(ordered) - 1) * pct / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (rank - low) * (ordered[high] - ordered[low])
-
 
 def latency(samples):
     ordered = sorted(sample.ms for sample in samples)

@@ -1,4 +1,4 @@
-"""Makes the project's modules, module_utils and filter plugins importable by the tests."""
+"""Makes the project's collection (modules, module_utils, filters), tests/ and scripts/ importable by the tests."""
 import os
 import sys
 

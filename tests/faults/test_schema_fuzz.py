@@ -2,7 +2,7 @@
 columns of each kind, serial and generated columns, constraints, partial and expression indexes, policies
 of every command and role, policies of other tables reading it, extended statistics, replica identity,
 publications, views, materialized views and functions in other schemas, triggers, comments, settings, a
-second owner), then runs OPT1 and OPT2 and their reverts through library/stage4_change.py. Each example
+second owner), then runs OPT1 and OPT2 and their reverts through plugins/modules/stage4_change.py. Each example
 must end in one of two ways: a refusal before any change (schema and rows as they were), or every row
 kept and pg_dump --schema-only of every schema identical to the original after the reverts.
 
@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import pgcluster
-import stage4_change
+from ansible_collections.biblioteca.stage4.plugins.modules import stage4_change
 
 EXAMPLES = int(os.environ.get("STAGE4_FUZZ_EXAMPLES", "20"))
 TEMPLATE = "fuzz_template"

@@ -1,7 +1,7 @@
 """Issue 4 (security): no optimization and no rollback changes what the API roles see.
 
 One throwaway cluster (pg_cron preloaded, as the stage4_pg_cron role leaves a self-managed server)
-holds the reference database (251 features). The rollout is replayed with library/stage4_change.py
+holds the reference database (251 features). The rollout is replayed with plugins/modules/stage4_change.py
 itself (the tooling changes, then every entry of stage4_optimizations in
 playbooks/group_vars/all.yml with its variables, then every revert, newest first), and after each
 step the database is looked at as PostgREST looks at it: in a transaction, SET LOCAL ROLE and
@@ -42,12 +42,12 @@ from ansible.module_utils.testing import patch_module_args
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(TESTS)
-for _folder in (TESTS, os.path.join(REPO, "library")):
+for _folder in (TESTS, REPO):
     if _folder not in sys.path:
         sys.path.insert(0, _folder)
 
 import pgcluster  # noqa: E402
-import stage4_change  # noqa: E402  (tests/conftest.py registers its module_utils)
+from ansible_collections.biblioteca.stage4.plugins.modules import stage4_change  # noqa: E402
 
 DB = "BIBLIOTECA"
 SQL_ROOT = os.path.join(REPO, "files", "sql")

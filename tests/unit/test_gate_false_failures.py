@@ -10,9 +10,10 @@ import os
 
 import pytest
 
-import gis_benchmark
+from ansible_collections.biblioteca.stage4.plugins.modules import gis_benchmark
+from ansible_collections.biblioteca.stage4.plugins.module_utils import bench_queries, benchmark  # noqa: E402
 import pgcluster
-from stage4_gate import stage4_gate
+from ansible_collections.biblioteca.stage4.plugins.filter.stage4_gate import stage4_gate
 
 MEASUREMENTS = 6
 DB = "BIBLIOTECA"
@@ -26,8 +27,8 @@ def measurements():
         params = gis_benchmark.with_defaults(dict(
             cluster.login_args(DB), queries_dir=QUERIES_DIR, run_id="false-failures", stage="same",
             iterations=100, warmup=5, concurrency=1, throughput_seconds=0, store=False))
-        yield [gis_benchmark.run_benchmark(dict(params, stage="same%d" % number),
-                                           gis_benchmark.load_queries(QUERIES_DIR))
+        yield [benchmark.run_benchmark(dict(params, stage="same%d" % number),
+                                           bench_queries.load_queries(QUERIES_DIR))
                for number in range(MEASUREMENTS)]
 
 

@@ -1,4 +1,4 @@
-"""Tests of library/gis_benchmark.py and of the benchmark schema.
+"""Tests of plugins/modules/gis_benchmark.py and of the benchmark schema.
 
 The pure functions are tested directly. main() runs against a real throwaway
 cluster (tests/pgcluster.py) holding the reference fixture at 251 features and
@@ -21,9 +21,13 @@ from hypothesis import strategies as st
 # Importable however pytest is invoked (its rootdir decides which conftest.py it loads).
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(TESTS)
-sys.path[:0] = [path for path in (TESTS, os.path.join(REPO, "library")) if path not in sys.path]
+sys.path[:0] = [path for path in (TESTS, REPO) if path not in sys.path]
 
-import gis_benchmark  # noqa: E402
+from ansible_collections.biblioteca.stage4.plugins.modules import gis_benchmark  # noqa: E402
+from ansible_collections.biblioteca.stage4.plugins.module_utils import bench_queries, bench_session, plans, workers  # noqa: E402
+from ansible_collections.biblioteca.stage4.plugins.module_utils import schedule as scheduling  # noqa: E402
+from ansible_collections.biblioteca.stage4.plugins.doc_fragments import connection  # noqa: E402
+from ansible_collections.biblioteca.stage4.plugins.module_utils import stats as sample_stats  # noqa: E402
 import pgcluster  # noqa: E402
 
 QUERIES_DIR = os.path.join(REPO, "files", "benchmark", "queries")
@@ -92,17 +96,17 @@ def test_each_caller_is_measured_in_sessions_of_its_own(cluster, db, capsys):
     ([7.5], 99, 7.5),
 ])
 def test_percentile_interpolates_like_numpy(samples, pct, expected):
-    assert gis_benchmark.percentile(samples, pct) == pytest.approx(expected)
+    assert sample_stats.percentile(samples, pct) == pytest.approx(expected)
 
 
 def test_percentile_of_nothing_is_an_error():
     with pytest.raises(ValueError):
-        gis_benchmark.percentile([], 50)
+        sample_stats.percentile([], 50)
 
 
 def test_summarize():
     samples = [9, 2, 4, 4, 4, 5, 5, 7]
-    stats = gis_benchmark.summarize(samples)
+    stats = sample_stats.summarize(samples)
     assert stats["calls"] == 8
     assert stats["mean_ms"] == 5
     assert stats["stddev_ms"] == 2  # population standard deviation
@@ -114,7 +118,7 @@ def test_summarize():
 
 def test_fingerprint_ignores_row_order():
     rows = [(1, "a", 2.5), (2, "b", None), (3, "c\nd", 1.0)]
-    assert gis_benchmark.fingerprint(rows) == gis_benchmark.fingerprint(list(reversed(rows)))
+    assert bench_queries.fingerprint(rows) == bench_queries.fingerprint(list(reversed(rows)))
 
 
 @pytest.mark.parametrize("other", [
@@ -124,22 +128,22 @@ def test_fingerprint_ignores_row_order():
     [(1, "a", 2.5), ("2", "b", None)],                 # a type
 ])
 def test_fingerprint_sees_changes(other):
-    assert gis_benchmark.fingerprint([(1, "a", 2.5), (2, "b", None)]) \
-        != gis_benchmark.fingerprint(other)
+    assert bench_queries.fingerprint([(1, "a", 2.5), (2, "b", None)]) \
+        != bench_queries.fingerprint(other)
 
 
 def test_fingerprint_of_no_rows():
-    assert gis_benchmark.fingerprint([]) == hashlib.sha256(b"0\n").hexdigest()
+    assert bench_queries.fingerprint([]) == hashlib.sha256(b"0\n").hexdigest()
 
 
 def test_split_iterations():
-    assert gis_benchmark.split_iterations(7, 3) == [3, 2, 2]
-    assert gis_benchmark.split_iterations(2, 2) == [1, 1]
+    assert scheduling.split_iterations(7, 3) == [3, 2, 2]
+    assert scheduling.split_iterations(2, 2) == [1, 1]
 
 
 def test_hit_ratio():
-    assert gis_benchmark.hit_ratio(99, 1) == 0.99
-    assert gis_benchmark.hit_ratio(0, 0) is None
+    assert bench_session.hit_ratio(99, 1) == 0.99
+    assert bench_session.hit_ratio(0, 0) is None
 
 
 def test_load_queries_sorts_and_strips(tmp_path):
@@ -147,7 +151,7 @@ def test_load_queries_sorts_and_strips(tmp_path):
     (tmp_path / "a.sql").write_text("SELECT 1", encoding="utf-8")
     (tmp_path / "notes.txt").write_text("not a query", encoding="utf-8")
     (tmp_path / "dir.sql").mkdir()
-    queries = gis_benchmark.load_queries(str(tmp_path))
+    queries = bench_queries.load_queries(str(tmp_path))
     assert [q["query_id"] for q in queries] == ["a", "b"]
     assert queries[1]["sql"] == "-- second\nSELECT 2"
     assert queries[1]["sql_sha256"] == hashlib.sha256(b"-- second\nSELECT 2").hexdigest()
@@ -162,17 +166,17 @@ def test_load_queries_sorts_and_strips(tmp_path):
 ])
 def test_load_queries_errors(tmp_path, setup, message):
     setup(tmp_path)
-    with pytest.raises(gis_benchmark.BenchmarkError, match=message):
-        gis_benchmark.load_queries(str(tmp_path))
+    with pytest.raises(bench_session.BenchmarkError, match=message):
+        bench_queries.load_queries(str(tmp_path))
 
 
 def test_load_queries_missing_folder(tmp_path):
-    with pytest.raises(gis_benchmark.BenchmarkError, match="is not a folder"):
-        gis_benchmark.load_queries(str(tmp_path / "nope"))
+    with pytest.raises(bench_session.BenchmarkError, match="is not a folder"):
+        bench_queries.load_queries(str(tmp_path / "nope"))
 
 
 def test_shipped_queries():
-    queries = gis_benchmark.load_queries(QUERIES_DIR)
+    queries = bench_queries.load_queries(QUERIES_DIR)
     assert [q["query_id"] for q in queries] == QUERY_IDS
     for query in queries:
         assert query["sql"].startswith("-- "), query["file"]
@@ -190,14 +194,14 @@ def test_shipped_queries():
     (0.975, 10**6, 1.959966),  # the normal quantile
 ])
 def test_student_t_quantile_matches_tables(probability, df, expected):
-    assert gis_benchmark.student_t_quantile(probability, df) == pytest.approx(expected, abs=1e-5)
+    assert sample_stats.student_t_quantile(probability, df) == pytest.approx(expected, abs=1e-5)
 
 
 def test_mean_interval():
     samples = [9, 2, 4, 4, 4, 5, 5, 7]  # mean 5, sample standard deviation sqrt(32/7)
     margin = 2.364624 * math.sqrt(32 / 7) / math.sqrt(8)
-    assert gis_benchmark.mean_interval(samples, 0.95) == pytest.approx([5 - margin, 5 + margin], abs=1e-3)
-    assert gis_benchmark.mean_interval([3.0], 0.95) is None
+    assert sample_stats.mean_interval(samples, 0.95) == pytest.approx([5 - margin, 5 + margin], abs=1e-3)
+    assert sample_stats.mean_interval([3.0], 0.95) is None
 
 
 def exact_coverage(count, quantile, low, high):
@@ -216,13 +220,13 @@ def exact_tail_below(count, quantile, rank):
     (100, 0.99, 0.95, None),      # p99 needs far more samples
 ])
 def test_order_statistic_ranks(count, quantile, level, expected):
-    assert gis_benchmark.order_statistic_ranks(count, quantile, level) == expected
+    assert sample_stats.order_statistic_ranks(count, quantile, level) == expected
 
 
 @pytest.mark.parametrize("count, quantile, level", [
     (100, 0.5, 0.95), (100, 0.95, 0.95), (1000, 0.99, 0.95), (30, 0.5, 0.9), (400, 0.99, 0.9)])
 def test_order_statistic_ranks_are_the_tightest_equal_tailed_pair(count, quantile, level):
-    low, high = gis_benchmark.order_statistic_ranks(count, quantile, level)
+    low, high = sample_stats.order_statistic_ranks(count, quantile, level)
     tail = (1 - level) / 2
     assert exact_coverage(count, quantile, low, high) >= level
     # Each tail is at most (1 - level) / 2, and one rank further in would exceed it.
@@ -234,37 +238,37 @@ def test_order_statistic_ranks_are_the_tightest_equal_tailed_pair(count, quantil
 
 def test_confidence_intervals():
     samples = [float(value) for value in range(100, 0, -1)]  # 1..100, in any order
-    intervals = gis_benchmark.confidence_intervals(samples, 0.95)
+    intervals = sample_stats.confidence_intervals(samples, 0.95)
     assert intervals["p50_ci_ms"] == [40.0, 61.0]
     assert intervals["p95_ci_ms"][0] < 95 < intervals["p95_ci_ms"][1]
     assert intervals["p99_ci_ms"] is None
     low, high = intervals["mean_ci_ms"]
     assert low < 50.5 < high
-    few = gis_benchmark.confidence_intervals([1.0, 2.0], 0.95)
+    few = sample_stats.confidence_intervals([1.0, 2.0], 0.95)
     assert few["p50_ci_ms"] is None and few["mean_ci_ms"] is not None
 
 
 def test_default_seed_is_stable_per_run_and_stage():
-    seed = gis_benchmark.default_seed("run", "baseline")
-    assert seed == gis_benchmark.default_seed("run", "baseline")
-    assert seed != gis_benchmark.default_seed("run", "opt1")
+    seed = scheduling.default_seed("run", "baseline")
+    assert seed == scheduling.default_seed("run", "baseline")
+    assert seed != scheduling.default_seed("run", "opt1")
     assert 0 <= seed < 2 ** 32
 
 
 def test_interleaved_schedules():
     shares = [[3, 2, 0]] * 4
-    schedules = gis_benchmark.interleaved_schedules(shares, seed=7)
+    schedules = scheduling.interleaved_schedules(shares, seed=7)
     assert [len(schedule) for schedule in schedules] == [12, 8, 0]
     for schedule in schedules:
         for start in range(0, len(schedule), 4):
             assert sorted(schedule[start:start + 4]) == [0, 1, 2, 3]  # every query once per round
-    assert schedules == gis_benchmark.interleaved_schedules(shares, seed=7)
-    assert schedules != gis_benchmark.interleaved_schedules(shares, seed=8)
+    assert schedules == scheduling.interleaved_schedules(shares, seed=7)
+    assert schedules != scheduling.interleaved_schedules(shares, seed=8)
 
 
 def test_interleaved_schedules_with_fewer_executions_of_some_queries():
     # query 1 costs more: it takes part in the first two rounds only
-    schedules = gis_benchmark.interleaved_schedules([[4], [2], [4]], seed=3)
+    schedules = scheduling.interleaved_schedules([[4], [2], [4]], seed=3)
     assert sorted(schedules[0][:3]) == [0, 1, 2] and sorted(schedules[0][3:6]) == [0, 1, 2]
     assert sorted(schedules[0][6:8]) == [0, 2] and sorted(schedules[0][8:]) == [0, 2]
 
@@ -275,7 +279,7 @@ def test_interleaved_schedules_with_fewer_executions_of_some_queries():
 @settings(max_examples=300, deadline=None)
 def test_budgeted_iterations_fit_the_budget_between_the_bounds(costs, budget, workers, least, extra):
     most = least + extra
-    counts = gis_benchmark.budgeted_iterations(costs, budget, workers, least, most)
+    counts = scheduling.budgeted_iterations(costs, budget, workers, least, most)
     assert all(least <= count <= most for count in counts)
     spent = sum(count * cost for count, cost in zip(counts, costs))
     # within the budget, but for the minimum of the queries too slow for more
@@ -290,24 +294,24 @@ def test_budgeted_iterations_fit_the_budget_between_the_bounds(costs, budget, wo
 
 def test_a_slow_query_gets_few_samples_and_the_cheap_ones_all_of_theirs():
     # nine 2 ms queries and a 25 s RPC, 120 s on one client, 8 to 200 executions
-    counts = gis_benchmark.budgeted_iterations([0.002] * 9 + [25.0], 120, 1, 8, 200)
+    counts = scheduling.budgeted_iterations([0.002] * 9 + [25.0], 120, 1, 8, 200)
     assert counts == [200] * 9 + [8]
-    counts = gis_benchmark.budgeted_iterations([0.002] * 9 + [0.4], 60, 1, 8, 200)
+    counts = scheduling.budgeted_iterations([0.002] * 9 + [0.4], 60, 1, 8, 200)
     assert counts[:9] == [200] * 9 and counts[9] == 141  # (60 - 9 * 200 * 0.002) / 0.4
 
 
 def test_latency_phases_follow_the_budgeted_counts():
-    phases = gis_benchmark.latency_phases(3, valid_params(iterations=100, warmup=10), 1, seed=1, counts=[100, 8, 30])
+    phases = scheduling.latency_phases(3, valid_params(iterations=100, warmup=10), 1, seed=1, counts=[100, 8, 30])
     assert sorted(phases[0]["warmup"]) == [0] * 10 + [1] + [2] * 3
     assert sorted(phases[0]["schedules"][0]) == [0] * 100 + [1] * 8 + [2] * 30
 
 
 def test_latency_phases():
-    interleaved = gis_benchmark.latency_phases(3, valid_params(iterations=5, warmup=2), 2, seed=1)
+    interleaved = scheduling.latency_phases(3, valid_params(iterations=5, warmup=2), 2, seed=1)
     assert len(interleaved) == 1
     assert interleaved[0]["warmup"] == [0, 1, 2, 0, 1, 2]
     assert [len(schedule) for schedule in interleaved[0]["schedules"]] == [9, 6]
-    sequential = gis_benchmark.latency_phases(3, valid_params(iterations=5, warmup=1, order="sequential"),
+    sequential = scheduling.latency_phases(3, valid_params(iterations=5, warmup=1, order="sequential"),
                                               2, seed=1)
     assert sequential == [dict(warmup=[index], schedules=[[index] * 3, [index] * 2]) for index in range(3)]
 
@@ -330,7 +334,7 @@ def test_plan_summary():
         ]},
         "Planning Time": 0.5, "Execution Time": 1.25, "Query Identifier": 42,
     }]
-    summary = gis_benchmark.plan_summary(explain_output)
+    summary = plans.plan_summary(explain_output)
     assert summary["shape"] == ("Sort(Append(Index Scan:public.geometrias_2020,"
                                 " Bitmap Heap Scan:public.geometrias_2021(Bitmap Index Scan),"
                                 " Seq Scan:public.geometrias_2020), Function Scan:public.f,"
@@ -344,17 +348,17 @@ def test_plan_summary():
 
 
 def test_statement_counters_arithmetic():
-    total = gis_benchmark.counters_delta((10, 100, 5, 2.0), (14, 130, 5, 3.0))
-    total = gis_benchmark.counters_delta(None, (2, 10, 0, 0.5), total)  # a query id seen for the first time
+    total = bench_session.counters_delta((10, 100, 5, 2.0), (14, 130, 5, 3.0))
+    total = bench_session.counters_delta(None, (2, 10, 0, 0.5), total)  # a query id seen for the first time
     assert total == (6, 40, 0, 1.5)
-    assert gis_benchmark.statements_summary(total) == dict(
+    assert bench_session.statements_summary(total) == dict(
         calls=6, shared_blks_hit=40, shared_blks_read=0, cache_hit_ratio=1.0,
         total_exec_time_ms=1.5, mean_exec_time_ms=0.25)
-    assert gis_benchmark.statements_summary((0, 0, 0, 0.0))["mean_exec_time_ms"] is None
+    assert bench_session.statements_summary((0, 0, 0, 0.0))["mean_exec_time_ms"] is None
 
 
 def test_throughput_of_workers():
-    assert gis_benchmark.throughput([(10.0, 11.0, 300, "libpq PQexecPrepared"),
+    assert workers.throughput([(10.0, 11.0, 300, "libpq PQexecPrepared"),
                                      (10.5, 12.0, 500, "libpq PQexecPrepared")]) == dict(
         executions=800, seconds=2.0, qps=400.0, client="libpq PQexecPrepared")
 
@@ -387,7 +391,9 @@ def test_check_args_rejects(overrides, message):
 
 
 def test_documentation_matches_argument_spec():
-    options = yaml.safe_load(gis_benchmark.DOCUMENTATION)["options"]
+    """The module's options and the connection options of its doc fragment, against the argument spec."""
+    options = dict(yaml.safe_load(connection.ModuleDocFragment.DOCUMENTATION)["options"],
+                   **yaml.safe_load(gis_benchmark.DOCUMENTATION)["options"])
     assert set(options) == set(gis_benchmark.ARGUMENT_SPEC)
     for name, spec in gis_benchmark.ARGUMENT_SPEC.items():
         doc = options[name]
@@ -488,12 +494,12 @@ def test_run_measures_and_stores(cluster, db, capsys):
 
     # What the benchmark_provenance change stores.
     assert (bench["prepared"], bench["order"], bench["seed"]) \
-        == (True, "interleaved", gis_benchmark.default_seed("run-store", "baseline"))
+        == (True, "interleaved", scheduling.default_seed("run-store", "baseline"))
     assert bench["stats_source"] == "pg_stat_statements"
     provenance = bench["provenance"]
     assert {key: provenance[key] for key in given} == given
     assert provenance["server"]["version"] == bench["server_version"]
-    assert set(provenance["server"]["settings"]) == set(gis_benchmark.PROVENANCE_SETTINGS)
+    assert set(provenance["server"]["settings"]) == set(bench_session.PROVENANCE_SETTINGS)
     assert provenance["client"]["cpu_count"] >= 1 and len(provenance["client"]["load_average"]) == 3
     assert provenance["measurement"]["concurrency"] == 2 and provenance["measurement"]["order"] == "interleaved"
     stored_run = fetch(db, "SELECT prepared, execution_order, seed, stats_source, provenance"
@@ -567,11 +573,11 @@ def test_more_clients_than_iterations(cluster, capsys):
 def pool_throughput(params, statement, clients, seconds):
     """One throughput phase of `statement` on `clients` worker processes, as run_benchmark() runs each query's."""
     params = dict(gis_benchmark.with_defaults(params), prepared=True)
-    queries = [dict(query_id="statement", sql=gis_benchmark.strip_statement(statement))]
-    with gis_benchmark.WorkerPool(params, queries, [dict(query=0, seconds=seconds)], clients) as pool:
+    queries = [dict(query_id="statement", sql=bench_queries.strip_statement(statement))]
+    with workers.WorkerPool(params, queries, [dict(query=0, seconds=seconds)], clients) as pool:
         payloads = pool.run_phase(0)
         pool.wait_all("exit")
-    return gis_benchmark.throughput(payloads)
+    return workers.throughput(payloads)
 
 
 def test_a_throughput_phase_counts_every_client_s_executions(cluster):
@@ -586,14 +592,14 @@ def test_a_throughput_phase_counts_every_client_s_executions(cluster):
 
 def test_a_throughput_phase_reports_an_error_raised_while_executing(cluster):
     """Planned at its first execution, through libpq: the error is the server's, as for a psycopg2 call."""
-    with pytest.raises(gis_benchmark.BenchmarkError, match="query statement failed: .*division by zero"):
+    with pytest.raises(bench_session.BenchmarkError, match="query statement failed: .*division by zero"):
         pool_throughput(cluster.login_args(DB), "SELECT 1 / (random() * 0)::int;", 2, 0.1)
 
 
 def test_an_unprepared_throughput_phase_fetches_with_psycopg2(cluster):
-    conn = gis_benchmark.connect(gis_benchmark.with_defaults(cluster.login_args(DB)))
+    conn = bench_session.connect(gis_benchmark.with_defaults(cluster.login_args(DB)))
     try:
-        start, end, count, client = gis_benchmark.run_for((conn, "SELECT 1"), 0.05)
+        start, end, count, client = workers.run_for((conn, "SELECT 1"), 0.05)
     finally:
         conn.close()
     assert count >= 1 and end - start >= 0.05 and client == "psycopg2 EXECUTE + fetchall"
@@ -601,26 +607,26 @@ def test_an_unprepared_throughput_phase_fetches_with_psycopg2(cluster):
 
 def test_latency_samples_run_through_the_throughput_executor_and_report_the_query_that_failed(cluster):
     """Prepared: through libpq, as the throughput loop; plain SQL: a psycopg2 cursor per execution."""
-    conn = gis_benchmark.connect(gis_benchmark.with_defaults(cluster.login_args(DB)))
+    conn = bench_session.connect(gis_benchmark.with_defaults(cluster.login_args(DB)))
     try:
-        texts = gis_benchmark.prepare_statements([conn], [dict(sql="SELECT 1"), dict(sql="SELECT 2")], True)
-        start, end, samples, executor = gis_benchmark.run_schedule(texts, [0, 1, 0])
+        texts = workers.prepare_statements([conn], [dict(sql="SELECT 1"), dict(sql="SELECT 2")], True)
+        start, end, samples, executor = workers.run_schedule(texts, [0, 1, 0])
         assert executor == "libpq PQexecPrepared"
         assert [len(values) for values in samples] == [2, 1] and end >= start
-        _, _, samples, executor = gis_benchmark.run_schedule([(conn, "SELECT 1"), (conn, "SELECT 2")], [1, 1])
+        _, _, samples, executor = workers.run_schedule([(conn, "SELECT 1"), (conn, "SELECT 2")], [1, 1])
         assert executor == "psycopg2 EXECUTE + fetchall" and [len(values) for values in samples] == [0, 2]
         with conn.cursor() as cur:
             cur.execute("DEALLOCATE ALL")
-        texts = gis_benchmark.prepare_statements([conn], [dict(sql="SELECT 1"), dict(sql="SELECT 1 / 0")], True)
-        with pytest.raises(gis_benchmark.QueryFailed, match="division by zero") as failure:
-            gis_benchmark.run_schedule(texts, [0, 1])
+        texts = workers.prepare_statements([conn], [dict(sql="SELECT 1"), dict(sql="SELECT 1 / 0")], True)
+        with pytest.raises(bench_session.QueryFailed, match="division by zero") as failure:
+            workers.run_schedule(texts, [0, 1])
         assert failure.value.index == 1
     finally:
         conn.close()
 
 
 def test_a_throughput_phase_reports_a_failing_statement(cluster):
-    with pytest.raises(gis_benchmark.BenchmarkError, match='query statement failed: .*"no_such_table"'):
+    with pytest.raises(bench_session.BenchmarkError, match='query statement failed: .*"no_such_table"'):
         pool_throughput(cluster.login_args(DB), "SELECT * FROM no_such_table;", 2, 0.1)
 
 
@@ -843,7 +849,7 @@ def test_q03_walks_the_gist_index_and_answers_as_order_by_distance_and_id(db):
     """q03 returns the rows, in order, of ORDER BY distance, id LIMIT 10, and its plan can take them
     from the GiST index in distance order, which that ORDER BY cannot on PostgreSQL 15 (seen without
     sequential scans, so that the index is chosen at 251 features too)."""
-    q03 = next(q["sql"] for q in gis_benchmark.load_queries(QUERIES_DIR) if q["query_id"] == "q03_knn")
+    q03 = next(q["sql"] for q in bench_queries.load_queries(QUERIES_DIR) if q["query_id"] == "q03_knn")
     assert fetch(db, q03) == fetch(db, KNN_BY_DISTANCE_AND_ID)
     execute(db, "SET enable_seqscan = off")
     try:

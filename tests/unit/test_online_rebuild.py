@@ -2,7 +2,7 @@
 transaction only replays the logged writes and swaps the tables in. OPT1 rebuilds the whole table
 as a partitioned one, and its revert (prepare_revert.sql) as a plain one again; OPT2 rebuilds each
 closed partition, clustered, and attaches it in place.
-Through library/stage4_change.py against a real cluster holding the reference fixture at 20,000
+Through plugins/modules/stage4_change.py against a real cluster holding the reference fixture at 20,000
 features; every test gets its own copy of that database (with the toolkit installed).
 """
 import datetime
@@ -15,7 +15,7 @@ import time
 import pytest
 
 import pgcluster
-import stage4_change
+from ansible_collections.biblioteca.stage4.plugins.modules import stage4_change
 
 FEATURES = 20000
 TEMPLATE = "opt1_online_template"

@@ -2,7 +2,7 @@
 
 They run against a real throwaway cluster (tests/pgcluster.py) that preloads pg_cron, holding
 the reference fixture at 251 features with the stage4 toolkit and OPT1 applied; every test gets
-its own copy of that database. The scripts run the way library/stage4_change.py runs them:
+its own copy of that database. The scripts run the way plugins/modules/stage4_change.py runs them:
 precheck + deploy + verify in one transaction, revert + verify_reverted in another, with the
 `variables` visible as current_setting('stage4.<name>').
 """

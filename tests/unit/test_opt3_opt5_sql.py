@@ -1,7 +1,7 @@
 """Tests of the OPT3 (search materialized view) and OPT5 (dashboard materialized views refreshed by
 pg_cron) SQL changes, against a throwaway cluster that preloads pg_cron.
 
-The changes run as library/stage4_change.py runs them: precheck + deploy + verify in one
+The changes run as plugins/modules/stage4_change.py runs them: precheck + deploy + verify in one
 transaction, revert + verify_reverted in another, with `variables` as stage4.<name> settings. The
 database is the reference fixture (251 features) with the toolkit and OPT1 applied first, as in the
 pipeline. Every result is captured before OPT3/OPT5 and compared after them, for anon, an

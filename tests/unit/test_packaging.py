@@ -19,7 +19,7 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 import pgcluster  # noqa: E402
-import stage4_change  # noqa: E402  (library/, made importable by tests/conftest.py)
+from ansible_collections.biblioteca.stage4.plugins.modules import stage4_change  # noqa: E402  (importable once tests/conftest.py ran)
 
 BIN = Path(sys.executable).parent
 PSQL = "/usr/lib/postgresql/15/bin/psql"

@@ -1,5 +1,5 @@
 """Nothing lost on a table decorated as real applications decorate theirs (issue 20): OPT1 and OPT2, and
-their reverts, through library/stage4_change.py (the online path, prepare included), leave pg_dump
+their reverts, through plugins/modules/stage4_change.py (the online path, prepare included), leave pg_dump
 --schema-only of every schema identical to the original and every row in place; what a rebuild could
 not carry is refused before any change, named; what a swap retired is never dropped with CASCADE."""
 import os
@@ -7,7 +7,7 @@ import os
 import pytest
 
 import pgcluster
-import stage4_change
+from ansible_collections.biblioteca.stage4.plugins.modules import stage4_change
 
 TEMPLATE = "decorated_template"
 DECORATIONS = os.path.join(pgcluster.REPO, "tests", "fixtures", "sql", "decorated", "carried.sql")

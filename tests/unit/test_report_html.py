@@ -1,4 +1,4 @@
-"""filter_plugins/stage4_report_html.py: the HTML report, its timeline and the end-of-run summary.
+"""plugins/filter/stage4_report_html.py: the HTML report, its timeline and the end-of-run summary.
 
 The page rendered from a real run's report (tests/fixtures/report_sample.json and its audit.jsonl,
 run 20261127T000718Z at 251 features) is opened in Debian's headless Chromium: the DOM it builds is
@@ -21,9 +21,9 @@ import pytest
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(TESTS)
-sys.path[:0] = [path for path in (os.path.join(REPO, "filter_plugins"),) if path not in sys.path]
+sys.path[:0] = [path for path in (REPO,) if path not in sys.path]
 
-from stage4_report_html import (  # noqa: E402
+from ansible_collections.biblioteca.stage4.plugins.filter.stage4_report_html import (  # noqa: E402
     FilterModule, stage4_report_html, stage4_report_summary, stage4_report_timeline,
 )
 

@@ -1,4 +1,4 @@
-"""library/stage4_change.py against a real throwaway cluster: ledger, drift, order, check mode,
+"""plugins/modules/stage4_change.py against a real throwaway cluster: ledger, drift, order, check mode,
 rollback on failure, and the real OPT1 change applied and reverted on the reference database."""
 import json
 import os
@@ -10,8 +10,8 @@ import time
 import pytest
 
 import pgcluster
-import stage4_change
-from ansible.module_utils import stage4_postgres
+from ansible_collections.biblioteca.stage4.plugins.modules import stage4_change
+from ansible_collections.biblioteca.stage4.plugins.module_utils import postgres as stage4_postgres
 
 REPO = pgcluster.REPO
 SQL_ROOT = os.path.join(REPO, "files", "sql")
@@ -285,7 +285,7 @@ import json, sys
 sys.path.insert(0, sys.argv[1])
 import project_modules
 project_modules.register()
-from ansible.module_utils.stage4_postgres import open_connection
+from ansible_collections.biblioteca.stage4.plugins.module_utils.postgres import open_connection
 conn = open_connection(dict(json.loads(sys.argv[2]), connect_timeout=10, ssl_mode="disable"))
 cur = conn.cursor()
 cur.execute("LOCK TABLE public.geometrias IN ACCESS EXCLUSIVE MODE")

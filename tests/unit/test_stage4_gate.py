@@ -1,9 +1,9 @@
-"""filter_plugins/stage4_gate.py: the metric gate's statistics, verdicts and decisions."""
+"""plugins/filter/stage4_gate.py: the metric gate's statistics, verdicts and decisions."""
 import random
 import statistics
 
 import pytest
-from stage4_gate import FilterModule, hodges_lehmann, mann_whitney_slower_p, stage4_gate, stage4_noise, stage4_pooled
+from ansible_collections.biblioteca.stage4.plugins.filter.stage4_gate import FilterModule, hodges_lehmann, mann_whitney_slower_p, stage4_gate, stage4_noise, stage4_pooled
 
 
 def query(samples, fingerprint="f"):
@@ -172,13 +172,13 @@ def test_pooled_adds_the_samples_of_a_second_measurement():
 
 def test_pooled_figures_are_those_of_the_pooled_samples():
     """The benchmark module's own summary of the pooled samples; no interval of the first measurement left."""
-    import gis_benchmark  # the module that computed the first figures
+    from ansible_collections.biblioteca.stage4.plugins.module_utils import stats  # what computed the first figures
 
     first_samples, more_samples = noisy(1.0, 3, n=20), noisy(1.2, 4, n=20)
-    first = bench({"q": dict(query(first_samples), **gis_benchmark.summarize(first_samples),
-                             **gis_benchmark.confidence_intervals(first_samples, 0.95))})
+    first = bench({"q": dict(query(first_samples), **stats.summarize(first_samples),
+                             **stats.confidence_intervals(first_samples, 0.95))})
     pooled = stage4_pooled(first, bench({"q": query(more_samples)}))["queries"]["q"]
-    expected = gis_benchmark.summarize(first_samples + more_samples)
+    expected = stats.summarize(first_samples + more_samples)
     for name in ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "min_ms", "max_ms", "stddev_ms", "calls"):
         assert pooled[name] == pytest.approx(expected[name], abs=1e-3), name
     assert [pooled[name] for name in ("mean_ci_ms", "p50_ci_ms", "p95_ci_ms", "p99_ci_ms")] == [None] * 4

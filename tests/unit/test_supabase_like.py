@@ -1,13 +1,13 @@
 """The five optimizations and their reverts on a database set up as Supabase sets one up (tests/supabase_like.py):
 postgres, the role that deploys, is not a superuser; PostGIS and pg_cron belong to supabase_admin; the
-application lives in database postgres. Through library/stage4_change.py with the variables of
+application lives in database postgres. Through plugins/modules/stage4_change.py with the variables of
 playbooks/group_vars/all.yml, as the playbook applies them."""
 import os
 
 import pytest
 
 import pgcluster
-import stage4_change
+from ansible_collections.biblioteca.stage4.plugins.modules import stage4_change
 import supabase_like
 
 ROWS = "SELECT count(*), stage4.table_checksum('public.geometrias') FROM public.geometrias"

@@ -1,5 +1,5 @@
 """Databases shaped as users have them, not as the reference fixture is. All five changes, through
-library/stage4_change.py, then their reverts, must work there (their verify.sql proves each rewritten RPC
+plugins/modules/stage4_change.py, then their reverts, must work there (their verify.sql proves each rewritten RPC
 answers as the original for every role) and leave pg_dump --schema-only of every schema, and every row, as
 they were.
 
@@ -13,7 +13,7 @@ they were.
 import pytest
 
 import pgcluster
-import stage4_change
+from ansible_collections.biblioteca.stage4.plugins.modules import stage4_change
 
 DB = "BIBLIOTECA"
 ORDER = ["opt1_temporal_partitioning", "opt2_storage_layout", "opt3_search_matview", "opt4_future_partitions",

@@ -15,7 +15,7 @@ import pytest
 from ansible.module_utils.testing import patch_module_args
 
 import pgcluster
-import stage4_change
+from ansible_collections.biblioteca.stage4.plugins.modules import stage4_change
 
 REPO = Path(pgcluster.REPO)
 WORKLOAD = REPO / "scripts" / "workload.py"

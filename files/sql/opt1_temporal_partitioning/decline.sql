@@ -1,4 +1,4 @@
--- OPT1 decline: whether partitioning pays on this table as it is now (library/stage4_change.py runs
+-- OPT1 decline: whether partitioning pays on this table as it is now (plugins/modules/stage4_change.py runs
 -- this read-only before a deploy; a reason leaves the table as it is, and a later run decides again).
 --
 -- Below min_parallel_table_scan_size (8 MB by default) PostgreSQL judges a table too small to be

@@ -1,4 +1,4 @@
--- OPT2 decline (read by library/stage4_change.py before a deploy): OPT2 lays out the yearly
+-- OPT2 decline (read by plugins/modules/stage4_change.py before a deploy): OPT2 lays out the yearly
 -- partitions OPT1 made. On a table OPT1 left unpartitioned (it declined: too small for partitions
 -- to pay) there is nothing to lay out; a later run, after OPT1, decides again.
 SELECT CASE WHEN c.relkind <> 'p' THEN

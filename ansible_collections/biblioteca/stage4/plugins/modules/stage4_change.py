@@ -56,6 +56,8 @@ description:
     rolled back, so a dry run reports a refusal before the real run.
 version_added: "1.0.0"
 author: stage4 authors
+extends_documentation_fragment:
+  - biblioteca.stage4.connection
 options:
   change:
     description: Name of the change, the folder under I(sql_root).
@@ -149,37 +151,6 @@ options:
         without it), which copies the table under its lock and cannot be this short.
     type: float
     default: 0
-  login_host:
-    description: Database host.
-    type: str
-    default: localhost
-  login_port:
-    description: Database port.
-    type: int
-    default: 5432
-  login_user:
-    description: Role to connect as.
-    type: str
-    required: true
-  login_password:
-    description: Password of I(login_user). Never logged.
-    type: str
-    default: ""
-  login_db:
-    description: Database name.
-    type: str
-    required: true
-  connect_timeout:
-    description: Seconds to wait for the connection.
-    type: int
-    default: 10
-  ssl_mode:
-    description: libpq sslmode.
-    type: str
-    default: prefer
-    choices: [disable, allow, prefer, require, verify-ca, verify-full]
-requirements:
-  - psycopg2
 notes:
   - Statements that cannot run in a transaction block (C(VACUUM), C(CREATE INDEX CONCURRENTLY)) do not belong
     in the scripts that run in a transaction (all but C(prepare.sql) and C(prepare_revert.sql)).
@@ -305,7 +276,7 @@ import threading
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.stage4_postgres import CONNECTION_ARGUMENT_SPEC, connect, first_line
+from ansible_collections.biblioteca.stage4.plugins.module_utils.postgres import CONNECTION_ARGUMENT_SPEC, connect, first_line
 
 try:
     import psycopg2

@@ -27,7 +27,9 @@ again, longer) when something is inconclusive and nothing failed; otherwise it p
 from __future__ import annotations
 
 import math
-from statistics import NormalDist, fmean, median, pstdev, quantiles, variance
+from statistics import NormalDist, fmean, median, variance
+
+from ansible_collections.biblioteca.stage4.plugins.module_utils.stats import hodges_lehmann, mann_whitney_slower_p, summarize
 
 DOCUMENTATION = r"""
 name: stage4_gate
@@ -79,62 +81,18 @@ options:
     type: dict
   requires_improvement:
     description:
-      - When true, the stage fails unless at least one query is better (beyond the noise): the table
-        owner keeps only what pays (C(stage4_optimization_gate_requires=improvement)).
+      - When true, the stage fails unless at least one query is better, beyond the noise, so that the
+        table owner keeps only what pays (C(stage4_optimization_gate_requires=improvement)).
     type: bool
 """
+
+# The first measurement's intervals do not describe pooled samples: dropped, not shown beside them.
+NO_INTERVALS = dict(mean_ci_ms=None, p50_ci_ms=None, p95_ci_ms=None, p99_ci_ms=None)
 
 # Fewest samples per query, on each side, for the workload's interval to have bounds.
 WORKLOAD_MIN_SAMPLES = 5
 
 VERDICTS = ("better", "unchanged", "worse", "inconclusive", "result changed", "missing from one side")
-
-
-def mann_whitney_slower_p(reference, current):
-    """One-sided p-value of "current is not slower than reference" (normal approximation, tie corrected)."""
-    n1, n2 = len(reference), len(current)
-    if n1 == 0 or n2 == 0:
-        return 1.0
-    ranked = sorted([(v, 0) for v in reference] + [(v, 1) for v in current])
-    ranks = [0.0] * len(ranked)
-    tie_term = 0.0
-    i = 0
-    while i < len(ranked):
-        j = i
-        while j + 1 < len(ranked) and ranked[j + 1][0] == ranked[i][0]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[k] = (i + j) / 2.0 + 1
-        tied = j - i + 1
-        tie_term += tied ** 3 - tied
-        i = j + 1
-    rank_sum_current = sum(r for r, (_, group) in zip(ranks, ranked) if group == 1)
-    u_current = rank_sum_current - n2 * (n2 + 1) / 2.0
-    n = n1 + n2
-    variance = n1 * n2 / 12.0 * ((n + 1) - tie_term / (n * (n - 1))) if n > 1 else 0.0
-    if variance <= 0:
-        return 1.0
-    z = (u_current - n1 * n2 / 2.0 - 0.5) / math.sqrt(variance)
-    return 0.5 * math.erfc(z / math.sqrt(2))
-
-
-def hodges_lehmann(reference, current, level):
-    """Shift of current over reference and its confidence interval at `level` (two-sided).
-
-    The estimate is the median of the n1*n2 differences current[j] - reference[i]. The interval's
-    ends are the differences of rank c and n1*n2+1-c, where c is the Mann-Whitney critical value
-    (normal approximation, fine from about ten samples a side). The bounds are None when there are
-    too few samples for the level.
-    """
-    differences = sorted(c - r for c in current for r in reference)
-    count = len(differences)
-    if not count:
-        return None, None, None
-    z = NormalDist().inv_cdf(1 - (1 - level) / 2)
-    critical = math.floor(count / 2 - z * math.sqrt(len(reference) * len(current) * (len(reference) + len(current) + 1) / 12))
-    if critical < 1:
-        return median(differences), None, None
-    return median(differences), differences[critical - 1], differences[count - critical]
 
 
 def mean_difference_interval(reference_sets, current_sets, level):
@@ -361,15 +319,6 @@ def stage4_noise(control, baseline, confidence=0.95):
             "max_fraction": fractions[-1] if fractions else None}
 
 
-def pooled_latency(samples):
-    """The latency figures of gis_benchmark's summarize() for `samples` (percentiles by linear interpolation
-    between order statistics, population standard deviation), without confidence intervals."""
-    cuts = quantiles(samples, n=100, method="inclusive") if len(samples) > 1 else [samples[0]] * 99
-    return dict(mean_ms=round(fmean(samples), 3), p50_ms=round(median(samples), 3), p95_ms=round(cuts[94], 3),
-                p99_ms=round(cuts[98], 3), min_ms=min(samples), max_ms=max(samples), stddev_ms=round(pstdev(samples), 3),
-                mean_ci_ms=None, p50_ci_ms=None, p95_ci_ms=None, p99_ci_ms=None)
-
-
 def stage4_pooled(benchmark, more):
     """benchmark with the samples of `more` (the same stage measured again) added to each query's.
 
@@ -382,7 +331,7 @@ def stage4_pooled(benchmark, more):
     pooled = dict(benchmark, queries={}, executions=benchmark["executions"] + more["executions"])
     for query_id, first in benchmark["queries"].items():
         samples = list(first.get("samples_ms") or []) + list((more["queries"].get(query_id) or {}).get("samples_ms") or [])
-        pooled["queries"][query_id] = dict(first, samples_ms=samples, calls=len(samples), **pooled_latency(samples))
+        pooled["queries"][query_id] = dict(first, **summarize(samples), **NO_INTERVALS)
         if more["queries"].get(query_id, {}).get("fingerprint") not in (None, first.get("fingerprint")):
             pooled["queries"][query_id]["fingerprint"] = "unstable: " + more["queries"][query_id]["fingerprint"]
     all_samples = [s for q in pooled["queries"].values() for s in q["samples_ms"]]
