@@ -15,7 +15,6 @@ stage4_change state=reverted does) go to `<out>/rollbacks/revert_<version>_stage
 README saying how to run them, newest first.
 """
 import argparse
-import ast
 import datetime
 import hashlib
 import json
@@ -23,11 +22,14 @@ import re
 import sys
 from pathlib import Path
 
+import project_modules
 import stage4_settings
+
+project_modules.register()
+from ansible_collections.biblioteca.stage4.plugins.module_utils import change_files, ledger  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SQL_ROOT = REPO / "files" / "sql"
-STAGE4_CHANGE = REPO / "ansible_collections" / "biblioteca" / "stage4" / "plugins" / "modules" / "stage4_change.py"
 LEDGER_SCHEMA = "stage4"
 # The tooling changes the optimizations call are the stage4_* ones; benchmark_schema only serves the benchmark.
 TOOLING_PREFIX = "stage4_"
@@ -51,17 +53,10 @@ TRANSACTION_NOTE = """\
 
 
 def stage4_change_constants():
-    """SCRIPTS, RUN_ON, LEDGER_DDL and ISOLATION_PATTERN of plugins/modules/stage4_change.py, read from its source (no Ansible import),
-    so the export runs the same scripts in the same order and creates the same ledger."""
-    tree = ast.parse(STAGE4_CHANGE.read_text(encoding="utf-8"))
-    wanted = {"SCRIPTS", "RUN_ON", "LEDGER_DDL", "ISOLATION_PATTERN"}
-    found = {target.id: ast.literal_eval(node.value)
-             for node in tree.body if isinstance(node, ast.Assign)
-             for target in node.targets if isinstance(target, ast.Name) and target.id in wanted}
-    missing = wanted - found.keys()
-    if missing:
-        raise SystemExit("plugins/modules/stage4_change.py no longer defines " + ", ".join(sorted(missing)))
-    return found
+    """SCRIPTS, RUN_ON, LEDGER_DDL and ISOLATION_PATTERN of the stage4_change module's code, so the export runs
+    the same scripts in the same order and creates the same ledger."""
+    return dict(SCRIPTS=change_files.SCRIPTS, RUN_ON=change_files.RUN_ON, ISOLATION_PATTERN=change_files.ISOLATION_PATTERN,
+                LEDGER_DDL=ledger.LEDGER_DDL)
 
 
 def load_changes():

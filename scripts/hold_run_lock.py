@@ -22,7 +22,7 @@ import os
 import sys
 import time
 
-import psycopg2
+import psycopg
 
 # Advisory lock key space: (classid, objid) = (STAGE4_LOCK_CLASS, hashtext(database name)).
 STAGE4_LOCK_CLASS = 5404
@@ -115,9 +115,10 @@ def main(argv=None):
         os.unlink(args.login)
         password = login.get("password") or None
         def connect():
-            return psycopg2.connect(host=login["host"], port=login["port"], dbname=login["dbname"], user=login["user"],
-                                    password=password, sslmode=login.get("sslmode") or "prefer", connect_timeout=10,
-                                    application_name=APPLICATION_PREFIX + args.run_id)
+            # prepare_threshold=None: no statement is prepared behind the run's back (a pooler would lose it).
+            return psycopg.connect(host=login["host"], port=login["port"], dbname=login["dbname"], user=login["user"],
+                                   password=password, sslmode=login.get("sslmode") or "prefer", connect_timeout=10,
+                                   application_name=APPLICATION_PREFIX + args.run_id, prepare_threshold=None)
         conn = connect()
         conn.autocommit = True
         if transaction_pooled(conn, connect):
@@ -128,7 +129,7 @@ def main(argv=None):
             if not cur.fetchone()[0]:
                 write_state(args.state_file, state="busy", **holder(cur))
                 return 3
-    except (OSError, KeyError, ValueError, AttributeError, psycopg2.Error) as error:
+    except (OSError, KeyError, ValueError, AttributeError, psycopg.Error) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         write_state(args.state_file, state="error",
                     message=message.replace(password, "********") if password else message)
@@ -144,7 +145,7 @@ def main(argv=None):
                 with conn.cursor() as cur:  # a cut connection ends the wait: the lock is gone anyway
                     cur.execute("SELECT 1")
                 last_ping = time.monotonic()
-    except psycopg2.Error:
+    except psycopg.Error:
         if still_mine(args.state_file):
             write_state(args.state_file, state="lost", run_id=args.run_id)
         return 4

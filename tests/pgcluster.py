@@ -18,7 +18,7 @@ import tempfile
 
 import psycopg2
 
-from ansible_collections.biblioteca.stage4.plugins.modules import stage4_change
+from ansible_collections.biblioteca.stage4.plugins.module_utils import change_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCALDB = os.path.join(REPO, "scripts", "localdb.py")
@@ -183,7 +183,7 @@ def run_change(conn, change, state="applied", variables=None, prelude_sql=None):
     """Runs a change's scripts in one transaction on conn, then its settle.sql, as plugins/modules/stage4_change.py
     does (without its ledger); prelude_sql runs first in the same transaction. Returns the notices raised."""
     conn.notices.clear()
-    isolation = stage4_change.deploy_isolation(stage4_change.read_change(SQL_ROOT, change)) if state == "applied" else None
+    isolation = change_files.deploy_isolation(change_files.read_change(SQL_ROOT, change)) if state == "applied" else None
     conn.set_session(isolation_level=isolation or "DEFAULT")
     with conn, conn.cursor() as cur:
         if prelude_sql:

@@ -591,22 +591,22 @@ def test_a_throughput_phase_counts_every_client_s_executions(cluster):
 
 
 def test_a_throughput_phase_reports_an_error_raised_while_executing(cluster):
-    """Planned at its first execution, through libpq: the error is the server's, as for a psycopg2 call."""
+    """Planned at its first execution, through libpq: the error is the server's, as for a cursor's call."""
     with pytest.raises(bench_session.BenchmarkError, match="query statement failed: .*division by zero"):
         pool_throughput(cluster.login_args(DB), "SELECT 1 / (random() * 0)::int;", 2, 0.1)
 
 
-def test_an_unprepared_throughput_phase_fetches_with_psycopg2(cluster):
+def test_an_unprepared_throughput_phase_fetches_with_a_cursor(cluster):
     conn = bench_session.connect(gis_benchmark.with_defaults(cluster.login_args(DB)))
     try:
         start, end, count, client = workers.run_for((conn, "SELECT 1"), 0.05)
     finally:
         conn.close()
-    assert count >= 1 and end - start >= 0.05 and client == "psycopg2 EXECUTE + fetchall"
+    assert count >= 1 and end - start >= 0.05 and client == "psycopg execute + fetchall"
 
 
 def test_latency_samples_run_through_the_throughput_executor_and_report_the_query_that_failed(cluster):
-    """Prepared: through libpq, as the throughput loop; plain SQL: a psycopg2 cursor per execution."""
+    """Prepared: through libpq, as the throughput loop; plain SQL: a cursor per execution."""
     conn = bench_session.connect(gis_benchmark.with_defaults(cluster.login_args(DB)))
     try:
         texts = workers.prepare_statements([conn], [dict(sql="SELECT 1"), dict(sql="SELECT 2")], True)
@@ -614,7 +614,7 @@ def test_latency_samples_run_through_the_throughput_executor_and_report_the_quer
         assert executor == "libpq PQexecPrepared"
         assert [len(values) for values in samples] == [2, 1] and end >= start
         _, _, samples, executor = workers.run_schedule([(conn, "SELECT 1"), (conn, "SELECT 2")], [1, 1])
-        assert executor == "psycopg2 EXECUTE + fetchall" and [len(values) for values in samples] == [0, 2]
+        assert executor == "psycopg execute + fetchall" and [len(values) for values in samples] == [0, 2]
         with conn.cursor() as cur:
             cur.execute("DEALLOCATE ALL")
         texts = workers.prepare_statements([conn], [dict(sql="SELECT 1"), dict(sql="SELECT 1 / 0")], True)
@@ -760,12 +760,12 @@ def test_invalid_arguments_fail_before_connecting(capsys):
                              "concurrency must be >= 1 (got 0)")
 
 
-def test_missing_psycopg2_fails(monkeypatch, capsys):
-    monkeypatch.setattr(gis_benchmark, "HAS_PSYCOPG2", False)
+def test_missing_psycopg_fails(monkeypatch, capsys):
+    monkeypatch.setattr(gis_benchmark, "HAS_PSYCOPG", False)
     result = run_module(capsys, dict(login_user="postgres", login_db=DB,
                                      queries_dir=QUERIES_DIR, run_id="r", stage="s"))
     assert result["failed"] is True
-    assert "psycopg2" in result["msg"]
+    assert "psycopg" in result["msg"]
 
 
 def test_empty_queries_dir_fails(tmp_path, capsys):

@@ -16,6 +16,7 @@ import pytest
 
 import pgcluster
 from ansible_collections.biblioteca.stage4.plugins.modules import stage4_change
+from ansible_collections.biblioteca.stage4.plugins.module_utils import change_files, ledger
 
 FEATURES = 20000
 TEMPLATE = "opt1_online_template"
@@ -329,14 +330,14 @@ def interrupted_prepare(cluster, db, action="deploy"):
     its backend dies mid-copy. Returns how many rows were copied."""
     conn = cluster.connect(db)
     with conn.cursor() as cur:
-        cur.execute(stage4_change.LEDGER_DDL.replace("{schema}", "stage4"))
+        cur.execute(ledger.LEDGER_DDL.replace("{schema}", "stage4"))
         cur.execute("INSERT INTO stage4.prepared (change, run_id, files, action) VALUES (%s, 'killed', '{}', %s)",
                     (OPT1, action))
         # Batches of 100 rows: the copy is still under way when the kill lands (with 2,000 a copy out of a
         # partitioned table could finish first, and with 500 it did, once in four runs on an idle machine).
         for key, value in dict(VARIABLES, batch_rows="100").items():
             cur.execute("SELECT set_config(%s, %s, false)", ("stage4." + key, value))
-    with open(os.path.join(pgcluster.SQL_ROOT, OPT1, stage4_change.PREPARE[action] + ".sql"), encoding="utf-8") as handle:
+    with open(os.path.join(pgcluster.SQL_ROOT, OPT1, change_files.PREPARE[action] + ".sql"), encoding="utf-8") as handle:
         prepare = handle.read()
 
     def prepare_until_killed():

@@ -19,7 +19,7 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 import pgcluster  # noqa: E402
-from ansible_collections.biblioteca.stage4.plugins.modules import stage4_change  # noqa: E402  (importable once tests/conftest.py ran)
+from ansible_collections.biblioteca.stage4.plugins.module_utils import change_files  # noqa: E402  (importable once tests/conftest.py ran)
 
 BIN = Path(sys.executable).parent
 PSQL = "/usr/lib/postgresql/15/bin/psql"
@@ -83,7 +83,7 @@ def test_execution_environment_context_holds_the_requirements(tmp_path):
 
 def test_execution_environment_pins_agree_with_requirements():
     project, ee = pins(REPO / "requirements.txt"), pins(REPO / "requirements-ee.txt")
-    assert set(ee) == {"ansible-core", "psycopg2-binary", "jinja2"}
+    assert set(ee) == {"ansible-core", "psycopg[binary]", "jinja2"}
     assert all(ee[name] == project[name] for name in ee)
     assert "ansible-builder" in project
     definition = (REPO / "execution-environment.yml").read_text()
@@ -140,7 +140,7 @@ def test_export_names_files_and_records_sources(exported):
     assert "ls -r" in (exported / "rollbacks" / "README.md").read_text()
     opt1 = (exported / migrations[OPT1]).read_text()
     deploy = REPO / "files/sql/opt1_temporal_partitioning/deploy.sql"
-    assert stage4_change.read_change(str(REPO / "files/sql"), "opt1_temporal_partitioning")["deploy"]["sha256"] in opt1
+    assert change_files.read_change(str(REPO / "files/sql"), "opt1_temporal_partitioning")["deploy"]["sha256"] in opt1
     assert deploy.read_text() in opt1
     assert "SELECT set_config('stage4.partition_through_year', '2028', true);" in opt1
     # OPT3 declares repeatable read: set by the file's first statement; OPT1 (copies under a lock) does not.
@@ -171,9 +171,9 @@ def test_migrations_apply_record_the_ledger_and_revert_cleanly(cluster, exported
     ledger = query(cluster, "SELECT change, seq, files FROM stage4.ledger ORDER BY seq")
     assert [row[0] for row in ledger] == CHANGES
     for change, seq, files in ledger:
-        scripts = stage4_change.read_change(str(REPO / "files/sql"), change)
+        scripts = change_files.read_change(str(REPO / "files/sql"), change)
         row = {"change": change, "seq": seq, "files": files}
-        assert stage4_change.plan("applied", row, scripts, [], change in pgcluster.TOOLKIT) == ("unchanged", None)
+        assert change_files.plan("applied", row, scripts, [], change in pgcluster.TOOLKIT) == ("unchanged", None)
     assert query(cluster, "SELECT count(*) FROM cron.job WHERE jobname LIKE 'stage4%'")[0][0] > 0
     assert query(cluster, TABLE_STATE) == before
 

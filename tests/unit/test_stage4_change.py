@@ -11,6 +11,7 @@ import pytest
 
 import pgcluster
 from ansible_collections.biblioteca.stage4.plugins.modules import stage4_change
+from ansible_collections.biblioteca.stage4.plugins.module_utils import change_files
 from ansible_collections.biblioteca.stage4.plugins.module_utils import postgres as stage4_postgres
 
 REPO = pgcluster.REPO
@@ -197,7 +198,7 @@ def test_deploy_runs_in_the_isolation_its_file_declares(cluster, capsys, tmp_pat
     assert run(capsys, dict(args, change="c11"))["action"] == "deployed"
     assert [scalar(cluster, "SELECT level FROM " + t) for t in ("t10", "t10_reverted", "t11")] == [
         "repeatable read", "read committed", "read committed"]
-    assert stage4_change.deploy_isolation(stage4_change.read_change(root, "c10")) == "REPEATABLE READ"
+    assert change_files.deploy_isolation(change_files.read_change(root, "c10")) == "REPEATABLE READ"
 
 
 def test_bad_input_is_clear(cluster, capsys, tmp_path):

@@ -36,5 +36,5 @@ options:
     default: prefer
     choices: [disable, allow, prefer, require, verify-ca, verify-full]
 requirements:
-  - psycopg2
+  - psycopg (3.2 or later)
 """

@@ -12,9 +12,9 @@ import time
 from ansible_collections.biblioteca.stage4.plugins.module_utils.postgres import ConnectionFailed, describe_target, open_connection
 
 try:
-    import psycopg2
-    import psycopg2.extras
-    from psycopg2 import sql
+    import psycopg
+    from psycopg import sql
+    from psycopg.types.string import TextLoader
 except ImportError:  # gis_benchmark reports it
     pass
 
@@ -26,7 +26,7 @@ STATS_POLL_TIMEOUT_S = 2.0
 
 STATS_POLL_INTERVAL_S = 0.05
 
-CLIENT_KIND = "psycopg2, one process and connection per client"
+CLIENT_KIND = "psycopg, one process and connection per client"
 
 PROVENANCE_SETTINGS = (
     "shared_buffers", "work_mem", "effective_cache_size", "random_page_cost", "jit",
@@ -82,8 +82,8 @@ def open_session(params, caller=None):
     conn = connect(params)
     try:
         # Fetch JSON as text: parsing it in Python would add client time to the latency.
-        psycopg2.extras.register_default_json(conn, loads=lambda text: text)
-        psycopg2.extras.register_default_jsonb(conn, loads=lambda text: text)
+        conn.adapters.register_loader("json", TextLoader)
+        conn.adapters.register_loader("jsonb", TextLoader)
         with conn.cursor() as cur:
             cur.execute("SET default_transaction_read_only = on")
             cur.execute("SELECT set_config('statement_timeout', %s, false)",
@@ -92,7 +92,7 @@ def open_session(params, caller=None):
                 cur.execute("SELECT set_config('request.jwt.claims', %s, false)", (json.dumps(caller["claims"]),))
             if role:
                 cur.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
-    except psycopg2.Error as exc:
+    except psycopg.Error as exc:
         conn.close()
         raise BenchmarkError("cannot prepare a benchmark session on %s: %s"
                              % (describe_target(params), str(exc).strip())) from exc
@@ -110,7 +110,7 @@ def database_blocks(conn):
 
 def flush_stats(conn):
     """Make the backend publish its pending statistics now instead of within a second or so."""
-    if conn.server_version >= 150000:
+    if conn.info.server_version >= 150000:
         with conn.cursor() as cur:
             cur.execute("SELECT pg_stat_force_next_flush()")
 
@@ -149,7 +149,7 @@ def statements_relation(conn):
         return None
     try:
         execute(conn, "SELECT 1 FROM %s LIMIT 1" % rows[0][0])
-    except psycopg2.Error:
+    except psycopg.Error:
         return None
     return rows[0][0]
 
@@ -191,7 +191,7 @@ def gather_provenance(params, conn, seed):
         client=dict(cpu_count=os.cpu_count(), cpu_model=cpu_model(),
                     load_average=[round(value, 2) for value in os.getloadavg()],
                     python_version=platform.python_version(),
-                    psycopg2_version=psycopg2.__version__.split(" ")[0]),
+                    psycopg_version=psycopg.__version__),
         measurement=dict({name: params[name] for name in MEASUREMENT_PARAMETERS},
                          client=CLIENT_KIND, seed=seed),
     )

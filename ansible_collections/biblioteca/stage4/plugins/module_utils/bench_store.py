@@ -7,9 +7,9 @@ from ansible_collections.biblioteca.stage4.plugins.module_utils.bench_session im
 from ansible_collections.biblioteca.stage4.plugins.module_utils.postgres import describe_target
 
 try:
-    import psycopg2
-    import psycopg2.extras
-    from psycopg2 import sql
+    import psycopg
+    from psycopg import sql
+    from psycopg.types.json import Jsonb
 except ImportError:  # gis_benchmark reports it
     pass
 
@@ -58,23 +58,22 @@ def check_store_target(params):
 
 
 def query_result_row(key, query_id, stats, ci_level):
-    """One query_results row; the JSON columns adapted for psycopg2."""
+    """One query_results row; the JSON columns adapted for psycopg."""
     ci = dict(level=ci_level, **{name: stats[name] for name in
                                  ("mean_ci_ms", "p50_ci_ms", "p95_ci_ms", "p99_ci_ms")})
-    return dict(stats, run_id=key[0], stage=key[1], query_id=query_id, ci=psycopg2.extras.Json(ci),
-                statements=psycopg2.extras.Json(stats["statements"]) if stats["statements"] else None,
-                plan=psycopg2.extras.Json(stats["plan"]))
+    return dict(stats, run_id=key[0], stage=key[1], query_id=query_id, ci=Jsonb(ci),
+                statements=Jsonb(stats["statements"]) if stats["statements"] else None,
+                plan=Jsonb(stats["plan"]))
 
 
 def store_run(params, benchmark, queries):
     """Replace the (run_id, stage) run and upsert the query catalog, in one transaction."""
     conn = connect(params)
-    conn.autocommit = False
     try:
         tables = {name: sql.SQL(ident)
                   for name, ident in qualified_tables(conn, params["benchmark_schema"]).items()}
         key = (benchmark["run_id"], benchmark["stage"])
-        with conn, conn.cursor() as cur:
+        with conn.transaction(), conn.cursor() as cur:
             cur.execute("SET LOCAL lock_timeout = '5s'")
             # query_results go with their run (ON DELETE CASCADE).
             cur.execute(sql.SQL("DELETE FROM {} WHERE run_id = %s AND stage = %s")
@@ -90,7 +89,7 @@ def store_run(params, benchmark, queries):
                 " %(server_version)s, %(as_role)s, %(prepared)s, %(order)s, %(seed)s,"
                 " %(throughput_seconds)s, %(ci_level)s, %(stats_source)s, %(provenance)s)")
                 .format(tables["runs"]),
-                dict(benchmark, provenance=psycopg2.extras.Json(benchmark["provenance"])))
+                dict(benchmark, provenance=Jsonb(benchmark["provenance"])))
             cur.executemany(sql.SQL(
                 "INSERT INTO {} AS q (query_id, sql_sha256, sql_text, first_seen, last_seen)"
                 " VALUES (%(query_id)s, %(sql_sha256)s, %(sql)s, %(seen)s, %(seen)s)"
@@ -112,7 +111,7 @@ def store_run(params, benchmark, queries):
                 " %(statements)s, %(plan)s)").format(tables["query_results"]),
                 [query_result_row(key, query_id, stats, benchmark["ci_level"])
                  for query_id, stats in benchmark["queries"].items()])
-    except psycopg2.Error as exc:
+    except psycopg.Error as exc:
         raise BenchmarkError("cannot store the run in schema %s of %s: %s"
                              % (params["benchmark_schema"], describe_target(params),
                                 str(exc).strip())) from exc

@@ -17,7 +17,7 @@ from ansible_collections.biblioteca.stage4.plugins.module_utils.stats import con
 from ansible_collections.biblioteca.stage4.plugins.module_utils.workers import WorkerPool, throughput, wall_seconds
 
 try:
-    import psycopg2
+    import psycopg
 except ImportError:  # gis_benchmark reports it
     pass
 
@@ -48,7 +48,7 @@ def inspect_queries(controls, queries):
                 execute(control, query["sql"])
                 pilot_s = min(pilot_s, time.perf_counter() - began)
             queryid = explain(control, "VERBOSE", query["sql"])[0].get("Query Identifier")
-        except psycopg2.Error as exc:
+        except psycopg.Error as exc:
             raise BenchmarkError("%s failed: %s" % (describe_query(query), str(exc).strip())) from exc
         inspected.append(dict(result_rows=len(rows), fingerprint=fingerprint(rows), queryid=queryid,
                               userid=userids[query.get("session", 0)], pilot_s=pilot_s))
@@ -61,7 +61,7 @@ def explain_queries(controls, queries):
     for query in queries:
         try:
             output = explain(controls[query.get("session", 0)], "ANALYZE, BUFFERS, VERBOSE", query["sql"])
-        except psycopg2.Error as exc:
+        except psycopg.Error as exc:
             raise BenchmarkError("%s failed: %s" % (describe_query(query), str(exc).strip())) from exc
         shared_hit, shared_read = top_node_buffers(output)
         explained.append(dict(shared_hit=shared_hit, shared_read=shared_read, plan=plan_summary(output)))

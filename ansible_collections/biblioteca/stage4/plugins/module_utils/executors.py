@@ -1,71 +1,40 @@
 # -*- coding: utf-8 -*-
-"""Executes a prepared statement through libpq itself on psycopg2's connection: pgbench's way
-(extended protocol, every row received, none turned into a Python object).
+"""How every timed execution (a latency sample or the throughput loop) runs a statement.
+
+A prepared statement runs through psycopg's libpq wrapper, PQexecPrepared on the session's own
+connection: as pgbench -M prepared (extended protocol, every row received, none turned into a Python
+object). Anything else runs on a cursor that fetches its rows. Either way the result is freed inside
+the execution that produced it.
 """
 from __future__ import annotations
 
-import ctypes
-import os
-
 from ansible_collections.biblioteca.stage4.plugins.module_utils.bench_session import QueryFailed
 
+try:
+    from psycopg import pq
+except ImportError:  # gis_benchmark reports it
+    pass
 
-# How every timed execution (latency sample or throughput loop) runs a statement: libpq's
-# PQexecPrepared on psycopg2's own connection (as pgbench -M prepared: extended protocol, every row
-# received, none turned into a Python object), or psycopg2's EXECUTE and fetchall where that libpq
-# cannot be found. Either way the result is freed inside the execution that produced it.
-EXECUTORS = ("libpq PQexecPrepared", "psycopg2 EXECUTE + fetchall")
-
-PGRES_COMMAND_OK = 1  # libpq's ExecStatusType
-
-PGRES_TUPLES_OK = 2
-
-
-def loaded_libpq():
-    """The libpq psycopg2 runs on (psycopg2-binary loads its own copy), as a ctypes library with the
-    four functions the throughput loop calls; None unless exactly one libpq is mapped in this
-    process (Linux's /proc/self/maps)."""
-    try:
-        with open("/proc/self/maps", encoding="utf-8") as maps:
-            paths = {fields[-1] for fields in (line.split() for line in maps)
-                     if len(fields) >= 6 and os.path.basename(fields[-1]).startswith(("libpq.", "libpq-"))}
-    except OSError:
-        return None
-    if len(paths) != 1:
-        return None
-    libpq = ctypes.CDLL(paths.pop())
-    libpq.PQexecPrepared.restype = ctypes.c_void_p
-    libpq.PQexecPrepared.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p,
-                                     ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-    libpq.PQresultStatus.restype = ctypes.c_int
-    libpq.PQresultStatus.argtypes = [ctypes.c_void_p]
-    libpq.PQresultErrorMessage.restype = ctypes.c_char_p
-    libpq.PQresultErrorMessage.argtypes = [ctypes.c_void_p]
-    libpq.PQclear.restype = None
-    libpq.PQclear.argtypes = [ctypes.c_void_p]
-    return libpq
+EXECUTORS = ("libpq PQexecPrepared", "psycopg execute + fetchall")
 
 
 def prepared_executor(conn, text):
     """For "EXECUTE <name>" on an autocommit connection: a function that executes that prepared
-    statement through libpq on conn's own PGconn and discards the rows it received, raising
-    QueryFailed on an error. None where that is not possible (then psycopg2 executes)."""
-    if not text.startswith("EXECUTE ") or not conn.autocommit or not hasattr(conn, "pgconn_ptr"):
+    statement with PQexecPrepared on conn and frees the rows it received, raising QueryFailed on an
+    error. None for any other statement (a cursor runs it)."""
+    if not text.startswith("EXECUTE ") or not conn.autocommit:
         return None
-    libpq = loaded_libpq()
-    if libpq is None:
-        return None
-    pgconn = ctypes.c_void_p(conn.pgconn_ptr)
+    pgconn = conn.pgconn
     name = text[len("EXECUTE "):].encode()
-    exec_prepared, result_status, clear = libpq.PQexecPrepared, libpq.PQresultStatus, libpq.PQclear
+    succeeded = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)
 
     def execute():
-        result = exec_prepared(pgconn, name, 0, None, None, None, 0)
-        if result_status(result) not in (PGRES_COMMAND_OK, PGRES_TUPLES_OK):
-            message = (libpq.PQresultErrorMessage(result) or b"no result").decode(errors="replace")
-            clear(result)
-            raise QueryFailed(None, message)
-        clear(result)
+        result = pgconn.exec_prepared(name, None)
+        try:
+            if result.status not in succeeded:
+                raise QueryFailed(None, (result.error_message or b"no result").decode(errors="replace"))
+        finally:
+            result.clear()
     return execute
 
 

@@ -11,10 +11,10 @@ import time
 import traceback
 
 from ansible_collections.biblioteca.stage4.plugins.module_utils.bench_session import BenchmarkError, QueryFailed, callers, flush_stats, open_session
-from ansible_collections.biblioteca.stage4.plugins.module_utils.libpq import statement_executor
+from ansible_collections.biblioteca.stage4.plugins.module_utils.executors import statement_executor
 
 try:
-    import psycopg2
+    import psycopg
 except ImportError:  # gis_benchmark reports it
     pass
 
@@ -40,7 +40,7 @@ def prepare_statements(sessions, queries, prepared):
         try:
             with conn.cursor() as cur:
                 cur.execute("PREPARE %s AS\n%s" % (PREPARED_NAME % index, query["sql"]))
-        except psycopg2.Error as exc:
+        except psycopg.Error as exc:
             raise QueryFailed(index, exc) from exc
         texts.append((conn, "EXECUTE " + PREPARED_NAME % index))
     return texts
@@ -53,7 +53,7 @@ def run_untimed(texts, indexes):
             with conn.cursor() as cur:
                 cur.execute(text)
                 cur.fetchall()
-        except psycopg2.Error as exc:
+        except psycopg.Error as exc:
             raise QueryFailed(index, exc) from exc
 
 
@@ -61,7 +61,7 @@ def run_schedule(texts, schedule):
     """Time every execution of the schedule; returns (start, end, samples in ms per query, executor).
 
     Each sample covers executing the statement, receiving all its rows and freeing them, as one
-    pgbench transaction does. (Freed by the next execute instead, as a psycopg2 cursor does, the
+    pgbench transaction does. (Freed by the next execute instead, as a cursor kept open would be, the
     43,000 rows of a map query added 4 ms to the point query after it at 1,000,000 features.)
     """
     executors = [statement_executor(conn, text) for conn, text in texts]
@@ -73,7 +73,7 @@ def run_schedule(texts, schedule):
         began = clock()
         try:
             execute()
-        except (QueryFailed, psycopg2.Error) as exc:
+        except (QueryFailed, psycopg.Error) as exc:
             raise QueryFailed(index, exc) from exc
         samples[index].append(round((clock() - began) * 1000.0, 3))
     return start, clock(), samples, ", ".join(sorted({name for _, name in executors}))
@@ -96,7 +96,7 @@ def run_for(target, seconds):
             count += 1
             if clock() >= deadline:
                 break
-    except psycopg2.Error as exc:
+    except psycopg.Error as exc:
         raise QueryFailed(None, exc) from exc
     return start, clock(), count, client
 

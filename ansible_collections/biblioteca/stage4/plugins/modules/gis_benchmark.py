@@ -188,7 +188,7 @@ options:
 notes:
   - Latencies are measured with C(time.perf_counter) around executing the statement, receiving all
     its rows and freeing them, so they include the network round trip and the transfer of the
-    result. Through libpq (C(executor)) no row is turned into a Python object; through psycopg2,
+    result. Through libpq (C(executor)) no row is turned into a Python object; through a cursor,
     JSON results are fetched as text, not parsed.
   - The workers are forked (start method C(fork)), which lets them run when Ansible executes the
     module from its AnsiballZ archive.
@@ -361,11 +361,11 @@ benchmark:
     provenance:
       description:
         - The O(provenance) given, with C(server) (version, settings that shape plans and caching),
-          C(client) (CPU count, CPU model and load average of the host running the module, Python and psycopg2
+          C(client) (CPU count, CPU model and load average of the host running the module, Python and psycopg
           versions) and C(measurement) (the options that shape the measurement, and C(executor), how the timed
           executions (latency samples and throughput) ran their prepared statements - C(libpq PQexecPrepared)
-          on the session's own connection, as pgbench -M prepared does, or C(psycopg2 EXECUTE + fetchall) where
-          that libpq cannot be found) added.
+          on the session's own connection through psycopg's libpq wrapper, as pgbench -M prepared does, or
+          C(psycopg execute + fetchall) for a statement that is not prepared, O(prepared=false)) added.
       type: dict
       sample:
         git_commit: "5834190"
@@ -377,10 +377,10 @@ benchmark:
           cpu_model: AMD EPYC
           load_average: [0.52, 0.61, 0.7]
           python_version: 3.11.7
-          psycopg2_version: 2.9.13
+          psycopg_version: 3.3.9
         measurement:
           concurrency: 2
-          client: psycopg2, one process and connection per client
+          client: psycopg, one process and connection per client
           executor: libpq PQexecPrepared
           prepared: true
           order: interleaved
@@ -474,13 +474,13 @@ from ansible_collections.biblioteca.stage4.plugins.module_utils.benchmark import
 from ansible_collections.biblioteca.stage4.plugins.module_utils.postgres import CONNECTION_ARGUMENT_SPEC, describe_target
 
 try:
-    import psycopg2
+    import psycopg
 except ImportError:
-    HAS_PSYCOPG2 = False
-    PSYCOPG2_IMPORT_ERROR = traceback.format_exc()
+    HAS_PSYCOPG = False
+    PSYCOPG_IMPORT_ERROR = traceback.format_exc()
 else:
-    HAS_PSYCOPG2 = True
-    PSYCOPG2_IMPORT_ERROR = None
+    HAS_PSYCOPG = True
+    PSYCOPG_IMPORT_ERROR = None
 
 ARGUMENT_SPEC = dict(
     CONNECTION_ARGUMENT_SPEC,
@@ -546,8 +546,8 @@ def with_defaults(params):
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    if not HAS_PSYCOPG2:
-        module.fail_json(msg=missing_required_lib("psycopg2"), exception=PSYCOPG2_IMPORT_ERROR)
+    if not HAS_PSYCOPG:
+        module.fail_json(msg=missing_required_lib("psycopg"), exception=PSYCOPG_IMPORT_ERROR)
     params = module.params
     errors = check_args(params)
     if errors:
@@ -563,7 +563,7 @@ def main():
             store_run(params, benchmark, queries)
     except BenchmarkError as exc:
         module.fail_json(msg=str(exc))
-    except psycopg2.Error as exc:
+    except psycopg.Error as exc:
         module.fail_json(msg="benchmark on %s failed: %s" % (describe_target(params),
                                                              str(exc).strip()))
     benchmark["stored"] = store
