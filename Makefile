@@ -1,6 +1,6 @@
 # Stage 4 rollout. Two commands on a fresh Debian 12 machine (as root):
 #   make demo   installs what is missing, creates the local BIBLIOTECA (251 features) and runs Stage 4
-#   make test   unit tests, lint and the molecule scenarios against throwaway PostGIS clusters
+#   make test   unit and integration tests, lint, the fast fault cases and the molecule scenarios
 #   make bench  the same run on a big reference database (1,000,000 features), the gate judging latency
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -23,11 +23,11 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR := 0
 LOCAL_DB_ENV = DB_HOST=127.0.0.1 DB_PORT=$(LOCALDB_PORT) DB_NAME=BIBLIOTECA DB_USER=postgres DB_PASSWORD="$$(cat .localdb/password)"
 
-.PHONY: help setup system-packages demo localdb fixture test unit lint faults-fast faults faults-1m molecule bench bench-1m pgbench-ratio clean
+.PHONY: help setup system-packages demo localdb fixture test unit integration lint faults-fast faults faults-1m molecule bench bench-1m pgbench-ratio clean
 
 help:
 	@echo "make demo    - set up, create the local BIBLIOTECA ($(FEATURES) features) and run stage4.yml -i local"
-	@echo "make test    - unit tests, ansible-lint, the fast fault cases and every molecule scenario"
+	@echo "make test    - unit (no PostgreSQL) and integration tests, ansible-lint, the fast fault cases and every molecule scenario"
 	@echo "make faults  - the whole fault suite (bad input, backup failures, two runs, kill -9 at every step)"
 	@echo "make faults-1m - its cases that stop before any change, and two runs at once, at 1,000,000 features"
 	@echo "make bench   - Stage 4 on BENCH_FEATURES=$(BENCH_FEATURES) features in its own cluster (reports/bench); also make bench-1m"
@@ -77,12 +77,17 @@ demo: fixture
 	$(LOCAL_DB_ENV) $(BIN)/ansible-playbook stage4.yml -i local
 
 # Two test files at a time, each with its own throwaway cluster: a test mostly waits for PostgreSQL
-# (make unit went from 4 min 54 s to 2 min 47 s on 2 cores). PYTEST_JOBS=0 runs them one by one.
+# (the cluster tests went from 4 min 54 s to 2 min 47 s on 2 cores). PYTEST_JOBS=0 runs them one by one.
 PYTEST_JOBS ?= 2
 PYTEST = $(BIN)/pytest -q -n $(PYTEST_JOBS) --dist loadfile
 
+# No PostgreSQL: STAGE4_PG_BIN points nowhere, so a test here that started a cluster would fail.
 unit: setup
-	$(PYTEST) tests/unit
+	STAGE4_PG_BIN=/nonexistent $(BIN)/pytest -q tests/unit
+
+# Against throwaway PostGIS clusters (tests/pgcluster.py), and the report in headless Chromium.
+integration: setup
+	$(PYTEST) tests/integration
 
 lint: setup
 	$(BIN)/ansible-lint -q
@@ -112,7 +117,7 @@ molecule: setup
 molecule-%: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/molecule test -s $*
 
-test: unit lint faults-fast molecule
+test: unit lint integration faults-fast molecule
 
 # A benchmark, not a test: its own cluster and database, BENCH_FEATURES features (about 4 minutes
 # to build a million, reused by later runs; BENCH_RECREATE=1 rebuilds it), then the whole Stage 4

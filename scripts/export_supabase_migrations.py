@@ -43,7 +43,7 @@ TIMESTAMP_FORMAT = "%Y%m%d%H%M%S"
 # verify included) rolls the whole file back. Some releases (2.115.0, 2.116.0, 2.117.0: supabase/cli#6347)
 # send the file as a pipeline without BEGIN: one implicit transaction, in which a top-level LOCK TABLE is
 # refused (25P01). So no change has a top-level statement that needs a transaction block (LOCK runs in a
-# DO block), and the files work under any release; tests/unit/test_packaging.py pushes them with 2.117.0.
+# DO block), and the files work under any release; tests/integration/test_supabase_migrations.py pushes them with 2.117.0.
 TRANSACTION_NOTE = """\
 -- `supabase db push` runs this file as one transaction (with its schema_migrations row): the settings
 -- below hold for the whole file, and any error, a failing verify included, rolls all of it back.

@@ -34,7 +34,8 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PG_BIN = "/usr/lib/postgresql/15/bin"
+# STAGE4_PG_BIN: another server build; make unit points it nowhere, to prove tests/unit needs none.
+PG_BIN = os.environ.get("STAGE4_PG_BIN", "/usr/lib/postgresql/15/bin")
 OS_USER = "postgres"
 
 # Settings for a disposable cluster: durability off (the data is rebuilt from

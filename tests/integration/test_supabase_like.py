@@ -2,7 +2,6 @@
 postgres, the role that deploys, is not a superuser; PostGIS and pg_cron belong to supabase_admin; the
 application lives in database postgres. Through plugins/modules/stage4_change.py with the variables of
 playbooks/group_vars/all.yml, as the playbook applies them."""
-import os
 
 import pytest
 
