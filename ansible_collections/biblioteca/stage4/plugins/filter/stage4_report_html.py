@@ -11,9 +11,10 @@ Only figures found in report_data are shown; nothing is computed beyond ratios o
 from __future__ import annotations
 
 import datetime
-import html
 import json
-import math
+
+from ansible_collections.biblioteca.stage4.plugins.module_utils import report_charts as charts
+from ansible_collections.biblioteca.stage4.plugins.module_utils import report_format as fmt
 
 DOCUMENTATION = r"""
 name: stage4_report_html
@@ -30,27 +31,7 @@ options:
     required: true
 """
 
-# Okabe-Ito, colour-blind safe; the baseline is neutral grey.
-_PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#8C6D31", "#1B9E77"]
-_BASELINE_COLOUR = "#6E6E6E"
 
-_VERDICT_CLASS = {
-    "better": "v-faster",
-    "unchanged": "v-nsd",
-    "inconclusive": "v-slower",
-    "worse": "v-bad",
-    "result changed": "v-bad",
-    "missing from one side": "v-bad",
-}
-# Short labels where space is tight (the per-query matrix); the note above it spells them out.
-_VERDICT_SHORT = {
-    "better": "better",
-    "unchanged": "unchanged",
-    "inconclusive": "inconclusive",
-    "worse": "WORSE",
-    "result changed": "RESULT CHANGED",
-    "missing from one side": "MISSING",
-}
 # The gate's summary counts and the verdict each one counts, in the order they are told.
 _SUMMARY_VERDICTS = [("better", "better"), ("unchanged", "unchanged"), ("inconclusive", "inconclusive"),
                      ("worse", "worse")]
@@ -117,110 +98,6 @@ footer{margin-top:24px;font-size:12px;color:#666}
 """
 
 
-def _e(value):
-    """Escaped text; None reads as n/a."""
-    return html.escape("n/a" if value is None else str(value), quote=True)
-
-
-def _breakable(value):
-    """Escaped, with a break opportunity after each underscore: long query ids stay inside their column on paper."""
-    return _e(value).replace("_", "_<wbr>")
-
-
-def _num(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _ms(value):
-    """Milliseconds with about three significant figures (0.209, 1.55, 45.3, 8,356)."""
-    if not _num(value):
-        return "n/a"
-    size = abs(value)
-    if size >= 100:
-        return f"{value:,.0f}"
-    if size >= 10:
-        return f"{value:.1f}"
-    if size >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3f}"
-
-
-def _qps(value):
-    if not _num(value):
-        return "n/a"
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
-
-
-def _delta_ms(value):
-    return f"{value:+.3f}" if _num(value) else "n/a"
-
-
-def _p_value(value):
-    """The gate rounds p to five places: 0.0 means below 0.000005."""
-    if not _num(value):
-        return "n/a"
-    return "< 0.00001" if value == 0 else f"{value:.5f}".rstrip("0").rstrip(".")
-
-
-def _interval(query):
-    """'+0.120 [+0.080, +0.170]' from the gate's shift and its interval."""
-    if not _num(query.get("shift_ms")):
-        return "n/a"
-    bounds = [query.get("shift_low_ms"), query.get("shift_high_ms")]
-    inside = ", ".join(f"{b:+.3f}" if _num(b) else "?" for b in bounds)
-    return f'{query["shift_ms"]:+.3f} [{inside}]'
-
-
-def _pct(value):
-    return f"{value:+.1f}%" if _num(value) else "n/a"
-
-
-def _ratio_pct(value):
-    """A cache-hit ratio as a percentage, with enough digits to tell 99.58% from 99.998%."""
-    if not _num(value):
-        return "n/a (no blocks touched)"
-    return f"{value * 100:.3f}%" if value >= 0.99 else f"{value * 100:.1f}%"
-
-
-def _bytes(value):
-    if not _num(value):
-        return "n/a"
-    size, unit = float(value), "bytes"
-    for next_unit in ("KiB", "MiB", "GiB", "TiB"):
-        if size < 1024:
-            break
-        size, unit = size / 1024, next_unit
-    return f"{int(value):,} bytes" if unit == "bytes" else f"{size:.1f} {unit} ({int(value):,} bytes)"
-
-
-def _basename(path):
-    return str(path).replace("\\", "/").rsplit("/", 1)[-1]
-
-
-def _chip(verdict, short=False):
-    label = _VERDICT_SHORT.get(verdict, verdict) if short else verdict
-    return f'<span class="chip {_VERDICT_CLASS.get(verdict, "v-other")}">{_e(label)}</span>'
-
-
-def _stage_colours(stages):
-    colours, index = {}, 0
-    for stage in stages:
-        if stage == "baseline":
-            colours[stage] = _BASELINE_COLOUR
-        else:
-            colours[stage] = _PALETTE[index % len(_PALETTE)]
-            index += 1
-    return colours
-
-
-def _stage_label(stage, reverted):
-    if stage.endswith("_after_restart"):
-        return f"{stage} (re-measured after a restart)"
-    if stage in reverted:
-        return f"{stage} (reverted: gate failed)"
-    return stage
-
-
 def _reverted_stages(report):
     return {o.get("id") for o in report.get("optimizations") or []
             if str(o.get("status", "")).startswith("reverted: gate")}
@@ -239,11 +116,11 @@ def _overall(report):
     first = next((s for s in stages if s.get("stage") == "baseline"), stages[0])
     last = stages[-1]
     if last is first or first.get("stage") != "baseline":
-        return f'Mean latency at {first.get("stage")}: {_ms(first.get("mean_ms"))} ms; QPS {_qps(first.get("qps"))}'
+        return f'Mean latency at {first.get("stage")}: {fmt.ms(first.get("mean_ms"))} ms; QPS {fmt.qps(first.get("qps"))}'
     reverted = " (reverted)" if last.get("stage") in _reverted_stages(report) else ""
-    return (f'Mean latency: baseline {_ms(first.get("mean_ms"))} ms -> {last.get("stage")}{reverted} '
-            f'{_ms(last.get("mean_ms"))} ms ({_pct(last.get("mean_ms_vs_baseline_pct"))}); '
-            f'QPS {_qps(first.get("qps"))} -> {_qps(last.get("qps"))} ({_pct(last.get("qps_vs_baseline_pct"))})')
+    return (f'Mean latency: baseline {fmt.ms(first.get("mean_ms"))} ms -> {last.get("stage")}{reverted} '
+            f'{fmt.ms(last.get("mean_ms"))} ms ({fmt.pct(last.get("mean_ms_vs_baseline_pct"))}); '
+            f'QPS {fmt.qps(first.get("qps"))} -> {fmt.qps(last.get("qps"))} ({fmt.pct(last.get("qps_vs_baseline_pct"))})')
 
 
 def _overall_gate(overall):
@@ -316,134 +193,6 @@ def _gate_statement(gate):
 
 # ---------------------------------------------------------------- charts (inline SVG)
 
-def _legend(stages, colours, reverted):
-    items = "".join(f'<span><span class="sw" style="background:{colours[s]}"></span>'
-                    f'{_e(_stage_label(s, reverted))}</span>' for s in stages)
-    return f'<div class="legend">{items}</div>'
-
-
-def _latency_chart(report, stages, colours, reverted):
-    """Grouped horizontal bars, one group per query, one bar per stage, on a log axis."""
-    queries = report.get("queries") or []
-    values = [q["stages"][s]["p50_ms"] for q in queries for s in stages
-              if _num((q.get("stages") or {}).get(s, {}).get("p50_ms")) and q["stages"][s]["p50_ms"] > 0]
-    if not values:
-        return "<p>No latency was measured.</p>"
-    # from the decade below the fastest query to the first 1, 2 or 5 x 10^n above the slowest
-    low_exp = math.floor(math.log10(min(values)))
-    high = next(f * 10 ** e for e in range(low_exp, low_exp + 20) for f in (1, 2, 5)
-                if f * 10 ** e >= max(values) and e + math.log10(f) > low_exp)
-    low_log, high_log = low_exp, math.log10(high)
-    width, label_w, right_w, top, bottom = 1040, 250, 56, 34, 52
-    plot_w = width - label_w - right_w
-    bar_h, bar_gap, pad = 9, 2, 8
-    group_h = len(stages) * (bar_h + bar_gap) - bar_gap + 2 * pad
-    height = top + len(queries) * group_h + bottom
-
-    def x_of(value):
-        return label_w + (math.log10(value) - low_log) / (high_log - low_log) * plot_w
-
-    out = [f'<svg class="chart latency" viewBox="0 0 {width} {height}" role="img" '
-           f'aria-label="Median latency per query per stage, logarithmic scale">']
-    for index in range(len(queries)):
-        if index % 2:
-            out.append(f'<rect x="0" y="{top + index * group_h}" width="{width}" height="{group_h}" fill="#f5f6f8"/>')
-    for exp in range(low_exp, math.ceil(high_log) + 1):
-        for factor in (1, 2, 5):
-            value = factor * 10 ** exp
-            if value > high * 1.0001:
-                break
-            x = x_of(value)
-            major = factor == 1
-            out.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{height - bottom + 4}" '
-                       f'stroke="{"#9aa1ab" if major else "#dde0e5"}" stroke-width="{1 if major else 0.7}"/>')
-            if major or high_log - low_log <= 4:
-                text = f"{value:g}" if exp < 0 else f"{value:,}"
-                weight = ' font-weight="bold"' if major else ""
-                for y in (top - 10, height - bottom + 18):
-                    out.append(f'<text x="{x:.1f}" y="{y}" font-size="11" text-anchor="middle" '
-                               f'fill="{"#333" if major else "#888"}"{weight}>{_e(text)}</text>')
-    for index, query in enumerate(queries):
-        y0 = top + index * group_h
-        per_stage = query.get("stages") or {}
-        first = per_stage.get(stages[0], {}) if stages else {}
-        out.append(f'<text x="8" y="{y0 + group_h / 2 - 2:.1f}" font-size="12.5" fill="#1d1d1f">'
-                   f'{_e(query.get("query"))}</text>')
-        rows = first.get("rows")
-        if _num(rows):
-            out.append(f'<text x="8" y="{y0 + group_h / 2 + 13:.1f}" font-size="11" fill="#777">'
-                       f'{rows:,} row{"" if rows == 1 else "s"}</text>')
-        for row, stage in enumerate(stages):
-            y = y0 + pad + row * (bar_h + bar_gap)
-            figures = per_stage.get(stage) or {}
-            value = figures.get("p50_ms")
-            if not _num(value) or value <= 0:
-                out.append(f'<text x="{label_w + 4}" y="{y + bar_h - 1}" font-size="10" fill="#777">n/a</text>')
-                continue
-            end = x_of(value)
-            style = ' fill-opacity="0.45" stroke="#b3261e" stroke-dasharray="3 2"' if stage in reverted else ""
-            tip = f'{query.get("query")} at {stage}: p50 {_ms(value)} ms, p95 {_ms(figures.get("p95_ms"))} ms'
-            out.append(f'<rect class="bar" data-query="{_e(query.get("query"))}" data-stage="{_e(stage)}" '
-                       f'x="{label_w}" y="{y}" width="{max(end - label_w, 1.5):.1f}" height="{bar_h}" '
-                       f'fill="{colours[stage]}"{style}><title>{_e(tip)}</title></rect>')
-            out.append(f'<text x="{end + 4:.1f}" y="{y + bar_h - 1}" font-size="10" fill="#333">'
-                       f'{_e(_ms(value))}</text>')
-    out.append(f'<line x1="{label_w}" y1="{top - 4}" x2="{label_w}" y2="{height - bottom + 4}" stroke="#555"/>')
-    out.append(f'<text x="{label_w + plot_w / 2:.0f}" y="{height - 10}" font-size="12" text-anchor="middle" '
-               'fill="#333">'
-               'p50 latency in ms, LOGARITHMIC scale: each bold gridline is 10 times the one before</text>')
-    out.append("</svg>")
-    return "".join(out)
-
-
-def _stage_chart(stage_rows, colours, reverted, key, css_class, label, maximum, ticks, tick_text, value_text):
-    """Horizontal bars, one per stage, on a linear axis from zero to maximum (the last tick)."""
-    width, label_w, right_w, top, bottom = 520, 150, 120, 22, 40
-    plot_w = width - label_w - right_w
-    bar_h, gap = 18, 8
-    height = top + len(stage_rows) * (bar_h + gap) - gap + bottom
-    out = [f'<svg class="chart {css_class}" viewBox="0 0 {width} {height}" role="img" aria-label="{_e(label)}">']
-    for tick in ticks:
-        x = label_w + tick / maximum * plot_w
-        out.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{height - bottom + 4}" stroke="#dde0e5"/>')
-        out.append(f'<text x="{x:.1f}" y="{height - bottom + 18}" font-size="11" text-anchor="middle" fill="#555">'
-                   f'{_e(tick_text(tick))}</text>')
-    for row, stage_row in enumerate(stage_rows):
-        stage = stage_row.get("stage")
-        y = top + row * (bar_h + gap)
-        name = stage if len(stage) <= 20 else stage[:19] + "…"
-        out.append(f'<text x="{label_w - 6}" y="{y + 13}" font-size="12" text-anchor="end" fill="#1d1d1f">'
-                   f'{_e(name)}</text>')
-        value = stage_row.get(key)
-        if _num(value):
-            style = ' fill-opacity="0.45" stroke="#b3261e" stroke-dasharray="3 2"' if stage in reverted else ""
-            bar_w = max(value / maximum * plot_w, 1.5)
-            out.append(f'<rect class="{css_class}-bar" data-stage="{_e(stage)}" x="{label_w}" y="{y}" '
-                       f'width="{bar_w:.1f}" '
-                       f'height="{bar_h}" fill="{colours[stage]}"{style}><title>{_e(stage)}: '
-                       f'{_e(value_text(stage_row))}</title></rect>')
-            text_x = label_w + bar_w + 5
-        else:
-            text_x = label_w + 5
-        out.append(f'<text x="{text_x:.1f}" y="{y + 13}" font-size="11" fill="#333">{_e(value_text(stage_row))}</text>')
-    out.append(f'<line x1="{label_w}" y1="{top - 4}" x2="{label_w}" y2="{height - bottom + 4}" stroke="#555"/>')
-    out.append(f'<text x="{label_w + plot_w / 2:.0f}" y="{height - 6}" font-size="12" text-anchor="middle" '
-               f'fill="#333">{_e(label)}</text></svg>')
-    return "".join(out)
-
-
-def _nice_ticks(maximum):
-    """Round ticks from zero to above maximum (about five of them)."""
-    if maximum <= 0:
-        return [0, 1]
-    step = 10 ** math.floor(math.log10(maximum / 5))
-    for factor in (1, 2, 2.5, 5, 10):
-        if maximum / (step * factor) <= 6:
-            step *= factor
-            break
-    count = math.ceil(maximum / step)
-    return [round(i * step, 10) for i in range(count + 1)]
-
 
 # ---------------------------------------------------------------- sections
 
@@ -457,35 +206,35 @@ def _header(report):
                  f'{settings.get("iterations")} timed executions per query after {settings.get("warmup")} '
                  f'warm-up runs, {settings.get("concurrency")} concurrent client(s)')
     run = [
-        ("Run id", f'<span class="mono">{_e(report.get("run_id"))}</span>'),
-        ("Environment", _e(report.get("environment"))),
-        ("Kind", _e(report.get("kind", "rollout"))
+        ("Run id", f'<span class="mono">{fmt.text(report.get("run_id"))}</span>'),
+        ("Environment", fmt.text(report.get("environment"))),
+        ("Kind", fmt.text(report.get("kind", "rollout"))
          + (" (check mode: nothing was changed)" if report.get("check_mode") else "")),
-        ("Benchmark", _e(benchmark)),
-        ("Report written", _e(report.get("written_at"))),
+        ("Benchmark", fmt.text(benchmark)),
+        ("Report written", fmt.text(report.get("written_at"))),
     ]
     server = [
-        ("Database", _e(database.get("name"))),
-        ("PostgreSQL", _e(database.get("server_version"))),
-        ("PostGIS", _e(database.get("postgis_version"))),
-        ("Features", _e(f'{database["features"]:,}' if _num(database.get("features")) else None)),
-        ("Database size", _e(_bytes(database.get("bytes")))),
+        ("Database", fmt.text(database.get("name"))),
+        ("PostgreSQL", fmt.text(database.get("server_version"))),
+        ("PostGIS", fmt.text(database.get("postgis_version"))),
+        ("Features", fmt.text(f'{database["features"]:,}' if fmt.is_number(database.get("features")) else None)),
+        ("Database size", fmt.text(fmt.byte_size(database.get("bytes")))),
     ]
     tables = "".join('<table class="facts">' + "".join(f"<tr><th>{name}</th><td>{value}</td></tr>"
                                                        for name, value in facts) + "</table>"
                      for facts in (run, server))
-    return (f'<header><h1>Stage 4 {_e(report.get("kind", "rollout"))} report: {_e(report.get("environment"))}, '
-            f'{_e(database.get("name"))}</h1>'
-            f'<div class="outcome {outcome_class}" id="outcome">Outcome: {_e(outcome)}</div>'
-            f'<p class="key" id="key-figures">{_e(_overall(report)).replace("-&gt;", "&rarr;")}<br>'
-            + (f'<span id="overall-gate">{_e(_overall_gate(report["overall"]))}</span><br>' if report.get("overall") else "")
-            + f'{_e(_results_statement(report))}</p>'
+    return (f'<header><h1>Stage 4 {fmt.text(report.get("kind", "rollout"))} report: {fmt.text(report.get("environment"))}, '
+            f'{fmt.text(database.get("name"))}</h1>'
+            f'<div class="outcome {outcome_class}" id="outcome">Outcome: {fmt.text(outcome)}</div>'
+            f'<p class="key" id="key-figures">{fmt.text(_overall(report)).replace("-&gt;", "&rarr;")}<br>'
+            + (f'<span id="overall-gate">{fmt.text(_overall_gate(report["overall"]))}</span><br>' if report.get("overall") else "")
+            + f'{fmt.text(_results_statement(report))}</p>'
             f'<div class="facts-pair" id="facts">{tables}</div></header>')
 
 
 def _count_chips(gate):
     """The gate's verdict counts as coloured chips."""
-    return " ".join(f'<span class="chip {_VERDICT_CLASS[verdict]}">{_e(count)} {_e(label)}</span>'
+    return " ".join(f'<span class="chip {fmt.VERDICT_CLASS[verdict]}">{fmt.text(count)} {fmt.text(label)}</span>'
                     for count, verdict, label in _verdict_counts(gate))
 
 
@@ -502,22 +251,22 @@ def _optimizations_section(report):
             reference = gate.get("reference")
             before = (means.get(reference) or {}).get("mean_ms")
             after = (means.get(opt.get("id")) or {}).get("mean_ms")
-            mean = f"{_e(_ms(before))} &rarr; {_e(_ms(after))} ms" if _num(before) and _num(after) else "n/a"
+            mean = f"{fmt.text(fmt.ms(before))} &rarr; {fmt.text(fmt.ms(after))} ms" if fmt.is_number(before) and fmt.is_number(after) else "n/a"
             statement = _gate_statement(gate)
-            gate_cell = (f'{_gate_verdict(gate)} vs {_e(reference)} <span class="small muted">'
+            gate_cell = (f'{_gate_verdict(gate)} vs {fmt.text(reference)} <span class="small muted">'
                          f'({len(gate.get("queries") or [])} queries)</span>'
                          f'<div class="chips">{_count_chips(gate)}</div>'
-                         + (f'<div class="small">{_e(statement)}</div>' if statement else "")
-                         + ("" if gate.get("passed") else f'<div class="small fail">{_e(gate.get("reason"))}</div>'))
+                         + (f'<div class="small">{fmt.text(statement)}</div>' if statement else "")
+                         + ("" if gate.get("passed") else f'<div class="small fail">{fmt.text(gate.get("reason"))}</div>'))
         elif opt.get("declined"):
             mean = "n/a"
-            gate_cell = f'<span class="muted">not applied: {_e(opt.get("declined"))}</span>'
+            gate_cell = f'<span class="muted">not applied: {fmt.text(opt.get("declined"))}</span>'
         else:
             mean = "n/a"
             gate_cell = '<span class="muted">not measured in this run</span>'
-        rows.append(f'<tr class="opt-row" data-opt="{_e(opt.get("id"))}">'
-                    f'<td class="nowrap"><b>{_e(opt.get("id"))}</b></td><td>{_e(opt.get("title"))}</td>'
-                    f'<td>{_e(opt.get("status"))}</td><td>{gate_cell}</td><td class="n">{mean}</td></tr>')
+        rows.append(f'<tr class="opt-row" data-opt="{fmt.text(opt.get("id"))}">'
+                    f'<td class="nowrap"><b>{fmt.text(opt.get("id"))}</b></td><td>{fmt.text(opt.get("title"))}</td>'
+                    f'<td>{fmt.text(opt.get("status"))}</td><td>{gate_cell}</td><td class="n">{mean}</td></tr>')
     if not rows:
         return '<section id="optimizations"><h2>Optimizations</h2><p>No optimization in this run.</p></section>'
     return ('<section id="optimizations"><h2>Optimizations</h2><table><thead><tr><th>Step</th>'
@@ -532,36 +281,36 @@ def _benchmark_section(report):
         return ('<section id="benchmark"><h2>Benchmark</h2><p id="no-benchmark">No benchmark ran in this run, '
                 'so there is no latency, QPS or cache-hit figure to show.</p></section>')
     stages = [s.get("stage") for s in stage_rows]
-    colours = _stage_colours(stages)
+    colours = charts.stage_colours(stages)
     reverted = _reverted_stages(report)
     settings = report.get("benchmark_settings") or {}
 
     def versus(stage, value):
-        return "&mdash;" if stage == "baseline" else _e(_pct(value))
+        return "&mdash;" if stage == "baseline" else fmt.text(fmt.pct(value))
 
     def qps_text(stage_row):
-        change = "" if stage_row.get("stage") == "baseline" else f' ({_pct(stage_row.get("qps_vs_baseline_pct"))})'
-        return f'{_qps(stage_row.get("qps"))} QPS{change}'
+        change = "" if stage_row.get("stage") == "baseline" else f' ({fmt.pct(stage_row.get("qps_vs_baseline_pct"))})'
+        return f'{fmt.qps(stage_row.get("qps"))} QPS{change}'
 
-    qps_ticks = _nice_ticks(max([s.get("qps") for s in stage_rows if _num(s.get("qps"))] or [0]))
-    qps_chart = _stage_chart(stage_rows, colours, reverted, "qps", "qps", "queries per second (linear, from zero)",
+    qps_ticks = charts.nice_ticks(max([s.get("qps") for s in stage_rows if fmt.is_number(s.get("qps"))] or [0]))
+    qps_chart = charts.stage_chart(stage_rows, colours, reverted, "qps", "qps", "queries per second (linear, from zero)",
                              qps_ticks[-1], qps_ticks, lambda t: f"{t:,.0f}" if t >= 10 else f"{t:g}", qps_text)
-    cache_chart = _stage_chart(stage_rows, colours, reverted, "cache_hit_ratio", "cache",
+    cache_chart = charts.stage_chart(stage_rows, colours, reverted, "cache_hit_ratio", "cache",
                                "shared-buffer cache-hit ratio (linear, 0 to 100%)", 1.0, [0, 0.25, 0.5, 0.75, 1.0],
-                               lambda t: f"{t * 100:.0f}%", lambda s: _ratio_pct(s.get("cache_hit_ratio")))
+                               lambda t: f"{t * 100:.0f}%", lambda s: fmt.ratio_pct(s.get("cache_hit_ratio")))
     table_rows = "".join(
         f'<tr><td><span class="sw" style="background:{colours[s.get("stage")]}"></span>'
-        f'{_e(_stage_label(s.get("stage"), reverted))}</td><td class="n">{_e(_ms(s.get("mean_ms")))}</td>'
+        f'{fmt.text(charts.stage_label(s.get("stage"), reverted))}</td><td class="n">{fmt.text(fmt.ms(s.get("mean_ms")))}</td>'
         f'<td class="n">{versus(s.get("stage"), s.get("mean_ms_vs_baseline_pct"))}</td>'
-        f'<td class="n">{_e(_qps(s.get("qps")))}</td>'
+        f'<td class="n">{fmt.text(fmt.qps(s.get("qps")))}</td>'
         f'<td class="n">{versus(s.get("stage"), s.get("qps_vs_baseline_pct"))}</td>'
-        f'<td class="n">{_e(_ratio_pct(s.get("cache_hit_ratio")))}</td>'
-        f'<td class="n">{_e(s.get("executions"))}</td></tr>'
+        f'<td class="n">{fmt.text(fmt.ratio_pct(s.get("cache_hit_ratio")))}</td>'
+        f'<td class="n">{fmt.text(s.get("executions"))}</td></tr>'
         for s in stage_rows)
     return (
         '<section id="benchmark"><h2>Benchmark by stage</h2>'
-        f'<p>{_e(settings.get("iterations"))} timed executions per query after {_e(settings.get("warmup"))} '
-        f'warm-up runs, {_e(settings.get("concurrency"))} concurrent client(s). The stages were measured one after '
+        f'<p>{fmt.text(settings.get("iterations"))} timed executions per query after {fmt.text(settings.get("warmup"))} '
+        f'warm-up runs, {fmt.text(settings.get("concurrency"))} concurrent client(s). The stages were measured one after '
         'the other, each right after its change, so cache state and other load on the server move the figures a '
         'little: the gate, not a single bar, decides whether a difference is real.</p>'
         '<table id="stages"><thead><tr><th>Stage</th><th class="n">Mean latency (ms)</th><th class="n">vs baseline</th>'
@@ -569,7 +318,7 @@ def _benchmark_section(report):
         f'<th class="n">Executions</th></tr></thead><tbody>{table_rows}</tbody></table>'
         '<figure id="latency-chart"><figcaption><b>Median (p50) latency per query and stage, logarithmic scale.</b> '
         'Shorter is faster; from one bold gridline to the next is ten times slower.</figcaption>'
-        f'{_legend(stages, colours, reverted)}{_latency_chart(report, stages, colours, reverted)}</figure>'
+        f'{charts.legend(stages, colours, reverted)}{charts.latency_chart(report, stages, colours, reverted)}</figure>'
         '<div class="pair"><figure id="qps-chart"><figcaption><b>Throughput per stage</b>, all queries '
         f'(longer is better)</figcaption>{qps_chart}</figure>'
         '<figure id="cache-chart"><figcaption><b>Cache-hit ratio per stage</b> (longer is better)</figcaption>'
@@ -591,9 +340,9 @@ def _gates_section(report):
         '<div class="note">For each query the latency samples of a stage are compared with those of the last '
         'accepted stage (named under each column head): the Hodges-Lehmann shift and its confidence interval, '
         f'Bonferroni-corrected so that the ten intervals and the workload\'s hold together at '
-        f'{_e(round(confidence * 100, 1) if _num(confidence) else None)}%. A query is <b>worse</b> when the whole '
-        f'interval lies beyond its tolerance, the larger of {_e(settings.get("max_slowdown_ms"))} ms and '
-        f'{_e(settings.get("max_slowdown_pct"))}% of its median; <b>better</b> when the whole interval is below zero; '
+        f'{fmt.text(round(confidence * 100, 1) if fmt.is_number(confidence) else None)}%. A query is <b>worse</b> when the whole '
+        f'interval lies beyond its tolerance, the larger of {fmt.text(settings.get("max_slowdown_ms"))} ms and '
+        f'{fmt.text(settings.get("max_slowdown_pct"))}% of its median; <b>better</b> when the whole interval is below zero; '
         '<b>inconclusive</b> when the interval straddles the tolerance (the stage is then measured again, longer); '
         'otherwise <b>unchanged</b>, which may be slower within tolerance. A changed result fingerprint always '
         'fails. <b>No gain is claimed for an unchanged query.</b> Each cell gives the verdict, the change of the '
@@ -603,7 +352,7 @@ def _gates_section(report):
         for q in opt["gate"].get("queries") or []:
             if q.get("query") not in query_ids:
                 query_ids.append(q.get("query"))
-    head = "".join(f'<th>{_e(o.get("id"))}<br><span class="small muted">vs {_e(o["gate"].get("reference"))}</span>'
+    head = "".join(f'<th>{fmt.text(o.get("id"))}<br><span class="small muted">vs {fmt.text(o["gate"].get("reference"))}</span>'
                    '</th>' for o in gated)
     matrix_rows = []
     for query_id in query_ids:
@@ -613,12 +362,12 @@ def _gates_section(report):
             if q is None:
                 cells.append('<td class="muted">n/a</td>')
                 continue
-            figures = (f'<br><b>{_e(_pct(q.get("delta_pct")))}</b> <span class="muted">'
-                       f'{_e(_ms(q.get("reference_p50_ms")))}&rarr;{_e(_ms(q.get("p50_ms")))}</span>'
-                       if _num(q.get("delta_pct")) else "")
-            cells.append(f'<td class="gate-cell" data-opt="{_e(opt.get("id"))}" data-query="{_e(query_id)}">'
-                         f'{_chip(q.get("verdict"), short=True)}{figures}</td>')
-        matrix_rows.append(f'<tr class="matrix-row"><td>{_breakable(query_id)}</td>{"".join(cells)}</tr>')
+            figures = (f'<br><b>{fmt.text(fmt.pct(q.get("delta_pct")))}</b> <span class="muted">'
+                       f'{fmt.text(fmt.ms(q.get("reference_p50_ms")))}&rarr;{fmt.text(fmt.ms(q.get("p50_ms")))}</span>'
+                       if fmt.is_number(q.get("delta_pct")) else "")
+            cells.append(f'<td class="gate-cell" data-opt="{fmt.text(opt.get("id"))}" data-query="{fmt.text(query_id)}">'
+                         f'{fmt.chip(q.get("verdict"), short=True)}{figures}</td>')
+        matrix_rows.append(f'<tr class="matrix-row"><td>{fmt.breakable(query_id)}</td>{"".join(cells)}</tr>')
     gate_row = "".join(f'<td>{_gate_verdict(o["gate"])}</td>' for o in gated)
     return ('<section id="gates"><h2>Gate decisions per optimization and query</h2>'
             f'{explain}<table id="gate-matrix" class="matrix"><thead><tr><th>Query</th>{head}</tr></thead>'
@@ -632,24 +381,24 @@ def _gate_details_section(report):
     for opt in _gated(report):
         gate = opt["gate"]
         rows = "".join(
-            f'<tr class="gate-row" data-opt="{_e(opt.get("id"))}"><td>{_breakable(q.get("query"))}</td>'
-            f'<td class="n">{_e(_ms(q.get("reference_p50_ms")))}</td><td class="n">{_e(_ms(q.get("p50_ms")))}</td>'
-            f'<td class="n">{_e(_delta_ms(q.get("delta_ms")))}</td><td class="n">{_e(_pct(q.get("delta_pct")))}</td>'
-            f'<td class="n">{_e(_interval(q))}</td><td class="n">{_e(_ms(q.get("tolerance_ms")))}</td>'
-            f'<td class="n">{_e(_p_value(q.get("p_value")))}</td>'
+            f'<tr class="gate-row" data-opt="{fmt.text(opt.get("id"))}"><td>{fmt.breakable(q.get("query"))}</td>'
+            f'<td class="n">{fmt.text(fmt.ms(q.get("reference_p50_ms")))}</td><td class="n">{fmt.text(fmt.ms(q.get("p50_ms")))}</td>'
+            f'<td class="n">{fmt.text(fmt.delta_ms(q.get("delta_ms")))}</td><td class="n">{fmt.text(fmt.pct(q.get("delta_pct")))}</td>'
+            f'<td class="n">{fmt.text(fmt.interval(q))}</td><td class="n">{fmt.text(fmt.ms(q.get("tolerance_ms")))}</td>'
+            f'<td class="n">{fmt.text(fmt.p_value(q.get("p_value")))}</td>'
             f'<td>{"<b>changed</b>" if q.get("fingerprint_changed") else "unchanged"}</td>'
-            f'<td>{_chip(q.get("verdict"))}</td></tr>'
+            f'<td>{fmt.chip(q.get("verdict"))}</td></tr>'
             for q in gate.get("queries") or [])
-        lines = "".join(f'<li>{_e(q.get("explanation"))}</li>' for q in gate.get("queries") or [] if q.get("explanation"))
+        lines = "".join(f'<li>{fmt.text(q.get("explanation"))}</li>' for q in gate.get("queries") or [] if q.get("explanation"))
         statement = _gate_statement(gate)
         details.append(
-            f'<div class="gate-detail" id="gate-{_e(opt.get("id"))}">'
-            f'<h3>{_e(opt.get("id"))}: {_e(opt.get("title"))}</h3>'
-            f'<p>Gate {_gate_verdict(gate)} against <b>{_e(gate.get("reference"))}</b>: {_e(gate.get("reason"))}. '
-            f'Status: {_e(opt.get("status"))}. Verdicts on {_e(_gate_counts(gate))}.'
-            + (f' <b>{_e(statement)}</b>' if statement else "") + '</p>'
-            f'<table class="compact"><thead><tr><th>Query</th><th class="n">{_e(gate.get("reference"))} p50 (ms)</th>'
-            f'<th class="n">{_e(opt.get("id"))} p50 (ms)</th><th class="n">&Delta; ms</th><th class="n">&Delta; %</th>'
+            f'<div class="gate-detail" id="gate-{fmt.text(opt.get("id"))}">'
+            f'<h3>{fmt.text(opt.get("id"))}: {fmt.text(opt.get("title"))}</h3>'
+            f'<p>Gate {_gate_verdict(gate)} against <b>{fmt.text(gate.get("reference"))}</b>: {fmt.text(gate.get("reason"))}. '
+            f'Status: {fmt.text(opt.get("status"))}. Verdicts on {fmt.text(_gate_counts(gate))}.'
+            + (f' <b>{fmt.text(statement)}</b>' if statement else "") + '</p>'
+            f'<table class="compact"><thead><tr><th>Query</th><th class="n">{fmt.text(gate.get("reference"))} p50 (ms)</th>'
+            f'<th class="n">{fmt.text(opt.get("id"))} p50 (ms)</th><th class="n">&Delta; ms</th><th class="n">&Delta; %</th>'
             '<th class="n">shift [interval] (ms)</th><th class="n">tolerance (ms)</th>'
             '<th class="n">p</th><th>Result</th><th>Verdict</th></tr></thead>'
             f'<tbody>{rows}</tbody></table><ol class="small mono explanations">{lines}</ol></div>')
@@ -666,14 +415,14 @@ def _backup_section(report):
     if not backup:
         reason = ("check mode changes nothing" if report.get("check_mode")
                   else "nothing was pending, so nothing was changed")
-        return f'<section id="backup"><h2>Backup</h2><p>No backup was taken: {_e(reason)}.</p></section>'
+        return f'<section id="backup"><h2>Backup</h2><p>No backup was taken: {fmt.text(reason)}.</p></section>'
     file_path = str(backup.get("file", ""))
     rows = [
-        ("File", f'<span class="mono">{_e(_basename(file_path))}</span><br>'
-                 f'<span class="small muted">{_e(file_path)}</span>'),
-        ("Size", _e(_bytes(backup.get("bytes")))),
-        ("SHA-256", f'<span class="mono" id="backup-sha256">{_e(backup.get("sha256"))}</span>'),
-        ("TOC entries", f'{_e(backup.get("toc_entries"))} (listed by pg_restore --list: the archive is readable)'),
+        ("File", f'<span class="mono">{fmt.text(fmt.basename(file_path))}</span><br>'
+                 f'<span class="small muted">{fmt.text(file_path)}</span>'),
+        ("Size", fmt.text(fmt.byte_size(backup.get("bytes")))),
+        ("SHA-256", f'<span class="mono" id="backup-sha256">{fmt.text(backup.get("sha256"))}</span>'),
+        ("TOC entries", f'{fmt.text(backup.get("toc_entries"))} (listed by pg_restore --list: the archive is readable)'),
     ]
     body = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in rows)
     return ('<section id="backup"><h2>Backup taken before any change</h2><p>pg_dump custom format; the SHA-256 is '
@@ -687,15 +436,15 @@ def _timeline_section(report):
     rows = []
     for entry in timeline:
         gate = entry.get("gate")
-        evidence = [f'gate {_gate_verdict(gate)}: {_e(gate.get("reason"))}'] if gate else []
+        evidence = [f'gate {_gate_verdict(gate)}: {fmt.text(gate.get("reason"))}'] if gate else []
         for script, key in (("deploy.sql", "sql_sha256"), ("revert.sql", "revert_sha256")):
             if entry.get(key):
-                evidence.append(f'<span class="small muted">{script}</span> <span class="mono">{_e(entry[key])}</span>')
+                evidence.append(f'<span class="small muted">{script}</span> <span class="mono">{fmt.text(entry[key])}</span>')
         time = str(entry.get("time", ""))
         took = entry.get("seconds")
-        rows.append(f'<tr class="timeline-row"><td class="nowrap">{_e(time[:10])} {_e(time[11:19])}</td>'
-                    f'<td class="n">{_e(f"{took:.1f}" if _num(took) else "")}</td>'
-                    f'<td>{_e(entry.get("step"))}</td><td>{_e(entry.get("outcome"))}</td>'
+        rows.append(f'<tr class="timeline-row"><td class="nowrap">{fmt.text(time[:10])} {fmt.text(time[11:19])}</td>'
+                    f'<td class="n">{fmt.text(f"{took:.1f}" if fmt.is_number(took) else "")}</td>'
+                    f'<td>{fmt.text(entry.get("step"))}</td><td>{fmt.text(entry.get("outcome"))}</td>'
                     f'<td>{"<br>".join(evidence)}</td></tr>')
     return ('<section id="timeline"><h2>Timeline</h2><p>Every step of this run as recorded in '
             '<span class="mono">audit.jsonl</span>: each SQL change with the SHA-256 of the script it ran, each gate '
@@ -712,7 +461,7 @@ def _signoff_section(report):
             '<table><tbody><tr><th style="width:190px">Reviewed by (DBA)</th><td></td></tr>'
             '<tr><th>Date</th><td></td></tr>'
             '<tr><th>Decision</th>'
-            f'<td>&#9744; accept the {_e(kind)} &nbsp;&nbsp; &#9744; {alternative}</td></tr>'
+            f'<td>&#9744; accept the {fmt.text(kind)} &nbsp;&nbsp; &#9744; {alternative}</td></tr>'
             '<tr><th>Signature</th><td></td></tr></tbody></table></section>')
 
 
@@ -722,7 +471,7 @@ def stage4_report_html(report):
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f'<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>'
+        f'<title>{fmt.text(title)}</title><style>{_CSS}</style></head><body><main>'
         + _header(report) + _optimizations_section(report) + _benchmark_section(report) + _gates_section(report)
         + _backup_section(report) + _timeline_section(report) + _gate_details_section(report) + _signoff_section(report)
         + '<footer>Written by the stage4_report role from this run\'s report.json (same folder: report.md, '
@@ -792,9 +541,9 @@ def stage4_report_summary(report, output_dir):
         if gate:
             before = (means.get(gate.get("reference")) or {}).get("mean_ms")
             after = (means.get(opt.get("id")) or {}).get("mean_ms")
-            if _num(before) and _num(after) and after > 0:
+            if fmt.is_number(before) and fmt.is_number(after) and after > 0:
                 # speed as a factor of the reference stage's: above 1 is faster, below 1 slower
-                line += (f'mean {_ms(before)} -> {_ms(after)} ms vs {gate.get("reference")} '
+                line += (f'mean {fmt.ms(before)} -> {fmt.ms(after)} ms vs {gate.get("reference")} '
                          f'(speed x{before / after:.2f}), ')
             line += _gate_counts(gate)
             if not gate.get("passed"):
