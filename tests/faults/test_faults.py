@@ -37,6 +37,8 @@ BAD_INPUT = {
     # name: (database setup, extra arguments, environment, expected message)
     "wrong_database": (None, [], {"DB_NAME": "BIBLIOTEKA"}, 'database "BIBLIOTEKA" does not exist'),
     "wrong_password": (None, [], {"DB_PASSWORD": CANARY_PASSWORD}, "password authentication failed"),
+    "missing_password": (None, [], {"DB_PASSWORD": ""}, "stage4_db_password is empty: export DB_PASSWORD"),
+    "bad_port_variable": (None, [], {"DB_PORT": "not-a-port"}, "Bad variables: stage4_db_port must be 1-65535"),
     "unreachable_host": (None, [], {"DB_PORT": "1"}, "Preflight could not inspect postgres@127.0.0.1:1/"),
     "missing_postgis": (["DROP VIEW public.geometrias_publicas", "DROP EXTENSION postgis CASCADE"], [], {},
                         "PostGIS not installed"),
