@@ -3,16 +3,10 @@
 import html.parser
 import json
 import os
-import sys
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(TESTS)
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+from ansible_collections.biblioteca.stage4.plugins.filter.stage4_report_html import stage4_report_timeline
 
-from ansible_collections.biblioteca.stage4.plugins.filter.stage4_report_html import stage4_report_timeline  # noqa: E402
-
-FIXTURES = os.path.join(TESTS, "fixtures")
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
 
 def audit_text():
