@@ -65,6 +65,17 @@ def test_each_caller_is_measured_in_sessions_of_its_own(cluster, db, capsys):
         assert stats["statements"]["calls"] == 4, query_id
 
 
+def test_only_measures_the_named_queries_of_their_callers(cluster, capsys):
+    """The gate's "measure again" for the verdicts still open: one caller's query, another's."""
+    roles = [dict(label="", role="", claims={}), dict(label="anon", role="anon", claims={})]
+    bench = run_module(capsys, bench_args(cluster, run_id="run-only", iterations=3, roles=roles, store=False,
+                                          only=["q03_knn@anon", "q09_point_in_polygon"]))["benchmark"]
+    assert sorted(bench["queries"]) == ["q03_knn@anon", "q09_point_in_polygon"]
+    assert bench["queries"]["q03_knn@anon"]["caller"] == "anon" and bench["executions"] == 6
+    failed = run_module(capsys, bench_args(cluster, run_id="run-only", store=False, only=["q03_knn@nobody"]))
+    assert failed["failed"] and "only: no query is named q03_knn@nobody" in failed["msg"]
+
+
 # --------------------------------------------------------------------------
 # Pure functions
 # --------------------------------------------------------------------------

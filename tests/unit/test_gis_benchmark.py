@@ -417,3 +417,19 @@ def plan_nodes(node):
         yield from plan_nodes(child)
 
 
+
+
+def test_only_queries_keeps_the_named_ones_in_their_order():
+    queries = bench_session.with_callers(bench_queries.load_queries(QUERIES_DIR),
+                                         dict(valid_params(), roles=[dict(label="", role="", claims={}),
+                                                                     dict(label="anon", role="anon", claims={})]))
+    picked = gis_benchmark.only_queries(queries, ["q07_rpc_extensao_por_categoria@anon", "q03_knn"])
+    assert [q["query_id"] for q in picked] == ["q03_knn", "q07_rpc_extensao_por_categoria@anon"]
+    assert [q["session"] for q in picked] == [0, 1]
+    assert gis_benchmark.only_queries(queries, []) == queries
+
+
+def test_only_queries_names_what_it_does_not_know():
+    queries = bench_queries.load_queries(QUERIES_DIR)
+    with pytest.raises(bench_session.BenchmarkError, match=r"only: no query is named q03_knn@anon, q99 \(the queries are q01"):
+        gis_benchmark.only_queries(queries, ["q99", "q03_knn@anon", "q03_knn"])

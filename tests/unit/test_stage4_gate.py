@@ -3,7 +3,8 @@ import random
 import statistics
 
 import pytest
-from ansible_collections.biblioteca.stage4.plugins.filter.stage4_gate import FilterModule, hodges_lehmann, mann_whitney_slower_p, stage4_gate, stage4_noise, stage4_pooled
+from ansible_collections.biblioteca.stage4.plugins.filter.stage4_gate import (FilterModule, hodges_lehmann, mann_whitney_slower_p, stage4_gate,
+                                                                      stage4_noise, stage4_open_queries, stage4_pooled)
 
 
 def query(samples, fingerprint="f"):
@@ -117,6 +118,20 @@ def test_straddling_the_tolerance_is_inconclusive_then_measured_again():
     assert stage4_gate(current, reference, inconclusive_passes=True)["decision"] == "pass"
 
 
+def test_only_the_open_verdicts_are_measured_again():
+    reference = bench({"open": query(noisy(1.0, 41, n=15, spread=1.0)), "faster": query(noisy(50.0, 42, n=15, spread=0.1)),
+                       "same": query(noisy(5.0, 43, n=15, spread=0.1))})
+    current = bench({"open": query(noisy(3.0, 40, n=15, spread=1.0)), "faster": query(noisy(5.0, 44, n=15, spread=0.1)),
+                     "same": query(noisy(5.0, 45, n=15, spread=0.1))})
+    verdict = stage4_gate(current, reference, may_measure_again=True)
+    assert {q["query"]: q["verdict"] for q in verdict["queries"]} == {"faster": "better", "open": "inconclusive",
+                                                                      "same": "unchanged"}
+    assert verdict["workload"]["verdict"] != "inconclusive"
+    assert stage4_open_queries(verdict) == ["open"]
+    # The workload's mean is judged over every query: all of them, then.
+    assert stage4_open_queries(dict(verdict, workload=dict(verdict["workload"], verdict="inconclusive"))) == []
+
+
 def test_workload_regression_fails_when_no_single_query_does():
     # Every query 15% slower: within the 25% per query, beyond the 10% of the workload.
     current, reference = ten_queries(115, 50, spread=1), ten_queries(100, 51, spread=1)
@@ -192,7 +207,7 @@ def test_pooled_keeps_a_changed_result_visible():
 
 def test_registered_as_filters():
     assert FilterModule().filters() == {"stage4_gate": stage4_gate, "stage4_pooled": stage4_pooled,
-                                        "stage4_noise": stage4_noise}
+                                        "stage4_noise": stage4_noise, "stage4_open_queries": stage4_open_queries}
 
 
 def test_noise_is_the_aa_shift_as_a_fraction_of_the_median():

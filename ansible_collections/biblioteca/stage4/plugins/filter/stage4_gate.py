@@ -339,6 +339,17 @@ def stage4_pooled(benchmark, more):
     return pooled
 
 
+def stage4_open_queries(verdict):
+    """The queries a "measure again" measures: those still inconclusive, or every one (an empty list)
+    when the workload's mean is, since it is judged over all of them. A query already decided is
+    not measured again: its verdict stands, as in a group-sequential design, and gets no further
+    look in which to fail by chance."""
+    if (verdict.get("workload") or {}).get("verdict") == "inconclusive":
+        return []
+    return [q["query"] for q in verdict["queries"] if q["verdict"] == "inconclusive"]
+
+
 class FilterModule:
     def filters(self):
-        return {"stage4_gate": stage4_gate, "stage4_pooled": stage4_pooled, "stage4_noise": stage4_noise}
+        return {"stage4_gate": stage4_gate, "stage4_pooled": stage4_pooled, "stage4_noise": stage4_noise,
+                "stage4_open_queries": stage4_open_queries}

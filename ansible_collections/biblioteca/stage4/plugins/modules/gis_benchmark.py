@@ -173,6 +173,14 @@ options:
         description: The JWT claims of the caller (for example C(sub) and C(role)); empty, none.
         type: dict
         default: {}
+  only:
+    description:
+      - Measure only these queries (their ids, with C(@<label>) for a labelled caller), to add samples
+        to the few whose verdict is still open; empty, every query.
+      - An id that names no query is an error.
+    type: list
+    elements: str
+    default: []
   statement_timeout_ms:
     description: C(statement_timeout) of the benchmark sessions in milliseconds; V(0) disables it.
     type: int
@@ -494,6 +502,7 @@ ARGUMENT_SPEC = dict(
     roles=dict(type="list", elements="dict", default=[],
                options=dict(label=dict(type="str", default=""), role=dict(type="str", default=""),
                             claims=dict(type="dict", default={}))),
+    only=dict(type="list", elements="str", default=[]),
     concurrency=dict(type="int", default=2),
     prepared=dict(type="bool", default=True),
     order=dict(type="str", default="interleaved", choices=["interleaved", "sequential"]),
@@ -537,6 +546,17 @@ def check_args(params):
     return errors
 
 
+def only_queries(queries, only):
+    """The queries named in `only` (every query when it is empty), in their usual order."""
+    if not only:
+        return queries
+    unknown = sorted(set(only) - {query["query_id"] for query in queries})
+    if unknown:
+        raise BenchmarkError("only: no query is named %s (the queries are %s)"
+                             % (", ".join(unknown), ", ".join(query["query_id"] for query in queries)))
+    return [query for query in queries if query["query_id"] in only]
+
+
 def with_defaults(params):
     """The parameters with the module's defaults for what is not given."""
     complete = {name: spec.get("default") for name, spec in ARGUMENT_SPEC.items()}
@@ -555,7 +575,7 @@ def main():
 
     store = params["store"] and not module.check_mode
     try:
-        queries = with_callers(load_queries(params["queries_dir"]), params)
+        queries = only_queries(with_callers(load_queries(params["queries_dir"]), params), params["only"])
         if store:
             check_store_target(params)
         benchmark = run_benchmark(params, queries)
