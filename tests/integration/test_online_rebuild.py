@@ -234,6 +234,94 @@ def test_writes_replayed_after_the_proof_are_proven_as_they_are_replayed(cluster
     conn.close()
 
 
+MATVIEWS = """
+    DO $$ BEGIN CREATE ROLE stage4_reporting NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+    CREATE MATERIALIZED VIEW public.por_categoria WITH (fillfactor = 90) AS
+        SELECT categoria, count(*) AS n, min(id) AS primeiro FROM public.geometrias GROUP BY categoria;
+    CREATE UNIQUE INDEX por_categoria_key ON public.por_categoria (categoria);
+    CREATE INDEX por_categoria_n ON public.por_categoria (n) WHERE n > 0;
+    COMMENT ON MATERIALIZED VIEW public.por_categoria IS 'features per category';
+    COMMENT ON COLUMN public.por_categoria.n IS 'features';
+    GRANT SELECT ON public.por_categoria TO stage4_reporting;
+    -- over another dependent, and unpopulated: both left to the cutover
+    CREATE MATERIALIZED VIEW public.maior_categoria AS SELECT categoria FROM public.por_categoria ORDER BY n DESC LIMIT 1;
+    CREATE MATERIALIZED VIEW public.anos AS SELECT DISTINCT extract(year FROM data_referencia) AS ano
+        FROM public.geometrias WITH NO DATA;
+"""
+MATVIEW_STATE = """
+    SELECT c.relname, c.relispopulated, stage4.view_definition(c.oid), stage4.index_definitions(c.oid)::text,
+           obj_description(c.oid, 'pg_class'), c.relacl::text
+    FROM pg_class c WHERE c.relkind = 'm' AND c.relnamespace = 'public'::regnamespace ORDER BY c.relname"""
+
+
+def test_materialized_views_are_built_over_the_shadow_and_moved_in_at_the_cutover(cluster, db):
+    """The cutover recreated dependent materialized views WITH DATA under its lock: at 1,000,000
+    features that ran OPT1 past its transaction_timeout. The prepare builds those that read the
+    table alone over the shadow; the cutover moves them into place (the same relation, no scan),
+    with the original's definition, indexes, comments and grants."""
+    conn = cluster.connect(db)
+    with conn.cursor() as cur:
+        cur.execute(MATVIEWS)
+        cur.execute(MATVIEW_STATE)
+        before = cur.fetchall()
+        cur.execute("SELECT * FROM public.por_categoria ORDER BY categoria")
+        counts = cur.fetchall()
+        cur.execute("CALL stage4.prepare_online_rebuild('public.geometrias', %s, 2000, '2s')" % LAYOUT)
+        cur.execute("SELECT relname, oid FROM pg_class WHERE relnamespace = 'stage4_online'::regnamespace AND relkind = 'm'")
+        prebuilt = dict(cur.fetchall())
+        assert list(prebuilt) == ["por_categoria"]
+        cur.execute("SELECT count(*) FROM pg_class c, aclexplode(c.relacl) a "
+                    "WHERE c.oid = %s AND a.grantee <> c.relowner", (prebuilt["por_categoria"],))
+        assert cur.fetchone()[0] == 0  # nobody else reads it before the cutover
+        conn.autocommit = False
+        cur.execute("SET LOCAL statement_timeout = '5s'")
+        cur.execute("SELECT stage4.finish_online_rebuild('opt1_temporal_partitioning', 'public.geometrias', %s)" % LAYOUT)
+        conn.commit()
+        cur.execute("SELECT 'public.por_categoria'::regclass::oid")
+        assert cur.fetchone()[0] == prebuilt["por_categoria"]
+        cur.execute(MATVIEW_STATE)
+        assert cur.fetchall() == before
+        cur.execute("SELECT * FROM public.por_categoria ORDER BY categoria")
+        assert cur.fetchall() == counts
+        cur.execute("SELECT relkind FROM pg_class WHERE oid = 'public.geometrias'::regclass")
+        assert cur.fetchone()[0] == "p"
+    conn.close()
+    assert leftovers(cluster, db)[:3] == (0, False, 0)
+
+
+def test_a_materialized_view_changed_or_dropped_since_the_prepare_is_not_taken_prebuilt(cluster, db):
+    """What the prepare built is only used when it is still what the original is; otherwise the
+    cutover recreates the original as before, and drops what nothing uses. An aborted rebuild
+    removes the prebuilt views with the shadow."""
+    conn = cluster.connect(db)
+    with conn.cursor() as cur:
+        cur.execute(MATVIEWS + """
+            CREATE MATERIALIZED VIEW public.sem_uso AS SELECT count(*) AS n FROM public.geometrias;""")
+        cur.execute("CALL stage4.prepare_online_rebuild('public.geometrias', %s, 2000, '2s')" % LAYOUT)
+        cur.execute("SELECT stage4.abort_online_rebuild('public.geometrias')")
+        assert leftovers(cluster, db)[:3] == (0, False, 0)
+        cur.execute("CALL stage4.prepare_online_rebuild('public.geometrias', %s, 2000, '2s')" % LAYOUT)
+        cur.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'stage4_online'::regnamespace AND relkind = 'm'")
+        assert cur.fetchone()[0] == 2
+        cur.execute("""
+            DROP MATERIALIZED VIEW public.sem_uso;
+            DROP MATERIALIZED VIEW public.maior_categoria;
+            DROP MATERIALIZED VIEW public.por_categoria;
+            CREATE MATERIALIZED VIEW public.por_categoria AS
+                SELECT categoria, count(*) AS n, max(id) AS ultimo FROM public.geometrias GROUP BY categoria;""")
+        cur.execute(MATVIEW_STATE)
+        before = cur.fetchall()
+        conn.autocommit = False
+        cur.execute("SELECT stage4.finish_online_rebuild('opt1_temporal_partitioning', 'public.geometrias', %s)" % LAYOUT)
+        conn.commit()
+        cur.execute(MATVIEW_STATE)
+        assert cur.fetchall() == before
+        cur.execute("SELECT count(*) FROM public.por_categoria WHERE ultimo IS NOT NULL")
+        assert cur.fetchone()[0] > 0
+    conn.close()
+    assert leftovers(cluster, db)[:3] == (0, False, 0)
+
+
 def test_the_rebuild_locks_the_views_before_the_table(cluster, db):
     """A reader of public.geometrias_publicas locks the view, then the table. The rebuild takes its
     locks in that order too: taken table first, the reader would hold the view while waiting for

@@ -400,6 +400,61 @@ BEGIN
     WHERE relation = state.relation;
 END $$;
 
+-- The materialized views that read p_table and no other dependent of it, built over the shadow
+-- before the cutover: recreated WITH DATA inside the cutover, each scans the whole table under the
+-- lock (OPT3's search view and OPT5's aggregates at 1,000,000 features ran OPT1's cutover past its
+-- 1.8 s transaction_timeout), where swap_shadow() only moves a prebuilt one into place. Each is
+-- built in stage4_online under its own name, from its definition printed with the table's schema
+-- as the search_path (the table named unqualified) and run with stage4_online first (the name then
+-- finds the shadow), with its indexes, and readable by its builder alone (the cutover gives it the
+-- original's grants). Its rows are the shadow's at the end of the prepare, as a REFRESH then would
+-- leave them. One whose name is taken there, or that is unpopulated, is left to the cutover; so is
+-- one the cutover finds different from the original (swap_shadow() compares them). Returns how many.
+CREATE OR REPLACE FUNCTION stage4.prebuild_matviews(p_table regclass)
+RETURNS int LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    state stage4.online_rebuilds := stage4.lock_complete_shadow(p_table);
+    table_schema text := (SELECT relnamespace::regnamespace::text FROM pg_class WHERE oid = p_table);
+    mv record;
+    prebuilt text;
+    definition text;
+    index_def text;
+    grantee text;
+    built int := 0;
+BEGIN
+    FOR prebuilt IN SELECT m::text FROM stage4.prebuilt_matviews(state.shadow::regclass) m LOOP
+        EXECUTE 'DROP MATERIALIZED VIEW ' || prebuilt;  -- a resumed prepare: built again, fresher
+    END LOOP;
+    FOR mv IN
+        SELECT v.oid, v.relname, v.oid::regclass::text AS identity, v.reloptions
+        FROM stage4.dependent_objects(p_table) d JOIN pg_class v ON d.classid = 'pg_class'::regclass AND v.oid = d.objid
+        WHERE v.relkind = 'm' AND v.relispopulated AND d.depth = 1
+        ORDER BY v.oid
+    LOOP
+        prebuilt := format('stage4_online.%I', mv.relname);
+        CONTINUE WHEN to_regclass(prebuilt) IS NOT NULL;
+        PERFORM set_config('search_path', table_schema, true);
+        definition := rtrim(pg_get_viewdef(mv.oid), ';');
+        PERFORM set_config('search_path', 'stage4_online, ' || table_schema, true);
+        EXECUTE format('CREATE MATERIALIZED VIEW %s%s AS %s', prebuilt,
+                       CASE WHEN mv.reloptions IS NULL THEN '' ELSE format(' WITH (%s)', array_to_string(mv.reloptions, ', ')) END,
+                       definition);
+        PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
+        FOR index_def IN SELECT jsonb_array_elements_text(stage4.index_definitions(mv.oid)) LOOP
+            EXECUTE replace(index_def, format(' ON %s USING ', mv.identity), format(' ON %s USING ', prebuilt));
+        END LOOP;
+        FOR grantee IN
+            SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END
+            FROM pg_class c, aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
+            WHERE c.oid = prebuilt::regclass AND a.grantee <> c.relowner
+        LOOP
+            EXECUTE format('REVOKE ALL ON %s FROM %s', prebuilt, grantee);
+        END LOOP;
+        built := built + 1;
+    END LOOP;
+    RETURN built;
+END $$;
+
 -- Steps 1 to 7 (and statistics), each in its own transactions; CALL it outside a transaction
 -- block. A procedure with a SET clause cannot COMMIT, hence the schema-qualified names and the
 -- settings made per transaction. p_lock_timeout bounds every lock wait; once the trigger is in
@@ -444,6 +499,9 @@ BEGIN
         COMMIT;
     END LOOP;
     COMMIT;
+    PERFORM pg_catalog.set_config('lock_timeout', p_lock_timeout, true);
+    PERFORM stage4.prebuild_matviews(p_table);
+    COMMIT;
 END $$;
 
 -- The cutover, in the caller's transaction: locks p_table (ACCESS EXCLUSIVE, within the caller's
@@ -458,6 +516,8 @@ DECLARE
     state stage4.online_rebuilds;
     before jsonb;
     replayed bigint;
+    swapped regclass;
+    prebuilt text;
 BEGIN
     PERFORM stage4.lock_for_rebuild(p_table);
     SELECT * INTO state FROM stage4.online_rebuilds WHERE relation = p_table::text FOR UPDATE;
@@ -486,9 +546,13 @@ BEGIN
     END IF;
     -- A plain table gets the layout's storage parameters, or keeps its own (a partitioned one has none).
     PERFORM stage4.set_autovacuum(state.shadow::regclass, true);
-    PERFORM stage4.swap_shadow(p_table, state.shadow::regclass, before,
-                               CASE WHEN p_layout->>'partition_by' IS NULL
-                                    THEN ARRAY(SELECT jsonb_array_elements_text(coalesce(p_layout->'reloptions', before->'reloptions'))) END);
+    swapped := stage4.swap_shadow(p_table, state.shadow::regclass, before,
+                                  CASE WHEN p_layout->>'partition_by' IS NULL
+                                       THEN ARRAY(SELECT jsonb_array_elements_text(coalesce(p_layout->'reloptions', before->'reloptions'))) END);
+    -- A view prebuilt for a materialized view dropped since the prepare.
+    FOR prebuilt IN SELECT m::text FROM stage4.prebuilt_matviews(swapped) m LOOP
+        EXECUTE 'DROP MATERIALIZED VIEW ' || prebuilt;
+    END LOOP;
     EXECUTE format('DROP TABLE %s', state.delta);
     EXECUTE format('DROP FUNCTION %s', state.capture);
     DELETE FROM stage4.online_rebuilds WHERE relation = state.relation;
@@ -501,12 +565,17 @@ CREATE OR REPLACE FUNCTION stage4.abort_online_rebuild(p_table regclass)
 RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     state stage4.online_rebuilds;
+    prebuilt text;
 BEGIN
     SELECT * INTO state FROM stage4.online_rebuilds WHERE relation = p_table::text FOR UPDATE;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
     PERFORM stage4.drop_capture_triggers(p_table);
+    -- The prebuilt materialized views first: they read the shadow.
+    FOR prebuilt IN SELECT m::text FROM stage4.prebuilt_matviews(to_regclass(state.shadow)) m LOOP
+        EXECUTE 'DROP MATERIALIZED VIEW ' || prebuilt;
+    END LOOP;
     EXECUTE format('DROP TABLE IF EXISTS %s, %s', state.shadow, state.delta);
     EXECUTE format('DROP FUNCTION IF EXISTS %s', state.capture);
     PERFORM stage4.drop_unused_key_registries();

@@ -6,6 +6,43 @@
 -- compares the table with its snapshot. Repeatable.
 SET LOCAL lock_timeout = '2s';
 
+-- The materialized views prebuilt over p_shadow (prebuild_matviews()): in stage4_online, reading it.
+CREATE OR REPLACE FUNCTION stage4.prebuilt_matviews(p_shadow regclass)
+RETURNS SETOF regclass LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT DISTINCT v.oid::regclass
+    FROM pg_depend pd
+    JOIN pg_rewrite r ON pd.classid = 'pg_rewrite'::regclass AND pd.objid = r.oid
+    JOIN pg_class v ON v.oid = r.ev_class
+    WHERE pd.refclassid = 'pg_class'::regclass AND pd.refobjid = p_shadow
+      AND v.relkind = 'm' AND v.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = 'stage4_online')
+$$;
+
+-- Moves the materialized view prebuilt over p_shadow for p_item (a dependent describe_table()
+-- recorded, whose original swap_shadow() has dropped) into the original's place, once p_shadow is
+-- in the table's. True when it is there with the original's definition and indexes; otherwise the
+-- prebuilt one is dropped (the original changed since the prepare, say) and the caller recreates it.
+CREATE OR REPLACE FUNCTION stage4.place_prebuilt_matview(p_item jsonb, p_shadow regclass)
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    name text[] := parse_ident(p_item->>'identity');
+    prebuilt regclass;
+BEGIN
+    SELECT m INTO prebuilt FROM stage4.prebuilt_matviews(p_shadow) m
+    WHERE (SELECT relname FROM pg_class WHERE oid = m) = name[cardinality(name)];
+    IF prebuilt IS NULL THEN
+        RETURN false;
+    END IF;
+    IF cardinality(name) = 2 THEN
+        EXECUTE format('ALTER MATERIALIZED VIEW %s SET SCHEMA %I', prebuilt, name[1]);
+    END IF;
+    IF stage4.view_definition(prebuilt) = p_item->>'definition'
+       AND stage4.index_definitions(prebuilt) = p_item->'indexes' THEN
+        RETURN true;
+    END IF;
+    EXECUTE format('DROP MATERIALIZED VIEW %s', prebuilt);
+    RETURN false;
+END $$;
+
 -- Replaces p_table by its completed shadow, in the caller's transaction (which must hold an
 -- ACCESS EXCLUSIVE lock on p_table): drops what depends on the old table (deepest first), retires
 -- the table itself, moves the shadow into place, then puts back the identity's position and
@@ -159,7 +196,12 @@ BEGIN
     --    caller's search_path, which this function pins to pg_catalog.
     previous_check := set_config('check_function_bodies', 'off', true);
     FOR item IN SELECT value FROM jsonb_array_elements(before->'dependents') ORDER BY (value->>'depth')::int LOOP
-        EXECUTE item->>'definition';
+        IF item->>'kind' <> 'materialized view' OR NOT stage4.place_prebuilt_matview(item, p_shadow) THEN
+            EXECUTE item->>'definition';
+            FOR stmt IN SELECT jsonb_array_elements_text(item->'indexes') LOOP
+                EXECUTE stmt;
+            END LOOP;
+        END IF;
         IF item->>'kind' = 'policy' THEN
             EXECUTE format('COMMENT ON POLICY %s IS %L', item->>'identity', item->>'comment');
             CONTINUE;
@@ -169,9 +211,6 @@ BEGIN
             EXECUTE format('COMMENT ON %s IS %L', stmt, item->>'comment');
         ELSE
             stmt := 'TABLE ' || (item->>'identity');
-            FOR grantee IN SELECT jsonb_array_elements_text(item->'indexes') LOOP
-                EXECUTE grantee;
-            END LOOP;
             EXECUTE format('ALTER %s %s OWNER TO %I', upper(item->>'kind'), item->>'identity', item->>'owner');
             EXECUTE format('COMMENT ON %s %s IS %L', upper(item->>'kind'), item->>'identity', item->>'comment');
             FOR grantee IN SELECT key FROM jsonb_each_text(item->'column_comments') LOOP

@@ -215,6 +215,24 @@ RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     FROM pg_policy p WHERE p.oid = p_policy
 $$;
 
+-- The statement that recreates a view or materialized view as it is, in p_view's own words (as
+-- describe_table() records a dependent, and the cutover compares a prebuilt one with it).
+CREATE OR REPLACE FUNCTION stage4.view_definition(p_view oid)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('CREATE %s %s%s AS %s', CASE v.relkind WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'VIEW' END, v.oid::regclass,
+                  CASE WHEN v.reloptions IS NULL THEN '' ELSE format(' WITH (%s)', array_to_string(v.reloptions, ', ')) END,
+                  rtrim(pg_get_viewdef(v.oid), ';'))
+           || CASE WHEN v.relkind = 'm' AND NOT v.relispopulated THEN ' WITH NO DATA' ELSE '' END
+    FROM pg_class v WHERE v.oid = p_view
+$$;
+
+-- The CREATE INDEX statements of p_relation's indexes, in the order they were created.
+CREATE OR REPLACE FUNCTION stage4.index_definitions(p_relation oid)
+RETURNS jsonb LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(jsonb_agg(pg_get_indexdef(i.indexrelid) ORDER BY i.indexrelid), '[]')
+    FROM pg_index i WHERE i.indrelid = p_relation
+$$;
+
 -- Everything a table carries, as JSON. Read by rebuild_table() and assert_table_preserved().
 CREATE OR REPLACE FUNCTION stage4.describe_table(p_table regclass, p_with_rows boolean DEFAULT true)
 RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -323,15 +341,8 @@ BEGIN
                     'kind', CASE v.relkind WHEN 'm' THEN 'materialized view' ELSE 'view' END,
                     'identity', v.oid::regclass::text,
                     'depth', d.depth,
-                    'definition', format('CREATE %s %s%s AS %s',
-                                         CASE v.relkind WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'VIEW' END,
-                                         v.oid::regclass,
-                                         CASE WHEN v.reloptions IS NULL THEN ''
-                                              ELSE format(' WITH (%s)', array_to_string(v.reloptions, ', ')) END,
-                                         rtrim(pg_get_viewdef(v.oid), ';'))
-                                  || CASE WHEN v.relkind = 'm' AND NOT v.relispopulated THEN ' WITH NO DATA' ELSE '' END,
-                    'indexes', (SELECT coalesce(jsonb_agg(pg_get_indexdef(i.indexrelid) ORDER BY i.indexrelid), '[]')
-                                FROM pg_index i WHERE i.indrelid = v.oid),
+                    'definition', stage4.view_definition(v.oid),
+                    'indexes', stage4.index_definitions(v.oid),
                     'owner', pg_get_userbyid(v.relowner),
                     'comment', obj_description(v.oid, 'pg_class'),
                     'column_comments', (SELECT coalesce(jsonb_object_agg(a.attname, col_description(v.oid, a.attnum)), '{}')
