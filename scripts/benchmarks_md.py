@@ -72,10 +72,8 @@ def machine(report):
               f'Commit {provenance.get("git_commit")}.')
 
 
-def verdict_cell(gate, query_id):
-    verdict = next((q for q in gate["queries"] if q["query"] == query_id), {})
-    shift = verdict.get("shift_ms")
-    return f'{verdict.get("verdict", "n/a")} ({shift:+.3g} ms)' if shift is not None else verdict.get("verdict", "n/a")
+def verdict_of(gate, query_id):
+    return next((q.get("verdict", "n/a") for q in gate["queries"] if q["query"] == query_id), "n/a")
 
 
 def run_section(report):
@@ -87,36 +85,35 @@ def run_section(report):
     out += [f'- {o["id"]} declined: {o["declined"]}' for o in report["optimizations"] if o.get("declined")]
     if out[-1].startswith("- "):
         out.append("")
+    # A gated stage's cell carries its gate's verdict on the query (against the last accepted stage);
+    # the shifts and their intervals are in the run's report.md.
+    gates = {o["id"]: o["gate"] for o in report["optimizations"] if o.get("gate")}
+    overall = report.get("overall")
+    show_overall = overall and len(gates) > 1
     rows = []
     for query in report["queries"]:
         first = query["stages"][stages[0]]
         rows.append([f'{query["query"]} ({first["rows"]:,} rows)']
-                    + [ms(query["stages"][s]["p50_ms"]) for s in stages])
-    rows.append(["**mean latency (ms)**"] + [ms(s["mean_ms"]) for s in report["stages"]])
-    rows.append(["**QPS, mixed workload**"] + [number(s["qps"]) for s in report["stages"]])
-    rows.append(["**cache-hit ratio**"] + [number(s["cache_hit_ratio"], 3) for s in report["stages"]])
-    out += ["### Median latency per query (ms) and stage", "", table(["query"] + stages, rows), ""]
+                    + [ms(query["stages"][s]["p50_ms"]) + (f' {verdict_of(gates[s], query["query"])}' if s in gates else "")
+                       for s in stages]
+                    + ([verdict_of(overall, query["query"])] if show_overall else []))
+    rows.append(["**mean latency (ms)**"] + [ms(s["mean_ms"]) for s in report["stages"]] + ([""] if show_overall else []))
+    rows.append(["**QPS, mixed workload**"] + [number(s["qps"]) for s in report["stages"]] + ([""] if show_overall else []))
+    rows.append(["**cache-hit ratio**"] + [number(s["cache_hit_ratio"], 3) for s in report["stages"]]
+                + ([""] if show_overall else []))
+    rows.append(["**gate**"] + [f'**{gates[s].get("decision", "pass" if gates[s]["passed"] else "fail")}** vs '
+                                f'{gates[s]["reference"]}' if s in gates else "" for s in stages]
+                + (["judged"] if show_overall else []))
+    out += ["### Median latency per query (ms), and the gate's verdict, per stage", "",
+            table(["query"] + stages + (["overall vs baseline"] if show_overall else []), rows), ""]
+    for stage, gate in gates.items():
+        if not gate["passed"]:
+            out += [f'{stage}: {gate["reason"]}', ""]
     # As the owner only: each caller's latency is in the table above, and the report has every caller's QPS.
     qps_rows = [[query["query"]] + [number(query["stages"][s].get("qps")) for s in stages]
                 for query in report["queries"] if "@" not in query["query"]]
     out += ["### Throughput per query (QPS, each query alone, prepared, as the connecting role)", "",
             table(["query"] + stages, qps_rows), ""]
-    gated = [o for o in report["optimizations"] if o.get("gate")]
-    overall = report.get("overall")
-    # Each gate against its reference, and the last accepted stage against the baseline (the report's
-    # one line per query says why; the run's report.md has them).
-    judged = [(o["id"], o["gate"]) for o in gated] + ([(f'overall: {overall["stage"]} vs baseline', overall)]
-                                                       if overall else [])
-    if judged:
-        gate_rows = [[query["query"]] + [verdict_cell(gate, query["query"]) for _, gate in judged]
-                     for query in report["queries"]]
-        gate_rows.append(["**gate**"] + [f'**{o["gate"].get("decision", "pass" if o["gate"]["passed"] else "fail")}** '
-                                         f'vs {o["gate"]["reference"]}' for o in gated] + (["judged"] if overall else []))
-        out += ["### Gate decisions (verdict and Hodges-Lehmann shift against the reference)", "",
-                table(["query"] + [name for name, _ in judged], gate_rows, right_from=99), ""]
-        for opt in gated:
-            if not opt["gate"]["passed"]:
-                out += [f'{opt["id"]}: {opt["gate"]["reason"]}', ""]
     control = report.get("control")
     if control:
         out += [f'A/A control ({" then ".join(control["stages"])}, the unchanged database measured twice): the '

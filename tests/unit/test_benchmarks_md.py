@@ -22,6 +22,9 @@ def test_run_and_ratio_sections(tmp_path):
     assert done.returncode == 0, done.stderr
     report = json.load(open(REPORT, encoding="utf-8"))
     assert report["run_id"] in done.stdout
+    # Each gated stage's median carries its gate's verdict; one more column judges the last stage against the baseline.
+    assert "| q03_knn (10 rows) | 0.640 | 0.879 unchanged | 1.06 unchanged | 0.748 better |" in done.stdout
+    assert "| **gate** |  | **pass** vs baseline | **pass** vs opt1 |" in done.stdout
     assert "| q01_bbox_intersects | 900.0 | 1,000.0 | 0.90 | 0.88, 0.92 |" in done.stdout
     # geometric mean of 0.9 and 0.8
     assert "Lowest ratio 0.80, geometric mean 0.85." in done.stdout
