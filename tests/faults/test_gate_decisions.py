@@ -3,7 +3,8 @@
 The injected change (tests/fixtures/sql/injected_slowdown) makes the radius RPC behind q02 sleep
 20 ms and return the same rows: only latency can tell. The run judges latency, as production does.
 Another (tests/fixtures/sql/injected_no_gain) changes nothing a query reads: kept by default, it is
-refused when the table owner asks for an improvement.
+refused when the table owner asks for an improvement. A third (tests/fixtures/sql/injected_failure)
+never verifies: the run stops at it, with its report.
 """
 import json
 import os
@@ -144,3 +145,26 @@ def test_a_requirement_listed_after_its_dependent_is_refused_before_any_change(c
     assert ("Bad variables: a requires b, which is not an optimization listed before it in stage4_optimizations. "
             "Nothing was changed.") in output
     assert_untouched(cluster, dbname, before)
+
+
+def test_a_change_that_fails_stops_the_run_with_its_report(cluster, tmp_path):
+    dbname = clone(cluster, "injected_failure")
+    before, runs = state(cluster, dbname), run_dirs(cluster)
+    rc, output = run_stage4(
+        cluster, dbname,
+        "-e", "stage4_sql_root=%s" % sql_root_with_injected_change(tmp_path, "injected_failure"),
+        "-e", '{"stage4_optimizations": [{"id": "broken", "change": "injected_failure", '
+              '"title": "A change that never verifies"}, {"id": "opt3", "change": "opt3_search_matview", '
+              '"title": "Search RPC on an indexed materialized view"}]}',
+        "-e", "stage4_benchmark_iterations=2")
+    assert rc != 0, output
+    assert "broken failed and was not applied: " in output and "this change never verifies" in output
+    assert "Later optimizations were not applied" in output
+    assert_untouched(cluster, dbname, before)
+    (run_dir,) = run_dirs(cluster) - runs
+    with open(os.path.join(run_dir, "report.json"), encoding="utf-8") as handle:
+        report = json.load(handle)
+    assert report["outcome"].startswith("stopped: broken failed and was not applied: ")
+    assert [(o["id"], o["status"]) for o in report["optimizations"]] == [("broken", "failed, not applied"),
+                                                                         ("opt3", "not applied")]
+    assert os.path.isfile(os.path.join(run_dir, "report.html"))

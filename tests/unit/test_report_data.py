@@ -68,6 +68,8 @@ def test_each_optimization_says_what_happened_to_it():
     (dict(common_change_actions={"change1": "deployed"}), "completed: 1 applied, 0 already applied"),
     (dict(optimization_refused={"opt3": "x"}), "completed, opt3 reverted (gate failed): 1 applied, 0 already applied, 1 declined"),
     (dict(optimization_rolled_back="opt1"), "stopped: opt1 failed its gate and was reverted"),
+    (dict(optimization_failed={"id": "opt2", "reason": "deploy.sql failed: canceling statement due to statement timeout"}),
+     "stopped: opt2 failed and was not applied: deploy.sql failed: canceling statement due to statement timeout"),
     (dict(check_mode=True), "check mode: nothing was changed"),
     (dict(run_kind="rollback", common_change_actions={"change5": "reverted", "change1": "reverted"},
           preflight_pending_changes=["change5", "change1"]), "rollback: reverted opt5, opt1"),
@@ -75,6 +77,11 @@ def test_each_optimization_says_what_happened_to_it():
 ])
 def test_the_outcome_in_one_line(overrides, outcome):
     assert stage4_report_data(run_facts(**overrides), now=NOW)["outcome"] == outcome
+
+
+def test_the_optimization_whose_change_failed_says_so():
+    report = stage4_report_data(run_facts(optimization_failed={"id": "opt2", "reason": "cutover timed out"}), now=NOW)
+    assert [o["status"] for o in report["optimizations"]][:2] == ["applied: gate passed", "failed, not applied"]
 
 
 def test_stages_in_the_order_measured_against_the_baseline():

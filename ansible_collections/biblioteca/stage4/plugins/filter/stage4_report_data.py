@@ -58,6 +58,8 @@ DECLINED = STATUS_BY_ACTION["declined"]
 def optimization_status(opt, run):
     if opt["id"] in (run.get("optimization_refused") or {}):
         return "reverted: gate failed"
+    if (run.get("optimization_failed") or {}).get("id") == opt["id"]:
+        return "failed, not applied"
     action = run["common_change_actions"].get(opt["change"])
     if action in STATUS_BY_ACTION:
         return STATUS_BY_ACTION[action]
@@ -124,6 +126,9 @@ def overall(run):
 def outcome(run, opts):
     if run.get("optimization_rolled_back"):
         return "stopped: %s failed its gate and was reverted" % run["optimization_rolled_back"]
+    failed = run.get("optimization_failed") or {}
+    if failed:
+        return "stopped: %s failed and was not applied: %s" % (failed["id"], failed["reason"])
     if run["check_mode"]:
         return "check mode: nothing was changed"
     if run["run_kind"] == "rollback":
