@@ -283,6 +283,9 @@ def test_materialized_views_are_built_over_the_shadow_and_moved_in_at_the_cutove
         assert cur.fetchall() == before
         cur.execute("SELECT * FROM public.por_categoria ORDER BY categoria")
         assert cur.fetchall() == counts
+        # analyzed: the planner knows its rows from the start
+        cur.execute("SELECT count(*) FROM pg_stats WHERE schemaname = 'public' AND tablename = 'por_categoria'")
+        assert cur.fetchone()[0] == 3
         cur.execute("SELECT relkind FROM pg_class WHERE oid = 'public.geometrias'::regclass")
         assert cur.fetchone()[0] == "p"
     conn.close()
@@ -318,6 +321,8 @@ def test_a_materialized_view_changed_or_dropped_since_the_prepare_is_not_taken_p
         assert cur.fetchall() == before
         cur.execute("SELECT count(*) FROM public.por_categoria WHERE ultimo IS NOT NULL")
         assert cur.fetchone()[0] > 0
+        cur.execute("SELECT count(*) FROM pg_stats WHERE schemaname = 'public' AND tablename = 'por_categoria'")
+        assert cur.fetchone()[0] == 3  # recreated in the cutover, analyzed there
     conn.close()
     assert leftovers(cluster, db)[:3] == (0, False, 0)
 

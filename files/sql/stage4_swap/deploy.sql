@@ -201,6 +201,11 @@ BEGIN
             FOR stmt IN SELECT jsonb_array_elements_text(item->'indexes') LOOP
                 EXECUTE stmt;
             END LOOP;
+            -- A materialized view recreated with its rows gets statistics too: the planner's
+            -- estimates of one without them made the search RPC 10 to 30 times slower.
+            IF item->>'kind' = 'materialized view' AND NOT (item->>'definition') LIKE '% WITH NO DATA' THEN
+                EXECUTE 'ANALYZE ' || (item->>'identity');
+            END IF;
         END IF;
         IF item->>'kind' = 'policy' THEN
             EXECUTE format('COMMENT ON POLICY %s IS %L', item->>'identity', item->>'comment');
