@@ -327,6 +327,44 @@ def test_a_materialized_view_changed_or_dropped_since_the_prepare_is_not_taken_p
     assert leftovers(cluster, db)[:3] == (0, False, 0)
 
 
+OLD_FINGERPRINT = """
+    SELECT md5(string_agg(format('%s|%s|%s|%s|%s', p.polname, p.polpermissive, p.polcmd, p.polroles, p.polqual),
+                          ';' ORDER BY p.polname)) AS fingerprint
+    FROM pg_policy p WHERE p.polrelid = 'public.geometrias'::regclass AND p.polcmd IN ('r', '*')"""
+
+
+def test_the_read_policies_keep_their_fingerprint_through_a_swap(cluster, db):
+    """OPT3 and OPT5 serve from their views only while the read policies are the ones they accepted
+    (stage4.visibilidade.exata). A swap recreates the policies on the new table: the same policies,
+    so the same fingerprint, or OPT1 applied after them turns both off. A fingerprint accepted under
+    the earlier definition (which counted where in the statement each policy was written) is
+    carried over when stage4_api_reading is deployed again."""
+    conn = cluster.connect(db)
+    with conn.cursor() as cur:
+        cur.execute("SELECT fingerprint FROM stage4.read_policies_fingerprint")
+        before = cur.fetchone()[0]
+        cur.execute(OLD_FINGERPRINT)
+        old_style = cur.fetchone()[0]
+        # A database where the earlier definition accepted the policies.
+        cur.execute("CREATE OR REPLACE VIEW stage4.read_policies_fingerprint AS " + OLD_FINGERPRINT)
+        cur.execute("INSERT INTO stage4.accepted_read_policies (change, fingerprint) VALUES ('accepted_earlier', %s)",
+                    (old_style,))
+        pgcluster.run_change(conn, "stage4_api_reading")
+        cur.execute("SELECT fingerprint FROM stage4.accepted_read_policies WHERE change = 'accepted_earlier'")
+        assert cur.fetchone()[0] == before
+        cur.execute("CALL stage4.prepare_online_rebuild('public.geometrias', %s, 2000, '2s')" % LAYOUT)
+        conn.autocommit = False
+        cur.execute("SELECT stage4.finish_online_rebuild('opt1_temporal_partitioning', 'public.geometrias', %s)" % LAYOUT)
+        conn.commit()
+        cur.execute(OLD_FINGERPRINT)
+        assert cur.fetchone()[0] != old_style  # what the earlier definition saw: other policies
+        cur.execute("SELECT fingerprint FROM stage4.read_policies_fingerprint")
+        assert cur.fetchone()[0] == before
+        cur.execute("SELECT exata FROM stage4.visibilidade")
+        assert cur.fetchone()[0] is True
+    conn.close()
+
+
 def test_the_rebuild_locks_the_views_before_the_table(cluster, db):
     """A reader of public.geometrias_publicas locks the view, then the table. The rebuild takes its
     locks in that order too: taken table first, the reader would hold the view while waiting for

@@ -97,9 +97,22 @@ BEGIN
 END $$;
 
 -- The fingerprint of the read policies in force: their catalog rows, not deparsed (any CREATE,
--- ALTER or DROP POLICY changes it, and computing it costs microseconds, deparsing ten times more).
+-- ALTER or DROP POLICY changes it, and computing it costs microseconds, deparsing ten times more),
+-- without the positions in the statement that created each (:location): a swap recreates the
+-- policies on the new table from their text, the same policies at other positions. With them, the
+-- fingerprint changed at OPT1's cutover, and OPT3's and OPT5's functions, applied before it, fell
+-- back to the original queries for every caller (run 20261208T012838Z, 1,000,000 features).
+-- Fingerprints accepted under the earlier definition are carried over to this one.
+DO $$
+BEGIN
+    IF to_regclass('stage4.read_policies_fingerprint') IS NOT NULL THEN
+        PERFORM set_config('stage4.previous_read_policies_fingerprint',
+                           (SELECT fingerprint FROM stage4.read_policies_fingerprint), true);
+    END IF;
+END $$;
 CREATE OR REPLACE VIEW stage4.read_policies_fingerprint AS
-    SELECT md5(string_agg(format('%s|%s|%s|%s|%s', p.polname, p.polpermissive, p.polcmd, p.polroles, p.polqual),
+    SELECT md5(string_agg(format('%s|%s|%s|%s|%s', p.polname, p.polpermissive, p.polcmd, p.polroles,
+                                 regexp_replace(p.polqual::text, ' :location -?[0-9]+', '', 'g')),
                           ';' ORDER BY p.polname)) AS fingerprint
     FROM pg_policy p
     WHERE p.polrelid = to_regclass('public.geometrias') AND p.polcmd IN ('r', '*');
@@ -111,6 +124,9 @@ CREATE TABLE IF NOT EXISTS stage4.accepted_read_policies (
     fingerprint text        NOT NULL,
     accepted_at timestamptz NOT NULL DEFAULT now()
 );
+UPDATE stage4.accepted_read_policies
+SET fingerprint = (SELECT fingerprint FROM stage4.read_policies_fingerprint)
+WHERE fingerprint = nullif(current_setting('stage4.previous_read_policies_fingerprint', true), '');
 
 -- The caller, as the materialized changes see it: the role of SET ROLE (PostgREST's SET LOCAL ROLE
 -- anon/authenticated), else the session user. current_user would name the owner inside a SECURITY
