@@ -92,6 +92,7 @@ integration: setup
 lint: setup
 	$(BIN)/ansible-lint -q
 	$(BIN)/ansible-doc biblioteca.stage4.gis_benchmark biblioteca.stage4.stage4_change >/dev/null
+	$(BIN)/ansible-doc -t lookup biblioteca.stage4.stage4_plan >/dev/null
 	$(BIN)/ansible-doc -t filter biblioteca.stage4.stage4_gate biblioteca.stage4.stage4_report_data \
 	  biblioteca.stage4.stage4_report_html >/dev/null
 

@@ -4,7 +4,7 @@
     .venv/bin/python scripts/export_supabase_migrations.py [--out supabase/migrations] [--timestamp 20261201120000]
 
 Writes one migration per change, `<out>/<version>_stage4_<change>.sql`: the stage4_* tooling changes first, then the
-optimizations in the order of `stage4_optimizations` (playbooks/group_vars/all.yml). Each file does what the
+optimizations in the order of the plan (files/sql/plan.yml). Each file does what the
 stage4_change module does for state=applied, in one transaction: the change's `variables` as
 set_config('stage4.<name>', value, true), precheck + deploy + verify, and the change recorded in the Stage 4
 ledger (stage4.ledger, stage4.ledger_events) with the SHA-256 of each of its scripts. A later

@@ -152,9 +152,8 @@ SQL_ROOT = os.path.join(REPO, "files", "sql")
 
 
 def _tooling():
-    import yaml  # noqa: PLC0415
-    with open(os.path.join(REPO, "playbooks", "group_vars", "all.yml"), encoding="utf-8") as handle:
-        return [item["change"] for item in yaml.safe_load(handle)["stage4_tooling_changes"]]
+    from ansible_collections.biblioteca.stage4.plugins.module_utils.plan import load_plan  # noqa: PLC0415
+    return [item["change"] for item in load_plan(SQL_ROOT)["tooling"]]
 
 
 # The rollout's own changes, in the order it installs them (stage4_tooling_changes): TOOLKIT, the stage4_*

@@ -11,9 +11,9 @@ import yaml
 CLUSTER_DIR = os.environ.get("STAGE4_LOCALDB_DIR", "")  # set by molecule; tests/faults import only normalized_schema
 PORT = int(os.environ.get("STAGE4_LOCALDB_PORT", "0"))
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-with open(os.path.join(PROJECT_DIR, "playbooks", "group_vars", "all.yml"), encoding="utf-8") as _handle:
+with open(os.path.join(PROJECT_DIR, "files", "sql", "plan.yml"), encoding="utf-8") as _handle:
     # The rollout's own changes, in the order every run installs them: the first rows of any ledger.
-    TOOLING = [item["change"] for item in yaml.safe_load(_handle)["stage4_tooling_changes"]]
+    TOOLING = yaml.safe_load(_handle)["tooling"]
 
 
 def password():
