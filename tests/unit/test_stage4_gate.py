@@ -132,6 +132,24 @@ def test_only_the_open_verdicts_are_measured_again():
     assert stage4_open_queries(dict(verdict, workload=dict(verdict["workload"], verdict="inconclusive"))) == []
 
 
+def test_not_slower_is_the_one_sided_bound_of_each_query_without_correction():
+    # Ten samples a side of a 250 ms query with a 20% spread, the same on both sides, as a slow RPC at
+    # 1,000,000 features: the corrected interval of 31 comparisons straddles the 25% tolerance, the
+    # one-sided bound at 95% does not.
+    rnd = random.Random(7)
+    ten = {"q%02d" % i: query([250.0 * rnd.lognormvariate(0, 0.2) for _ in range(10)]) for i in range(30)}
+    again = {"q%02d" % i: query([250.0 * rnd.lognormvariate(0, 0.2) for _ in range(10)]) for i in range(30)}
+    verdict = stage4_gate(bench(again), bench(ten))
+    assert all(q["shift_upper_bound_ms"] < q["shift_high_ms"] for q in verdict["queries"])
+    decided_by_the_bound = [q for q in verdict["queries"]
+                            if q["verdict"] == "unchanged" and q["shift_high_ms"] > q["tolerance_ms"]]
+    assert len(decided_by_the_bound) >= 15 and verdict["summary"]["worse"] == 0
+    assert "one-sided bound" in next(q["explanation"] for q in verdict["queries"] if q["verdict"] == "unchanged")
+    # A query truly 40% slower is not passed by the bound.
+    slower = dict(again, q00=query([1.4 * x for x in ten["q00"]["samples_ms"]]))
+    assert stage4_gate(bench(slower), bench(ten))["queries"][0]["verdict"] in ("worse", "inconclusive")
+
+
 def test_workload_regression_fails_when_no_single_query_does():
     # Every query 15% slower: within the 25% per query, beyond the 10% of the workload.
     current, reference = ten_queries(115, 50, spread=1), ten_queries(100, 51, spread=1)

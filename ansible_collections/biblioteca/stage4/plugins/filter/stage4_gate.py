@@ -3,16 +3,19 @@
 
 Per query it estimates the latency shift (current minus reference) with the Hodges-Lehmann
 estimator, the median of every pairwise difference of samples, and its distribution-free
-confidence interval (the one that inverts the Mann-Whitney U test). The intervals of the ten
-queries, and of the workload's mean latency, are Bonferroni-corrected so that together they hold
-at `confidence`. Each query is then:
+confidence interval (the one that inverts the Mann-Whitney U test). The intervals that can fail a
+stage or claim a gain, one per query and the workload mean's, are Bonferroni-corrected so that
+together they hold at `confidence`. Each query is then:
 
 - better: the whole interval is below minus the noise (zero without an A/A control);
 - worse: the whole interval is above the tolerance, max(`max_slowdown_ms`, `max_slowdown_pct` of
   the reference median, the noise): a real slowdown an API user can feel;
-- unchanged: the interval stays below the tolerance (it may be slower by less, or faster within the
-  noise: the line says so);
-- inconclusive: the interval straddles the tolerance; more samples are needed to tell.
+- unchanged: the one-sided bound at `confidence` of "not slower beyond the tolerance" holds (it may
+  be slower by less, or faster within the noise: the line says so). The stage passes only when it
+  holds for every query, so a truly slower query passes with at most 1 - `confidence` whatever the
+  number of queries (an intersection-union test): no correction, and ten samples of a slow RPC are
+  enough to tell, where the corrected interval straddled the tolerance at every size;
+- inconclusive: neither; more samples are needed to tell.
 
 The noise comes from the A/A control (`stage4_noise`): the unchanged database measured twice in a
 row before any change. Each query's shift between those two measurements, as a fraction of its
@@ -113,15 +116,17 @@ def mean_difference_interval(reference_sets, current_sets, level):
     return difference, difference - half_width, difference + half_width
 
 
-def classify(low, high, tolerance, noise=0.0):
-    """The verdict of a shift interval: a slowdown must exceed the tolerance and the noise, a gain the noise."""
-    if low is None:
-        return "inconclusive"
-    if low > max(tolerance, noise):
+def classify(low, high, tolerance, noise=0.0, upper=None):
+    """The verdict of a shift: worse when the whole (Bonferroni) interval is above the tolerance and the
+    noise, better when it is below minus the noise, unchanged when `upper`, the one-sided bound of the
+    claim "not slower beyond the tolerance" (the interval's high end without it), is within them."""
+    limit = max(tolerance, noise)
+    if low is not None and low > limit:
         return "worse"
-    if high < -noise:
+    if high is not None and high < -noise:
         return "better"
-    if high <= max(tolerance, noise):
+    bound = upper if upper is not None else high
+    if bound is not None and bound <= limit:
         return "unchanged"
     return "inconclusive"
 
@@ -147,21 +152,27 @@ def explain(query_id, verdict, figures):
         unchanged = "faster, but within the noise of {0:.3f} ms the A/A control measured: no gain claimed".format(noise)
     else:
         unchanged = "no difference beyond " + tolerance
+    upper = figures.get("shift_upper_bound_ms")
+    if verdict == "unchanged" and upper is not None:
+        unchanged += " (one-sided bound {0} ms)".format(_ms(upper))
     why = {
         "better": "faster: the whole interval is below " + ("minus the noise of {0:.3f} ms".format(noise) if noise else "zero"),
         "worse": "slower beyond " + tolerance + " with the whole interval",
-        "inconclusive": "the interval straddles " + tolerance + "; more samples are needed",
+        "inconclusive": "the interval straddles " + tolerance + ("" if upper is None else
+                        ", its one-sided bound {0} ms above it".format(_ms(upper))) + "; more samples are needed",
         "unchanged": unchanged,
     }[verdict]
     return "{0}: {1}: {2}, {3}; {4}".format(query_id, verdict, medians, shift, why)
 
 
-def judge_query(query_id, current, reference, tolerance_ms, tolerance_pct, level, noise_fraction=0.0):
+def judge_query(query_id, current, reference, tolerance_ms, tolerance_pct, level, noise_fraction=0.0, bound_level=None):
     reference_samples = reference.get("samples_ms") or []
     current_samples = current.get("samples_ms") or []
     reference_p50 = median(reference_samples) if reference_samples else reference["p50_ms"]
     current_p50 = median(current_samples) if current_samples else current["p50_ms"]
     shift, low, high = hodges_lehmann(reference_samples, current_samples, level)
+    # The one-sided bound at bound_level: the high end of the two-sided interval at 2 * bound_level - 1.
+    upper = hodges_lehmann(reference_samples, current_samples, 2 * bound_level - 1)[2] if bound_level else None
     tolerance = max(tolerance_ms, tolerance_pct / 100.0 * reference_p50)
     noise = noise_fraction * reference_p50
     p_slower = mann_whitney_slower_p(reference_samples, current_samples)
@@ -173,6 +184,7 @@ def judge_query(query_id, current, reference, tolerance_ms, tolerance_pct, level
         "shift_ms": round(shift, 4) if shift is not None else None,
         "shift_low_ms": round(low, 4) if low is not None else None,
         "shift_high_ms": round(high, 4) if high is not None else None,
+        "shift_upper_bound_ms": round(upper, 4) if upper is not None else None,
         "tolerance_ms": round(tolerance, 4),
         "noise_ms": round(noise, 4),
         "p_value": round(min(1.0, 2 * min(p_slower, p_faster)), 6),
@@ -183,19 +195,20 @@ def judge_query(query_id, current, reference, tolerance_ms, tolerance_pct, level
         verdict = "result changed"
         line = "{0}: result changed: the query returns different rows than at the reference stage".format(query_id)
     else:
-        verdict = classify(low, high, tolerance, noise)
+        verdict = classify(low, high, tolerance, noise, upper)
         line = explain(query_id, verdict, figures)
     return dict(figures, query=query_id, verdict=verdict, explanation=line,
                 fingerprint_changed=verdict == "result changed")
 
 
-def judge_workload(current, reference, query_ids, tolerance_ms, tolerance_pct, level):
+def judge_workload(current, reference, query_ids, tolerance_ms, tolerance_pct, level, bound_level=None):
     reference_sets = [reference["queries"][q].get("samples_ms") or [reference["queries"][q]["mean_ms"]] for q in query_ids]
     current_sets = [current["queries"][q].get("samples_ms") or [current["queries"][q]["mean_ms"]] for q in query_ids]
     reference_mean = sum(fmean(r) for r in reference_sets) / len(query_ids)
     difference, low, high = mean_difference_interval(reference_sets, current_sets, level)
+    upper = mean_difference_interval(reference_sets, current_sets, 2 * bound_level - 1)[2] if bound_level else None
     tolerance = max(tolerance_ms, tolerance_pct / 100.0 * reference_mean)
-    verdict = classify(low, high, tolerance)
+    verdict = classify(low, high, tolerance, upper=upper)
     line = ("workload mean latency {0:.3f} -> {1:.3f} ms: {2}, change {3} ms [{4}, {5}], tolerance {6:.3f} ms"
             .format(reference_mean, reference_mean + difference, verdict, _ms(difference), _ms(low), _ms(high),
                     tolerance))
@@ -219,7 +232,11 @@ def stage4_gate(current, reference, max_slowdown_ms=2.0, max_slowdown_pct=25.0, 
     """Returns {"decision", "passed", "reason", "queries", "workload", "regressions", "summary", "level"}."""
     noise_fractions = {q: figures["fraction"] for q, figures in ((noise or {}).get("queries") or {}).items()}
     common = sorted(set(current["queries"]) & set(reference["queries"]))
-    # One interval per query plus the workload's, together at `confidence` (Bonferroni).
+    # One interval per query plus the workload's, together at `confidence` (Bonferroni): what says a
+    # query is worse (a failure) or better (a gain claimed). "Not slower beyond the tolerance" needs the
+    # one-sided bound of each at `confidence` alone: the stage passes only when every query's claim
+    # holds, so a truly slower query passes with at most 1 - confidence (an intersection-union test,
+    # which needs no correction).
     level = 1 - (1 - float(confidence)) / (len(common) + 1)
     queries = []
     for query_id in sorted(set(current["queries"]) | set(reference["queries"])):
@@ -229,9 +246,9 @@ def stage4_gate(current, reference, max_slowdown_ms=2.0, max_slowdown_pct=25.0, 
             continue
         queries.append(judge_query(query_id, current["queries"][query_id], reference["queries"][query_id],
                                    float(max_slowdown_ms), float(max_slowdown_pct), level,
-                                   noise_fractions.get(query_id, 0.0)))
+                                   noise_fractions.get(query_id, 0.0), float(confidence)))
     workload = judge_workload(current, reference, common, float(max_slowdown_ms), float(max_workload_slowdown_pct),
-                              level) if common else None
+                              level, float(confidence)) if common else None
 
     always_failing = ("result changed", "missing from one side")
     failing = [q for q in queries if q["verdict"] in always_failing or (judge_latency and q["verdict"] == "worse")]
