@@ -108,7 +108,11 @@ def run_section(report):
             table(["query"] + stages + (["overall vs baseline"] if show_overall else []), rows), ""]
     for stage, gate in gates.items():
         if not gate["passed"]:
-            out += [f'{stage}: {gate["reason"]}', ""]
+            # The first two reasons; the run's report.md has every line.
+            reasons = gate["reason"].split("; q")
+            shown = "; q".join(reasons[:2])
+            more = len(reasons) - 2
+            out += [f'{stage}: {shown}' + (f' (and {more} more in the run\'s report.md)' if more > 0 else ""), ""]
     # As the owner only: each caller's latency is in the table above, and the report has every caller's QPS.
     qps_rows = [[query["query"]] + [number(query["stages"][s].get("qps")) for s in stages]
                 for query in report["queries"] if "@" not in query["query"]]
