@@ -422,9 +422,7 @@ DECLARE
     grantee text;
     built int := 0;
 BEGIN
-    FOR prebuilt IN SELECT m::text FROM stage4.prebuilt_matviews(state.shadow::regclass) m LOOP
-        EXECUTE 'DROP MATERIALIZED VIEW ' || prebuilt;  -- a resumed prepare: built again, fresher
-    END LOOP;
+    PERFORM stage4.drop_prebuilt_matviews(state.shadow::regclass);  -- a resumed prepare: built again, fresher
     FOR mv IN
         SELECT v.oid, v.relname, v.oid::regclass::text AS identity, v.reloptions
         FROM stage4.dependent_objects(p_table) d JOIN pg_class v ON d.classid = 'pg_class'::regclass AND v.oid = d.objid
@@ -520,7 +518,6 @@ DECLARE
     before jsonb;
     replayed bigint;
     swapped regclass;
-    prebuilt text;
 BEGIN
     PERFORM stage4.lock_for_rebuild(p_table);
     SELECT * INTO state FROM stage4.online_rebuilds WHERE relation = p_table::text FOR UPDATE;
@@ -553,9 +550,7 @@ BEGIN
                                   CASE WHEN p_layout->>'partition_by' IS NULL
                                        THEN ARRAY(SELECT jsonb_array_elements_text(coalesce(p_layout->'reloptions', before->'reloptions'))) END);
     -- A view prebuilt for a materialized view dropped since the prepare.
-    FOR prebuilt IN SELECT m::text FROM stage4.prebuilt_matviews(swapped) m LOOP
-        EXECUTE 'DROP MATERIALIZED VIEW ' || prebuilt;
-    END LOOP;
+    PERFORM stage4.drop_prebuilt_matviews(swapped);
     EXECUTE format('DROP TABLE %s', state.delta);
     EXECUTE format('DROP FUNCTION %s', state.capture);
     DELETE FROM stage4.online_rebuilds WHERE relation = state.relation;
@@ -568,7 +563,6 @@ CREATE OR REPLACE FUNCTION stage4.abort_online_rebuild(p_table regclass)
 RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     state stage4.online_rebuilds;
-    prebuilt text;
 BEGIN
     SELECT * INTO state FROM stage4.online_rebuilds WHERE relation = p_table::text FOR UPDATE;
     IF NOT FOUND THEN
@@ -576,9 +570,7 @@ BEGIN
     END IF;
     PERFORM stage4.drop_capture_triggers(p_table);
     -- The prebuilt materialized views first: they read the shadow.
-    FOR prebuilt IN SELECT m::text FROM stage4.prebuilt_matviews(to_regclass(state.shadow)) m LOOP
-        EXECUTE 'DROP MATERIALIZED VIEW ' || prebuilt;
-    END LOOP;
+    PERFORM stage4.drop_prebuilt_matviews(to_regclass(state.shadow));
     EXECUTE format('DROP TABLE IF EXISTS %s, %s', state.shadow, state.delta);
     EXECUTE format('DROP FUNCTION IF EXISTS %s', state.capture);
     PERFORM stage4.drop_unused_key_registries();

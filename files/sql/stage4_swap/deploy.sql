@@ -17,6 +17,18 @@ RETURNS SETOF regclass LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
       AND v.relkind = 'm' AND v.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = 'stage4_online')
 $$;
 
+-- Drops them: before the shadow itself (an abort), when a prepare is resumed, and after the
+-- cutover (those whose original was dropped since the prepare).
+CREATE OR REPLACE FUNCTION stage4.drop_prebuilt_matviews(p_shadow regclass)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prebuilt regclass;
+BEGIN
+    FOR prebuilt IN SELECT m FROM stage4.prebuilt_matviews(p_shadow) m LOOP
+        EXECUTE format('DROP MATERIALIZED VIEW %s', prebuilt);
+    END LOOP;
+END $$;
+
 -- Moves the materialized view prebuilt over p_shadow for p_item (a dependent describe_table()
 -- recorded, whose original swap_shadow() has dropped) into the original's place, once p_shadow is
 -- in the table's. True when it is there with the original's definition and indexes; otherwise the
